@@ -1,0 +1,67 @@
+"""What mmcv 1.x needs to run on a CPU-only machine; inert wherever the real libraries work.
+
+* ``mmcv.runner.checkpoint`` imports torchvision at module load, only to resolve ``torchvision://`` weights. There
+  is no CPU build of torchvision for our torch, so when (and only when) it cannot be imported we register an empty
+  stand-in whose use fails loudly.
+* ``mmcv.runner.init_dist('pytorch')`` calls ``torch.cuda.set_device(rank % device_count())``, a ZeroDivisionError
+  without GPUs. With GPUs we call mmcv's own function; without, we do the same initialisation minus that line.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import logging
+import os
+import sys
+import types
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_torchvision_importable() -> bool:
+    """Return True when a stand-in had to be installed (torchvision missing)."""
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return False
+
+    def _unavailable(*_args, **_kwargs):
+        raise RuntimeError(
+            "torchvision is not installed in this environment; 'torchvision://' checkpoints cannot be loaded. "
+            "Use a local file path for load_from/pretrained instead."
+        )
+
+    stub = types.ModuleType("torchvision")
+    stub.__version__ = "0.0.0+unavailable"
+    stub.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
+    models = types.ModuleType("torchvision.models")
+    models.__path__ = []
+    models.list_models = _unavailable
+    models.get_model_weights = _unavailable
+    stub.models = models
+    sys.modules["torchvision"] = stub
+    sys.modules["torchvision.models"] = models
+    return True
+
+
+def init_dist(launcher: str, backend: str = "nccl", **kwargs) -> None:
+    """mmcv's ``init_dist`` where CUDA exists; the same process-group setup without the device pinning otherwise."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        from mmcv.runner import init_dist as mmcv_init_dist
+
+        mmcv_init_dist(launcher, backend=backend, **kwargs)
+        return
+    if launcher != "pytorch":
+        raise RuntimeError(f"launcher {launcher!r} needs GPUs; on a CPU-only machine use --launcher pytorch")
+    if backend == "nccl":
+        raise RuntimeError(
+            "dist_params.backend='nccl' needs CUDA GPUs and none are visible on this machine. "
+            "Use gloo: --cfg-options dist_params.backend=gloo (the pipeline's backend='auto' picks it for you)."
+        )
+    logger.debug("initialising %s process group without CUDA (rank %s)", backend, os.environ.get("RANK"))
+    dist.init_process_group(backend=backend, **kwargs)

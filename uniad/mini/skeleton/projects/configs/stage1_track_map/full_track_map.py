@@ -1,0 +1,29 @@
+# Mini UniAD stage 1: track + map heads (UniAD's base_track_map.py at toy size).
+_base_ = ["../_base_/default_runtime.py"]
+
+queue_length = 3
+model = dict(
+    type="MiniUniAD",
+    embed_dims=32,
+    num_query=4,
+    num_dec_layers=6,
+    past_traj_weight=0.0,  # past-trajectory loss is off in stage 1, as in UniAD
+)
+data = dict(
+    samples_per_gpu=4,
+    workers_per_gpu=0,
+    train=dict(type="MiniDriveDataset", num_samples=320, queue_length=queue_length, seed=0),
+)
+# UniAD: lr 2e-4 with img_backbone lr_mult 0.1 on a pretrained backbone; the mini one trains from scratch.
+optimizer = dict(type="AdamW", lr=2e-3, weight_decay=0.01)
+optimizer_config = dict(grad_clip=dict(max_norm=35, norm_type=2))
+lr_config = dict(
+    policy="CosineAnnealing",
+    warmup="linear",
+    warmup_iters=20,
+    warmup_ratio=1.0 / 3,
+    min_lr_ratio=1e-3,
+)
+total_epochs = 6
+runner = dict(type="EpochBasedRunner", max_epochs=total_epochs)
+load_from = None

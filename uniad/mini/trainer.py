@@ -1,0 +1,176 @@
+"""``tools/train.py`` of the mini UniAD: UniAD's command line on the real mmcv 1.x runner.
+
+Run from a mini root (``python -m uniad init-mini DIR``), exactly as UniAD is run::
+
+    python -m torch.distributed.run --nproc_per_node=2 --master_port=29511 tools/train.py \\
+        projects/configs/stage1_track_map/full_track_map.py --launcher pytorch --deterministic \\
+        --work-dir projects/work_dirs/stage1_track_map/full_track_map/ \\
+        --cfg-options log_config.interval=10 dist_params.backend=gloo
+
+The runner is mmcv's EpochBasedRunner with its own hooks (LrUpdaterHook cosine + linear warmup, OptimizerHook with
+grad_clip, CheckpointHook writing ``epoch_N.pth`` and the ``latest.pth`` symlink, TextLoggerHook writing
+``<timestamp>.log`` and ``<timestamp>.log.json``), so the pipeline sees what a real UniAD run produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import platform
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .compat import ensure_torchvision_importable, init_dist
+
+ensure_torchvision_importable()
+
+import mmcv  # noqa: E402
+from mmcv import Config, DictAction  # noqa: E402
+from mmcv.parallel import MMDataParallel, MMDistributedDataParallel  # noqa: E402
+from mmcv.runner import (  # noqa: E402
+    DistSamplerSeedHook,
+    OptimizerHook,
+    build_optimizer,
+    build_runner,
+    get_dist_info,
+)
+from mmcv.utils import Registry, build_from_cfg, get_logger  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+from .data import MiniDriveDataset  # noqa: E402
+from .model import MiniUniAD  # noqa: E402
+
+MODELS = Registry("mini_uniad_models")
+DATASETS = Registry("mini_uniad_datasets")
+MODELS.register_module(module=MiniUniAD)
+DATASETS.register_module(module=MiniDriveDataset)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train the mini UniAD (UniAD's tools/train.py interface)")
+    parser.add_argument("config", help="train config file path")
+    parser.add_argument("--work-dir", help="the dir to save logs and models")
+    parser.add_argument("--resume-from", help="the checkpoint file to resume from")
+    parser.add_argument("--no-validate", action="store_true", help="accepted for UniAD compatibility")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--gpus", type=int, help="number of gpus to use (non-distributed training only)")
+    group.add_argument("--gpu-ids", type=int, nargs="+", help="ids of gpus to use (non-distributed training only)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic options for CUDNN backend")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config settings, key=value")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    # torch.distributed.launch without --use_env passes --local-rank (torch 2.x) or --local_rank (torch 1.x).
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--autoscale-lr", action="store_true", help="scale lr with the number of gpus")
+    args = parser.parse_args(argv)
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return args
+
+
+def set_random_seed(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get("work_dir", None) is None:
+        cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    # Like UniAD's train.py: a --resume-from that does not exist is ignored and training starts from load_from.
+    if args.resume_from is not None and osp.isfile(args.resume_from):
+        cfg.resume_from = args.resume_from
+
+    distributed = args.launcher != "none"
+    if distributed:
+        init_dist(args.launcher, **cfg.dist_params)
+    rank, world_size = get_dist_info()
+    if args.autoscale_lr:
+        cfg.optimizer["lr"] = cfg.optimizer["lr"] * world_size / 8
+
+    mmcv.mkdir_or_exist(osp.abspath(cfg.work_dir))
+    if rank == 0:
+        cfg.dump(osp.join(cfg.work_dir, osp.basename(args.config)))
+    timestamp = time.strftime("%Y%m%d_%H%M%S", time.localtime())
+    log_file = osp.join(cfg.work_dir, f"{timestamp}.log")
+    logger = get_logger("mmdet", log_file=log_file, log_level=cfg.log_level)
+
+    env_info = (
+        f"sys.platform: {sys.platform}\nPython: {platform.python_version()}\nPyTorch: {torch.__version__}\n"
+        f"CUDA available: {torch.cuda.is_available()}\nMMCV: {mmcv.__version__}\nworld_size: {world_size}"
+    )
+    logger.info("Environment info:\n%s", env_info)
+    logger.info("Distributed training: %s", distributed)
+    logger.info("Config:\n%s", cfg.pretty_text)
+    logger.info("Set random seed to %d, deterministic: %s", args.seed, args.deterministic)
+    set_random_seed(args.seed, deterministic=args.deterministic)
+    cfg.seed = args.seed
+    meta = dict(env_info=env_info, config=cfg.pretty_text, seed=args.seed, exp_name=osp.basename(args.config))
+
+    model = build_from_cfg(cfg.model, MODELS)
+    dataset = build_from_cfg(cfg.data.train, DATASETS)
+    # One sampler for both modes: a 1-replica DistributedSampler needs no process group and still reshuffles per
+    # epoch through DistSamplerSeedHook.
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
+    data_loader = DataLoader(
+        dataset,
+        batch_size=cfg.data.samples_per_gpu,
+        sampler=sampler,
+        num_workers=cfg.data.workers_per_gpu,
+        drop_last=True,
+        persistent_workers=cfg.data.workers_per_gpu > 0,
+    )
+
+    use_cuda = torch.cuda.is_available()
+    if distributed:
+        if use_cuda:
+            model = MMDistributedDataParallel(
+                model.cuda(), device_ids=[torch.cuda.current_device()], broadcast_buffers=False
+            )
+        else:
+            model = MMDistributedDataParallel(model, device_ids=None, broadcast_buffers=False)
+    else:
+        model = MMDataParallel(model.cuda(), device_ids=[0]) if use_cuda else MMDataParallel(model)
+
+    optimizer = build_optimizer(model, cfg.optimizer)
+    runner = build_runner(
+        cfg.runner,
+        default_args=dict(model=model, optimizer=optimizer, work_dir=cfg.work_dir, logger=logger, meta=meta),
+    )
+    runner.timestamp = timestamp
+    optimizer_config = cfg.optimizer_config
+    if "type" not in optimizer_config:
+        optimizer_config = OptimizerHook(**optimizer_config)
+    cfg.checkpoint_config.meta = dict(CLASSES=list(dataset.CLASSES), mini_uniad=True)
+    runner.register_training_hooks(
+        cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config, cfg.get("momentum_config", None)
+    )
+    runner.register_hook(DistSamplerSeedHook())
+
+    if cfg.resume_from:
+        runner.resume(cfg.resume_from)
+    elif cfg.load_from:
+        runner.load_checkpoint(cfg.load_from)
+    runner.run([data_loader], cfg.workflow)
+    if distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
