@@ -1,0 +1,170 @@
+"""Airflow operators of the UniAD pipeline: thin adapters over the ``uniad`` package.
+
+Constructors only store arguments; all work happens in ``execute`` through ``uniad``. Bad input and invalid
+checkpoints fail without retry (a retry cannot fix them); a crashed training process fails retryably.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+PLAN_TASK_ID = "preflight"
+
+
+def _gpus_per_worker() -> int:
+    return int(os.environ.get("UNIAD_GPUS_PER_WORKER", "8"))
+
+
+def _runs_dir() -> Path:
+    default = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "uniad_runs"
+    return Path(os.environ.get("UNIAD_RUNS_DIR", default))
+
+
+def _training_python() -> str:
+    return os.environ.get("UNIAD_PYTHON", sys.executable)
+
+
+class _PlanMixin:
+    def _plan(self, context: Context) -> dict:
+        plan = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
+        if not plan:
+            raise AirflowFailException(f"no plan in XCom from task {PLAN_TASK_ID!r}; did preflight run in this dag run?")
+        return plan
+
+
+class UniADPreflightOperator(BaseOperator):
+    """Validate the trigger parameters, prepare the UniAD root (writing one for the mini profile), emit the plan."""
+
+    ui_color = "#e8f4fd"
+
+    def execute(self, context: Context) -> dict:
+        from uniad.errors import PipelineError
+        from uniad.pipeline import PipelineParams, build_plan, prepare_root, sanitize_run_id
+
+        try:
+            params = PipelineParams.from_mapping(dict(context["params"]))
+            if params.nproc > _gpus_per_worker():
+                raise PipelineError(
+                    f"nproc_per_node={params.nproc} is more than the {_gpus_per_worker()} GPU slots a training task "
+                    "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
+                )
+            run_dir = _runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
+            root = prepare_root(params, mini_run_dir=run_dir)
+            plan = build_plan(params, root, python=_training_python())
+        except PipelineError as exc:
+            raise AirflowFailException(f"invalid parameters: {exc}") from exc
+        self.log.info("profile %s, UniAD root %s", plan["profile"], plan["uniad_root"])
+        for stage, spec in plan["stages"].items():
+            self.log.info(
+                "%s: %s, %d epoch(s), %d process(es), backend %s, work dir %s",
+                stage, spec["config"], spec["max_epochs"], spec["nproc_per_node"], spec["backend"], spec["work_dir"],
+            )
+        self.log.info("stage-1 checkpoint will be promoted to %s", plan["ckpt_path"])
+        return plan
+
+
+class UniADTrainOperator(_PlanMixin, BaseOperator):
+    """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
+
+    ui_color = "#fde8e8"
+
+    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+        self._run = None
+
+    def execute(self, context: Context) -> dict:
+        from uniad.errors import LaunchError, TrainingFailed
+        from uniad.pipeline import stage_spec, stage_work_dir
+        from uniad.runner import make_stage_run
+
+        plan = self._plan(context)
+        spec = stage_spec(plan, self.stage)
+        try:
+            self._run = make_stage_run(
+                spec,
+                stage=self.stage,
+                emit_output=lambda line: self.log.info("%s", line),
+                emit_progress=lambda progress: self.log.info("%s", progress.line()),
+            )
+        except LaunchError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        try:
+            result = self._run.run()
+        except TrainingFailed as exc:
+            raise AirflowException(str(exc)) from exc
+        work_dir = stage_work_dir(plan, self.stage)
+        latest = work_dir / "latest.pth"
+        return {
+            "stage": self.stage,
+            "work_dir": str(work_dir),
+            "latest_checkpoint": str(latest.resolve()) if latest.exists() else None,
+            "backend": self._run.command.backend,
+            "duration_s": round(result.duration_s, 1),
+            "final_loss": result.last_progress.loss if result.last_progress else None,
+        }
+
+    def on_kill(self) -> None:
+        if self._run is not None:
+            self._run.terminate(reason="the Airflow task was stopped")
+
+
+class CheckpointGateOperator(_PlanMixin, BaseOperator):
+    """Fail unless the stage's ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch."""
+
+    ui_color = "#e8fde8"
+
+    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+
+    def execute(self, context: Context) -> dict:
+        from uniad.checkpoints import inspect_checkpoint
+        from uniad.errors import CheckpointError
+        from uniad.pipeline import stage_spec, stage_work_dir
+
+        plan = self._plan(context)
+        latest = stage_work_dir(plan, self.stage) / "latest.pth"
+        try:
+            report = inspect_checkpoint(latest, stage=self.stage, expect_epoch=stage_spec(plan, self.stage).max_epochs)
+        except CheckpointError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        for line in report.summary().splitlines():
+            self.log.info("%s", line)
+        if not report.valid:
+            raise AirflowFailException(f"{self.stage} checkpoint rejected: " + "; ".join(report.problems))
+        return report.to_dict()
+
+
+class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
+    """Publish the verified stage-1 checkpoint at the plan's ckpt_path (atomic, with provenance)."""
+
+    ui_color = "#fdf6e8"
+
+    def execute(self, context: Context) -> dict:
+        from uniad.checkpoints import promote_checkpoint
+        from uniad.errors import CheckpointError
+        from uniad.pipeline import stage_spec, stage_work_dir
+
+        plan = self._plan(context)
+        source = stage_work_dir(plan, "stage1") / "latest.pth"
+        try:
+            provenance = promote_checkpoint(
+                source, plan["ckpt_path"], stage="stage1", expect_epoch=stage_spec(plan, "stage1").max_epochs
+            )
+        except CheckpointError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self.log.info(
+            "promoted %s (epoch %s, sha256 %s) to %s",
+            provenance["source_resolved"], provenance["epoch"], provenance["sha256"], provenance["path"],
+        )
+        return provenance

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Set up everything for the embedded default, idempotently:
+#   .venv/ (torch CPU, Airflow, mmcv, this project), an Airflow home with SQLite in airflow_home/, the gpu pool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PY" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+stamp=.venv/.requirements.sha
+want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> installing requirements (about 2 minutes on a fresh machine)"
+  # torch alone first: exactly 2.13.0 takes the CPU wheel; anything else would pull several GB of CUDA.
+  "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
+  "${PIP[@]}" "$(grep '^setuptools' requirements.txt)" wheel
+  "${PIP[@]}" $(grep -E '^apache-airflow' requirements.txt) -r requirements-dev.txt
+  # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
+  "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
+  "${PIP[@]}" --no-build-isolation --no-deps -e .
+  echo "$want" > "$stamp"
+fi
+
+export AIRFLOW_HOME="$ROOT/airflow_home"
+mkdir -p "$AIRFLOW_HOME"
+if [ ! -f "$AIRFLOW_HOME/airflow.cfg" ]; then
+  echo "==> writing $AIRFLOW_HOME/airflow.cfg"
+  cat > "$AIRFLOW_HOME/airflow.cfg" <<CFG
+[core]
+dags_folder = $ROOT/dags
+plugins_folder = $ROOT/plugins
+executor = LocalExecutor
+load_examples = False
+parallelism = 4
+dags_are_paused_at_creation = False
+
+[database]
+sql_alchemy_conn = sqlite:///$AIRFLOW_HOME/airflow.db
+
+[scheduler]
+min_file_process_interval = 30
+
+[api]
+port = 8080
+CFG
+fi
+echo "==> airflow db migrate"
+.venv/bin/airflow db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -30 "$AIRFLOW_HOME/migrate.log"; exit 1; }
+# One training task reserves a whole worker: UNIAD_GPUS_PER_WORKER slots (8 by default) of this pool.
+.venv/bin/airflow pools set gpu "${UNIAD_GPUS_PER_WORKER:-8}" "GPU slots of the training workers" > /dev/null
+echo "==> ready: AIRFLOW_HOME=$AIRFLOW_HOME, pool gpu = ${UNIAD_GPUS_PER_WORKER:-8} slots"

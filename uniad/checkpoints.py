@@ -1,0 +1,274 @@
+"""Inspect and promote mmcv checkpoints, safely.
+
+* Loading is ``torch.load(weights_only=True)``: a checkpoint is untrusted pickle, and anything but tensors and
+  plain containers is refused without being executed.
+* Promotion resolves ``latest.pth`` (a symlink to the newest ``epoch_N.pth``), verifies the file for its stage,
+  copies it to a temporary file beside the target while hashing, fsyncs, and renames it into place, so the target
+  is either the old good file or the new verified one, never a partial copy. A provenance sidecar records where it
+  came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 8 * 1024 * 1024
+# Present in both stages of UniAD (and of the mini model).
+PERCEPTION_PREFIXES = (
+    "img_backbone.",
+    "img_neck.",
+    "pts_bbox_head.",
+    "query_embedding",
+    "reference_points",
+    "query_interact.",
+    "memory_bank.",
+    "seg_head.",
+)
+# Built only in stage 2; a stage-1 checkpoint loaded into stage 2 reports these as missing, by design.
+E2E_PREFIXES = ("motion_head.", "occ_head.", "planning_head.")
+STAGES = ("stage1", "stage2")
+MAX_LISTED = 10
+
+
+@dataclass
+class CheckpointReport:
+    path: str
+    resolved_path: str
+    size_bytes: int
+    sha256: str
+    stage: str | None
+    epoch: int | None = None
+    iter: int | None = None
+    mmcv_version: str | None = None
+    tensor_count: int = 0
+    parameter_count: int = 0
+    non_finite_tensors: list[str] = field(default_factory=list)
+    missing_prefixes: list[str] = field(default_factory=list)
+    unexpected_prefixes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "valid": self.valid}
+
+    def summary(self) -> str:
+        lines = [
+            f"checkpoint   {self.path}" + (f" -> {self.resolved_path}" if self.resolved_path != self.path else ""),
+            f"size         {self.size_bytes} bytes",
+            f"sha256       {self.sha256}",
+            f"epoch/iter   {self.epoch}/{self.iter}",
+            f"tensors      {self.tensor_count} ({self.parameter_count} values)",
+            f"non-finite   {len(self.non_finite_tensors)} tensor(s)"
+            + (f": {', '.join(self.non_finite_tensors[:MAX_LISTED])}" if self.non_finite_tensors else ""),
+        ]
+        if self.stage:
+            lines.append(f"stage        {self.stage}")
+        lines.append("verdict      " + ("valid" if self.valid else "INVALID"))
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _load(path: Path) -> object:
+    import torch  # heavy: imported only when a checkpoint is actually read
+
+    try:
+        # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it.
+        mmap = zipfile.is_zipfile(path)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to unpickle: the file holds objects other than tensors and plain containers "
+            f"({first}). It was not executed. Only load checkpoints from sources you trust, re-saved as weights."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: unreadable or truncated checkpoint: {exc}") from exc
+
+
+def _state_dict(obj: object, path: Path) -> tuple[dict, dict]:
+    import torch
+
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        state, meta = obj["state_dict"], obj.get("meta") or {}
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        state, meta = obj, {}
+    else:
+        raise CheckpointError(
+            f"{path}: not an mmcv checkpoint: expected a dict with 'state_dict' (and 'meta'), "
+            f"got {type(obj).__name__}" + (f" with keys {sorted(obj)[:MAX_LISTED]}" if isinstance(obj, dict) else "")
+        )
+    if state and all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return state, meta if isinstance(meta, dict) else {}
+
+
+def inspect_checkpoint(
+    path: str | Path, stage: str | None = None, expect_epoch: int | None = None
+) -> CheckpointReport:
+    """Load ``path`` safely and report what a gate needs; ``report.valid`` says whether it fits ``stage``."""
+    import torch
+
+    if stage is not None and stage not in STAGES:
+        raise CheckpointError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    original = Path(path)
+    if not original.exists():
+        raise CheckpointError(
+            f"no checkpoint at {original}" + (" (dangling symlink)" if original.is_symlink() else "")
+        )
+    resolved = original.resolve()
+    report = CheckpointReport(
+        path=str(original),
+        resolved_path=str(resolved),
+        size_bytes=resolved.stat().st_size,
+        sha256=sha256_file(resolved),
+        stage=stage,
+    )
+    try:
+        state, meta = _state_dict(_load(resolved), resolved)
+    except CheckpointError as exc:
+        report.problems.append(str(exc))
+        return report
+
+    report.epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) else None
+    report.iter = meta.get("iter") if isinstance(meta.get("iter"), int) else None
+    report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        report.tensor_count += 1
+        report.parameter_count += tensor.numel()
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            report.non_finite_tensors.append(name)
+    if report.tensor_count == 0:
+        report.problems.append("the state_dict holds no tensors")
+    if report.non_finite_tensors:
+        listed = ", ".join(report.non_finite_tensors[:MAX_LISTED])
+        report.problems.append(
+            f"{len(report.non_finite_tensors)} tensor(s) contain NaN or Inf ({listed}): training diverged before "
+            "this checkpoint was saved; use an earlier epoch_N.pth"
+        )
+
+    def has(prefix: str) -> bool:
+        return any(key.startswith(prefix) for key in state)
+
+    if stage is not None:
+        required = PERCEPTION_PREFIXES + (E2E_PREFIXES if stage == "stage2" else ())
+        report.missing_prefixes = [p for p in required if not has(p)]
+        if stage == "stage1":
+            report.unexpected_prefixes = [p for p in E2E_PREFIXES if has(p)]
+        if report.missing_prefixes:
+            hint = (
+                " This looks like a stage-1 (track + map) checkpoint; stage 2 adds motion, occ and planning heads."
+                if stage == "stage2" and not any(has(p) for p in E2E_PREFIXES)
+                else ""
+            )
+            report.problems.append(
+                f"not a {stage} checkpoint: missing parameters under {', '.join(report.missing_prefixes)}.{hint}"
+            )
+        if report.unexpected_prefixes:
+            report.problems.append(
+                f"not a stage1 checkpoint: it has stage-2 heads ({', '.join(report.unexpected_prefixes)}); "
+                "this looks like a stage-2 (end-to-end) checkpoint"
+            )
+    if expect_epoch is not None and report.epoch != expect_epoch:
+        report.problems.append(
+            f"checkpoint is from epoch {report.epoch}, expected epoch {expect_epoch}: the stage did not finish, or "
+            "the wrong file was picked"
+        )
+    return report
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Call ``write(handle)`` on a temp file beside ``target``, fsync it, and rename it over ``target``."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def provenance_path(dst: str | Path) -> Path:
+    dst = Path(dst)
+    return dst.with_name(dst.name + ".provenance.json")
+
+
+def promote_checkpoint(
+    src: str | Path, dst: str | Path, stage: str | None = "stage1", expect_epoch: int | None = None
+) -> dict:
+    """Verify ``src`` for ``stage`` and publish it atomically at ``dst`` with a provenance sidecar."""
+    src, dst = Path(src), Path(dst)
+    report = inspect_checkpoint(src, stage=stage, expect_epoch=expect_epoch)
+    if not report.valid:
+        raise CheckpointError(
+            f"refusing to promote {src}: " + "; ".join(report.problems) + f". {dst} was left unchanged."
+        )
+    resolved = Path(report.resolved_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+
+    def copy(handle) -> None:
+        with open(resolved, "rb") as source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                handle.write(chunk)
+        if digest.hexdigest() != report.sha256:
+            raise CheckpointError(
+                f"{resolved} changed while it was being promoted (sha256 {report.sha256} before, "
+                f"{digest.hexdigest()} during the copy); is training still writing it? {dst} was left unchanged."
+            )
+
+    _atomic_write(dst, copy)
+    provenance = {
+        "path": str(dst.resolve()),
+        "source": str(src),
+        "source_resolved": str(resolved),
+        "sha256": report.sha256,
+        "size_bytes": report.size_bytes,
+        "stage": stage,
+        "epoch": report.epoch,
+        "iter": report.iter,
+        "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _atomic_write(provenance_path(dst), lambda h: h.write((json.dumps(provenance, indent=2) + "\n").encode()))
+    logger.info("promoted %s (epoch %s, sha256 %s) to %s", resolved, report.epoch, report.sha256[:12], dst)
+    return provenance

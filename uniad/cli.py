@@ -1,0 +1,148 @@
+"""Command line of the domain package: what the Airflow tasks call, usable by hand.
+
+    python -m uniad init-mini /tmp/uniad-mini
+    python -m uniad train --uniad-root /tmp/uniad-mini \\
+        --config projects/configs/stage1_track_map/full_track_map.py --nproc-per-node 2 --epochs 6
+    python -m uniad inspect /tmp/uniad-mini/projects/work_dirs/stage1_track_map/full_track_map/latest.pth --stage stage1
+    python -m uniad promote /tmp/uniad-mini/projects/work_dirs/stage1_track_map/full_track_map/latest.pth \\
+        /tmp/uniad-mini/ckpts/full_track_map.pth --stage stage1 --expect-epoch 6
+
+Exit status: 0 success, 1 failure or invalid checkpoint, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import PipelineError, TrainingFailed
+from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir
+
+
+def _cmd_init_mini(args: argparse.Namespace) -> int:
+    from .mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG, init_mini_root
+
+    root = init_mini_root(args.dir)
+    print(f"mini UniAD root ready at {root}")
+    print(f"  stage 1 config: {STAGE1_CONFIG}")
+    print(f"  stage 2 config: {STAGE2_CONFIG}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .checkpoints import inspect_checkpoint
+
+    report = inspect_checkpoint(args.checkpoint, stage=args.stage, expect_epoch=args.expect_epoch)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    return 0 if report.valid else 1
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from .checkpoints import promote_checkpoint
+
+    provenance = promote_checkpoint(args.src, args.dst, stage=args.stage, expect_epoch=args.expect_epoch)
+    if args.json:
+        print(json.dumps(provenance, indent=2))
+    else:
+        print(f"promoted {provenance['source_resolved']} -> {provenance['path']}")
+        print(f"  epoch {provenance['epoch']}, sha256 {provenance['sha256']}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runner import make_stage_run
+    from .logs import parse_mmcv_train_line
+
+    spec = StageSpec(
+        uniad_root=str(Path(args.uniad_root).resolve()),
+        config=args.config,
+        work_dir=args.work_dir or default_work_dir(args.config),
+        max_epochs=args.epochs,
+        nproc_per_node=args.nproc_per_node,
+        backend=args.backend,
+        launcher=args.launcher,
+        deterministic=args.deterministic,
+        seed=args.seed,
+        load_from=args.load_from,
+        resume_from=args.resume_from,
+        cfg_options=tuple(args.cfg_options or ()),
+        python=args.python,
+    )
+
+    def show_output(line: str) -> None:
+        # Train lines carry 100+ loss keys; the progress line summarises them. Everything else is shown.
+        if args.verbose or parse_mmcv_train_line(line) is None:
+            print(line, file=sys.stderr, flush=True)
+
+    run = make_stage_run(
+        spec,
+        stage=args.stage_name or Path(args.config).stem,
+        emit_output=show_output,
+        emit_progress=lambda progress: print(progress.line(), flush=True),
+    )
+    result = run.run()
+    work_dir = Path(spec.uniad_root) / spec.work_dir
+    print(f"{result.stage} finished in {result.duration_s:.0f} s; work dir {work_dir}")
+    if (work_dir / "latest.pth").exists():
+        print(f"  latest checkpoint: {(work_dir / 'latest.pth').resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m uniad", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init-mini", help="write a UniAD-shaped root for the mini model")
+    p.add_argument("dir")
+    p.set_defaults(func=_cmd_init_mini)
+
+    p = sub.add_parser("inspect", help="load a checkpoint safely and check it for a stage")
+    p.add_argument("checkpoint")
+    p.add_argument("--stage", choices=["stage1", "stage2"])
+    p.add_argument("--expect-epoch", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("promote", help="verify a checkpoint and publish it atomically with provenance")
+    p.add_argument("src", help="e.g. .../latest.pth (symlinks are resolved)")
+    p.add_argument("dst", help="e.g. ckpts/full_track_map.pth")
+    p.add_argument("--stage", choices=["stage1", "stage2"], default="stage1")
+    p.add_argument("--expect-epoch", type=int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("train", help="train one stage with torch.distributed, outside Airflow")
+    p.add_argument("--uniad-root", required=True)
+    p.add_argument("--config", required=True, help="relative to the root, e.g. projects/configs/stage2_e2e/full_e2e.py")
+    p.add_argument("--work-dir", help="default: projects/work_dirs/<group>/<config name>/")
+    p.add_argument("--epochs", type=int, required=True, help="runner.max_epochs, e.g. 6 for stage 1")
+    p.add_argument("--nproc-per-node", type=int, default=8)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
+    p.add_argument("--no-deterministic", dest="deterministic", action="store_false")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--load-from")
+    p.add_argument("--resume-from")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
+    p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print every raw train line")
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TrainingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

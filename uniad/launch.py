@@ -1,0 +1,192 @@
+"""Build the command that trains one UniAD stage: pure functions, argv lists, no shell.
+
+What a stage launch looks like (the reference run's stage 2, made explicit)::
+
+    PYTHONPATH=<root>:$PYTHONPATH PYTHONUNBUFFERED=1 \\
+    python -m torch.distributed.run --nnodes=1 --nproc_per_node=8 --master_addr=127.0.0.1 --master_port=28599 \\
+        tools/train.py projects/configs/stage2_e2e/full_e2e.py --launcher pytorch --deterministic \\
+        --work-dir projects/work_dirs/stage2_e2e/full_e2e/ \\
+        --cfg-options dist_params.backend=gloo runner.max_epochs=20 load_from=<root>/ckpts/full_track_map.pth \\
+        data.workers_per_gpu=4 log_config.interval=10
+
+``--launcher pytorch`` is always passed: UniAD v2.0's scripts drop it and every rank lands on GPU 0 (issue #229).
+The ``launch`` launcher adds ``--use_env`` so ranks read LOCAL_RANK from the environment on every torch version.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from .errors import LaunchError
+
+BACKENDS = ("auto", "nccl", "gloo")
+LAUNCHERS = ("torchrun", "launch")
+_CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+# Keys the pipeline sets from its own parameters; a user cfg-option for them would silently fight the pipeline.
+_MANAGED_KEYS = {
+    "dist_params.backend": "backend",
+    "runner.max_epochs": "stage1_epochs / stage2_epochs",
+    "total_epochs": "stage1_epochs / stage2_epochs",
+    "load_from": "the promoted checkpoint (ckpt_path)",
+}
+
+
+def parse_cfg_options(items: Iterable[str] | None) -> tuple[str, ...]:
+    """Validate mmcv ``--cfg-options`` items (``key=value``); each stays one argv item, never shell text."""
+    if items is None:
+        return ()
+    if isinstance(items, str):
+        raise LaunchError(
+            f"cfg options must be a list of key=value strings, not one string: got {items!r}; "
+            'e.g. ["data.workers_per_gpu=4", "log_config.interval=10"]'
+        )
+    checked = []
+    for item in items:
+        if not isinstance(item, str) or "=" not in item:
+            raise LaunchError(
+                f"cfg option {item!r} is not key=value; e.g. data.workers_per_gpu=4 or log_config.interval=10"
+            )
+        key, value = item.split("=", 1)
+        if not _CFG_KEY.match(key):
+            raise LaunchError(
+                f"cfg option key {key!r} is not a dotted config path; e.g. data.workers_per_gpu=4"
+            )
+        if value == "":
+            raise LaunchError(f"cfg option {item!r} has an empty value; e.g. {key}=4")
+        if key in _MANAGED_KEYS:
+            raise LaunchError(
+                f"cfg option {key} is set by the pipeline from {_MANAGED_KEYS[key]}; "
+                "set that parameter instead of passing it in cfg options"
+            )
+        checked.append(item)
+    return tuple(checked)
+
+
+def default_work_dir(config: str) -> str:
+    """UniAD's layout: projects/configs/<group>/<name>.py -> projects/work_dirs/<group>/<name>/."""
+    path = PurePosixPath(config)
+    return f"projects/work_dirs/{path.parent.name}/{path.stem}/"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything that decides how one stage is launched. Paths are relative to the UniAD root or absolute."""
+
+    uniad_root: str
+    config: str
+    work_dir: str
+    max_epochs: int
+    nproc_per_node: int = 8
+    backend: str = "auto"
+    launcher: str = "torchrun"
+    deterministic: bool = True
+    seed: int | None = None
+    load_from: str | None = None
+    resume_from: str | None = None
+    cfg_options: tuple[str, ...] = field(default_factory=tuple)
+    python: str = "python"
+
+    def __post_init__(self) -> None:
+        if not self.uniad_root:
+            raise LaunchError("uniad_root is empty; e.g. uniad_root=/workspace/UniAD")
+        if not self.config.endswith(".py"):
+            raise LaunchError(
+                f"config {self.config!r} is not a python config; e.g. projects/configs/stage1_track_map/full_track_map.py"
+            )
+        if not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool) or self.max_epochs < 1:
+            raise LaunchError(f"epochs must be an integer >= 1, got {self.max_epochs!r}; e.g. 6 for stage 1")
+        if not isinstance(self.nproc_per_node, int) or isinstance(self.nproc_per_node, bool) or not (
+            1 <= self.nproc_per_node <= 64
+        ):
+            raise LaunchError(
+                f"nproc_per_node must be an integer from 1 to 64 (one per GPU), got {self.nproc_per_node!r}; e.g. 8"
+            )
+        if self.backend not in BACKENDS:
+            raise LaunchError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}; e.g. auto")
+        if self.launcher not in LAUNCHERS:
+            raise LaunchError(
+                f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}; "
+                "torchrun for torch >= 1.10, launch for UniAD main's torch 1.9"
+            )
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
+            raise LaunchError(f"seed must be a non-negative integer or null, got {self.seed!r}; e.g. 0")
+        object.__setattr__(self, "cfg_options", parse_cfg_options(self.cfg_options))
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    backend: str
+
+
+def resolve_backend(requested: str, visible_gpus: int, nproc_per_node: int) -> str:
+    """``auto`` -> nccl when there is a usable GPU for every rank, else gloo. An explicit nccl is checked too."""
+    if requested not in BACKENDS:
+        raise LaunchError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if requested == "gloo":
+        return "gloo"
+    enough = visible_gpus >= nproc_per_node
+    if requested == "auto":
+        return "nccl" if enough else "gloo"
+    if not enough:
+        raise LaunchError(
+            f"backend nccl needs one GPU per process: {nproc_per_node} processes but {visible_gpus} usable GPU(s) "
+            "on this worker. Use backend=gloo (or auto), or lower nproc_per_node."
+        )
+    return "nccl"
+
+
+def build_launch(
+    spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
+) -> LaunchCommand:
+    """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
+    if backend not in ("nccl", "gloo"):
+        raise LaunchError(f"build_launch needs a resolved backend (nccl or gloo), got {backend!r}")
+    if not 1024 <= master_port <= 65535:
+        raise LaunchError(f"master_port must be in 1024..65535, got {master_port}")
+    if spec.launcher == "torchrun":
+        launcher: Sequence[str] = ("-m", "torch.distributed.run", "--nnodes=1")
+    else:
+        launcher = ("-m", "torch.distributed.launch", "--use_env")
+    argv = [
+        spec.python,
+        *launcher,
+        f"--nproc_per_node={spec.nproc_per_node}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={master_port}",
+        "tools/train.py",
+        spec.config,
+        "--launcher",
+        "pytorch",
+    ]
+    if spec.deterministic:
+        argv.append("--deterministic")
+    argv += ["--work-dir", spec.work_dir]
+    if spec.seed is not None:
+        argv += ["--seed", str(spec.seed)]
+    if spec.resume_from:
+        argv += ["--resume-from", spec.resume_from]
+    options = [f"dist_params.backend={backend}", f"runner.max_epochs={spec.max_epochs}"]
+    if spec.load_from:
+        options.append(f"load_from={spec.load_from}")
+    argv += ["--cfg-options", *options, *spec.cfg_options]
+
+    inherited = (base_env or {}).get("PYTHONPATH", "")
+    env = {
+        "PYTHONPATH": spec.uniad_root + (f":{inherited}" if inherited else ""),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return LaunchCommand(argv=argv, env=env, cwd=spec.uniad_root, backend=backend)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; the rendezvous binds it right after, so collisions are rare."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,245 @@
+"""Run one training stage as a process group, stream its output, report progress, and stop it cleanly.
+
+The launcher and every rank live in one new session (process group), so stopping the stage, from ``on_kill`` or
+Ctrl-C, takes all ranks down with it instead of leaving GPUs held by orphans.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from .errors import TrainingFailed
+from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend
+from .logs import parse_mmcv_train_line
+
+logger = logging.getLogger(__name__)
+
+TAIL_LINES = 40
+
+
+def _fmt_duration(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(seconds, 0))))
+
+
+@dataclass
+class Progress:
+    """Where a stage is, from the latest mmcv train line, with a wall-clock ETA for the whole stage."""
+
+    stage: str
+    epoch: int
+    total_epochs: int
+    iter: int
+    iters_per_epoch: int
+    fraction: float
+    loss: float | None
+    elapsed_s: float
+    eta_s: float | None
+
+    def line(self) -> str:
+        parts = [
+            f"[{self.stage}] epoch {self.epoch}/{self.total_epochs} iter {self.iter}/{self.iters_per_epoch}",
+            f"{self.fraction * 100:5.1f}%",
+        ]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        parts.append(f"elapsed {_fmt_duration(self.elapsed_s)}")
+        parts.append(f"ETA {_fmt_duration(self.eta_s)}" if self.eta_s is not None else "ETA --")
+        return " | ".join(parts)
+
+
+class ProgressTracker:
+    """Turns train lines into Progress; the ETA comes from the observed rate, not from mmcv's own estimate."""
+
+    def __init__(self, stage: str, total_epochs: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage = stage
+        self.total_epochs = total_epochs
+        self._clock = clock
+        self._start = clock()
+        self._first: tuple[float, float] | None = None
+        self.latest: Progress | None = None
+
+    def update(self, line: str) -> Progress | None:
+        record = parse_mmcv_train_line(line)
+        if record is None:
+            return None
+        now = self._clock()
+        per_epoch = record["iters_per_epoch"]
+        total_iters = max(self.total_epochs * per_epoch, 1)
+        fraction = min(((record["epoch"] - 1) * per_epoch + record["iter"]) / total_iters, 1.0)
+        eta = None
+        if self._first is None:
+            self._first = (now, fraction)
+        elif fraction > self._first[1]:
+            rate = (fraction - self._first[1]) / max(now - self._first[0], 1e-9)
+            eta = (1.0 - fraction) / rate
+        loss = record.get("loss")
+        self.latest = Progress(
+            stage=self.stage,
+            epoch=record["epoch"],
+            total_epochs=self.total_epochs,
+            iter=record["iter"],
+            iters_per_epoch=per_epoch,
+            fraction=fraction,
+            loss=loss if isinstance(loss, float) else None,
+            elapsed_s=now - self._start,
+            eta_s=eta,
+        )
+        return self.latest
+
+
+@dataclass
+class StageResult:
+    stage: str
+    returncode: int
+    duration_s: float
+    last_progress: Progress | None
+
+
+class StageRun:
+    """One stage's process group: ``start`` it, ``wait`` for it, ``terminate`` it from any thread."""
+
+    def __init__(
+        self,
+        command: LaunchCommand,
+        *,
+        stage: str,
+        total_epochs: int,
+        emit_output: Callable[[str], None] | None = None,
+        emit_progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.command = command
+        self.stage = stage
+        self.tracker = ProgressTracker(stage, total_epochs)
+        self._emit_output = emit_output or (lambda line: logger.info("%s", line))
+        self._emit_progress = emit_progress or (lambda progress: logger.info("%s", progress.line()))
+        self._proc: subprocess.Popen[str] | None = None
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+        self._terminated_by: str | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.command.env}
+        logger.info("starting %s in %s: %s", self.stage, self.command.cwd, self.command.argv)
+        logger.info("environment additions: %s", sorted(self.command.env))
+        self._proc = subprocess.Popen(
+            self.command.argv,
+            cwd=self.command.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._started = time.monotonic()
+
+    def wait(self) -> StageResult:
+        """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
+        if self._proc is None:
+            raise RuntimeError("StageRun.wait() called before start()")
+        try:
+            assert self._proc.stdout is not None
+            for raw in self._proc.stdout:
+                line = raw.rstrip("\n")
+                self._tail.append(line)
+                self._emit_output(line)
+                progress = self.tracker.update(line)
+                if progress is not None:
+                    self._emit_progress(progress)
+            returncode = self._proc.wait()
+        except BaseException:
+            self.terminate(reason="the launching process was interrupted")
+            raise
+        finally:
+            # Ranks that outlive the launcher (it crashed, or closed its output early) must not keep GPUs.
+            self._kill_group(signal.SIGKILL)
+        duration = time.monotonic() - self._started
+        if returncode != 0:
+            why = f" ({self._terminated_by})" if self._terminated_by else ""
+            raise TrainingFailed(
+                f"{self.stage} training exited with code {returncode}{why} after {_fmt_duration(duration)}",
+                returncode=returncode,
+                tail=list(self._tail),
+            )
+        return StageResult(self.stage, returncode, duration, self.tracker.latest)
+
+    def run(self) -> StageResult:
+        self.start()
+        return self.wait()
+
+    def terminate(self, grace_s: float = 10.0, reason: str = "stopped") -> None:
+        """SIGTERM the whole group, then SIGKILL whatever is left after ``grace_s``."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill_group(signal.SIGKILL)
+                return
+            self._terminated_by = reason
+            logger.warning("stopping %s (process group %d): %s", self.stage, self._proc.pid, reason)
+            self._kill_group(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0f s; killing the process group", self.stage, grace_s)
+            self._kill_group(signal.SIGKILL)
+
+    def _kill_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def probe_visible_gpus(python: str, timeout_s: float = 120.0) -> int:
+    """How many CUDA devices the training interpreter sees (it may not be this process's interpreter)."""
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        done = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TrainingFailed(
+            f"could not run the training interpreter {python!r} to count GPUs: {exc}. "
+            "Set UNIAD_PYTHON to the python that has torch and mmcv installed."
+        ) from exc
+    if done.returncode != 0:
+        raise TrainingFailed(
+            f"the training interpreter {python!r} cannot import torch (exit code {done.returncode}). "
+            "Set UNIAD_PYTHON to the python that has torch and mmcv installed.",
+            returncode=done.returncode,
+            tail=done.stderr.strip().splitlines()[-TAIL_LINES:],
+        )
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def make_stage_run(
+    spec: StageSpec,
+    *,
+    stage: str,
+    emit_output: Callable[[str], None] | None = None,
+    emit_progress: Callable[[Progress], None] | None = None,
+) -> StageRun:
+    """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
+    gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
+    backend = resolve_backend(spec.backend, gpus, spec.nproc_per_node)
+    logger.info("%s: backend %s (requested %s, %d usable GPU(s))", stage, backend, spec.backend, gpus)
+    command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
+    return StageRun(
+        command, stage=stage, total_epochs=spec.max_epochs, emit_output=emit_output, emit_progress=emit_progress
+    )
