@@ -122,13 +122,11 @@ def _state_dict(obj: object, path: Path) -> tuple[dict, dict]:
             f"got {type(obj).__name__}" + (f" with keys {sorted(obj)[:MAX_LISTED]}" if isinstance(obj, dict) else "")
         )
     if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     return state, meta if isinstance(meta, dict) else {}
 
 
-def inspect_checkpoint(
-    path: str | Path, stage: str | None = None, expect_epoch: int | None = None
-) -> CheckpointReport:
+def inspect_checkpoint(path: str | Path, stage: str | None = None, expect_epoch: int | None = None) -> CheckpointReport:
     """Load ``path`` safely and report what a gate needs; ``report.valid`` says whether it fits ``stage``."""
     import torch
 
@@ -136,9 +134,7 @@ def inspect_checkpoint(
         raise CheckpointError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     original = Path(path)
     if not original.exists():
-        raise CheckpointError(
-            f"no checkpoint at {original}" + (" (dangling symlink)" if original.is_symlink() else "")
-        )
+        raise CheckpointError(f"no checkpoint at {original}" + (" (dangling symlink)" if original.is_symlink() else ""))
     resolved = original.resolve()
     report = CheckpointReport(
         path=str(original),

@@ -54,8 +54,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .runner import make_stage_run
     from .logs import parse_mmcv_train_line
+    from .runner import make_stage_run
 
     spec = StageSpec(
         uniad_root=str(Path(args.uniad_root).resolve()),

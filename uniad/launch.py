@@ -52,9 +52,7 @@ def parse_cfg_options(items: Iterable[str] | None) -> tuple[str, ...]:
             )
         key, value = item.split("=", 1)
         if not _CFG_KEY.match(key):
-            raise LaunchError(
-                f"cfg option key {key!r} is not a dotted config path; e.g. data.workers_per_gpu=4"
-            )
+            raise LaunchError(f"cfg option key {key!r} is not a dotted config path; e.g. data.workers_per_gpu=4")
         if value == "":
             raise LaunchError(f"cfg option {item!r} has an empty value; e.g. {key}=4")
         if key in _MANAGED_KEYS:
@@ -99,8 +97,10 @@ class StageSpec:
             )
         if not isinstance(self.max_epochs, int) or isinstance(self.max_epochs, bool) or self.max_epochs < 1:
             raise LaunchError(f"epochs must be an integer >= 1, got {self.max_epochs!r}; e.g. 6 for stage 1")
-        if not isinstance(self.nproc_per_node, int) or isinstance(self.nproc_per_node, bool) or not (
-            1 <= self.nproc_per_node <= 64
+        if (
+            not isinstance(self.nproc_per_node, int)
+            or isinstance(self.nproc_per_node, bool)
+            or not (1 <= self.nproc_per_node <= 64)
         ):
             raise LaunchError(
                 f"nproc_per_node must be an integer from 1 to 64 (one per GPU), got {self.nproc_per_node!r}; e.g. 8"

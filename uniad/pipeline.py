@@ -55,7 +55,9 @@ class PipelineParams:
         for name in ("stage1_epochs", "stage2_epochs"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
-                raise PipelineError(f"{name} must be an integer >= 1, got {value!r}; e.g. 6 for stage 1, 20 for stage 2")
+                raise PipelineError(
+                    f"{name} must be an integer >= 1, got {value!r}; e.g. 6 for stage 1, 20 for stage 2"
+                )
         if self.nproc_per_node is not None and (not _is_int(self.nproc_per_node) or not 1 <= self.nproc_per_node <= 64):
             raise PipelineError(
                 f"nproc_per_node must be an integer from 1 to 64 or null (profile default), got {self.nproc_per_node!r}"

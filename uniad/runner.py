@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from .logs import parse_mmcv_train_line
 logger = logging.getLogger(__name__)
 
 TAIL_LINES = 40
+POLL_S = 0.5
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -152,22 +154,22 @@ class StageRun:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
         if self._proc is None:
             raise RuntimeError("StageRun.wait() called before start()")
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=self._pump, args=(lines,), name=f"{self.stage}-output", daemon=True)
+        reader.start()
         try:
-            assert self._proc.stdout is not None
-            for raw in self._proc.stdout:
-                line = raw.rstrip("\n")
-                self._tail.append(line)
-                self._emit_output(line)
-                progress = self.tracker.update(line)
-                if progress is not None:
-                    self._emit_progress(progress)
-            returncode = self._proc.wait()
+            returncode = None
+            while returncode is None:
+                self._drain(lines, timeout=POLL_S)
+                returncode = self._proc.poll()
+            # The leader is gone. Ranks still alive in its group are orphans (they would also keep the output pipe
+            # open forever): kill them, then read what is left.
+            self._kill_group(signal.SIGKILL)
+            reader.join(timeout=30)
+            self._drain(lines, timeout=0)
         except BaseException:
             self.terminate(reason="the launching process was interrupted")
             raise
-        finally:
-            # Ranks that outlive the launcher (it crashed, or closed its output early) must not keep GPUs.
-            self._kill_group(signal.SIGKILL)
         duration = time.monotonic() - self._started
         if returncode != 0:
             why = f" ({self._terminated_by})" if self._terminated_by else ""
@@ -177,6 +179,27 @@ class StageRun:
                 tail=list(self._tail),
             )
         return StageResult(self.stage, returncode, duration, self.tracker.latest)
+
+    def _pump(self, lines: queue.Queue) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            lines.put(raw.rstrip("\n"))
+        lines.put(None)
+
+    def _drain(self, lines: queue.Queue, timeout: float) -> None:
+        """Emit queued lines on the calling thread (Airflow's task logger is not ours to share across threads)."""
+        try:
+            line = lines.get(timeout=timeout) if timeout else lines.get_nowait()
+            while True:
+                if line is not None:
+                    self._tail.append(line)
+                    self._emit_output(line)
+                    progress = self.tracker.update(line)
+                    if progress is not None:
+                        self._emit_progress(progress)
+                line = lines.get_nowait()
+        except queue.Empty:
+            return
 
     def run(self) -> StageResult:
         self.start()

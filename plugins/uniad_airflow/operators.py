@@ -37,7 +37,9 @@ class _PlanMixin:
     def _plan(self, context: Context) -> dict:
         plan = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
         if not plan:
-            raise AirflowFailException(f"no plan in XCom from task {PLAN_TASK_ID!r}; did preflight run in this dag run?")
+            raise AirflowFailException(
+                f"no plan in XCom from task {PLAN_TASK_ID!r}; did preflight run in this dag run?"
+            )
         return plan
 
 
@@ -66,7 +68,12 @@ class UniADPreflightOperator(BaseOperator):
         for stage, spec in plan["stages"].items():
             self.log.info(
                 "%s: %s, %d epoch(s), %d process(es), backend %s, work dir %s",
-                stage, spec["config"], spec["max_epochs"], spec["nproc_per_node"], spec["backend"], spec["work_dir"],
+                stage,
+                spec["config"],
+                spec["max_epochs"],
+                spec["nproc_per_node"],
+                spec["backend"],
+                spec["work_dir"],
             )
         self.log.info("stage-1 checkpoint will be promoted to %s", plan["ckpt_path"])
         return plan
@@ -165,6 +172,9 @@ class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
             raise AirflowFailException(str(exc)) from exc
         self.log.info(
             "promoted %s (epoch %s, sha256 %s) to %s",
-            provenance["source_resolved"], provenance["epoch"], provenance["sha256"], provenance["path"],
+            provenance["source_resolved"],
+            provenance["epoch"],
+            provenance["sha256"],
+            provenance["path"],
         )
         return provenance

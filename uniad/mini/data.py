@@ -97,9 +97,7 @@ class MiniDriveDataset(Dataset):
         steps_back = np.arange(q - 1, -1, -1, dtype=np.float32)  # frame f is (q-1-f) steps before now
         frame_pos = pos[None] - steps_back[:, None, None] * vel[None]  # (q, a, 2)
         boxes = np.concatenate([frame_pos, np.broadcast_to(sizes, (q, a, 2))], axis=-1)
-        past = np.stack(
-            [frame_pos - (k + 1) * vel[None] for k in range(self.past_steps)], axis=2
-        )  # (q, a, past, 2)
+        past = np.stack([frame_pos - (k + 1) * vel[None] for k in range(self.past_steps)], axis=2)  # (q, a, past, 2)
         future = np.stack([pos + (k + 1) * vel for k in range(self.future_steps)], axis=1)  # (a, T, 2)
 
         # Map: straight lanes, vertical or horizontal, sorted by offset; drivable area is a band around the ego.
@@ -108,7 +106,7 @@ class MiniDriveDataset(Dataset):
         offsets = np.sort(rng.uniform(-0.8, 0.8, self.max_lanes)).astype(np.float32)
         lane_labels = np.full(self.max_lanes, len(MAP_CLASSES), dtype=np.int64)
         lane_labels[:n_lanes] = rng.integers(0, len(MAP_CLASSES), n_lanes)
-        thickness = 0.1
+        thickness = 0.16  # at least one pixel wide on the 16-pixel map grid (spacing 0.125)
         lane_boxes = np.zeros((self.max_lanes, 4), dtype=np.float32)
         for i in range(n_lanes):
             lane_boxes[i] = (offsets[i], 0.0, thickness, 2.0) if vertical else (0.0, offsets[i], 2.0, thickness)

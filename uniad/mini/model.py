@@ -263,9 +263,7 @@ class MiniUniAD(nn.Module):
             for layer_idx, (cls, box, past) in enumerate(outputs):
                 prefix = f"track.frame_{f}_"
                 losses[f"{prefix}loss_cls_{layer_idx}"] = F.cross_entropy(cls.flatten(0, 1), tgt_labels.flatten())
-                losses[f"{prefix}loss_bbox_{layer_idx}"] = _masked_mean(
-                    (box - tgt_boxes).abs().sum(-1), tgt_valid
-                )
+                losses[f"{prefix}loss_bbox_{layer_idx}"] = _masked_mean((box - tgt_boxes).abs().sum(-1), tgt_valid)
                 losses[f"{prefix}loss_past_trajs_{layer_idx}"] = self.past_traj_weight * _masked_mean(
                     (past - tgt_past).abs(), tgt_valid
                 )
@@ -332,7 +330,9 @@ class MiniUniAD(nn.Module):
         best = ade.argmin(-1)
         best_traj = trajs.gather(2, best[..., None, None, None].expand(-1, -1, 1, *trajs.shape[3:])).squeeze(2)
         l_reg = _masked_mean((best_traj - gt).abs().sum(-1).mean(-1), valid)
-        l_class = _masked_mean(F.cross_entropy(scores.flatten(0, 1), best.flatten(), reduction="none").view(b, q), valid)
+        l_class = _masked_mean(
+            F.cross_entropy(scores.flatten(0, 1), best.flatten(), reduction="none").view(b, q), valid
+        )
         losses["motion.loss_traj"] = l_reg + l_class
         losses["motion.l_class"] = l_class.detach()
         losses["motion.l_reg"] = l_reg.detach()

@@ -1,0 +1,134 @@
+"""The whole DAG on the mini profile: once through `airflow dags test`, once through a real scheduler."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from conftest import BIN, run
+
+from uniad.checkpoints import inspect_checkpoint, provenance_path, sha256_file
+from uniad.launch import find_free_port
+
+pytestmark = pytest.mark.slow
+DAG_ID = "uniad_e2e_training"
+
+
+def cli_json(argv: list[str]):
+    """Airflow's CLI may log warnings on stdout before its JSON output."""
+    lines = run(argv).stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
+    return json.loads("\n".join(lines[start:]))
+
+
+def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
+    root = tmp_path / "uniad-mini"
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps({"profile": "mini", "uniad_root": str(root)})],
+        timeout=900,
+    )
+    output = done.stdout + done.stderr
+    assert "[stage1] epoch 6/6 iter 40/40 | 100.0%" in output
+    assert "[stage2] epoch 20/20 iter 40/40 | 100.0%" in output
+    assert "backend gloo (requested auto, 0 usable GPU(s))" in output
+
+    ckpt = root / "ckpts/full_track_map.pth"
+    stage1 = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    stage2 = root / "projects/work_dirs/stage2_e2e/full_e2e"
+    assert ckpt.is_file() and not ckpt.is_symlink()
+    provenance = json.loads(provenance_path(ckpt).read_text())
+    assert provenance["epoch"] == 6 and provenance["source_resolved"] == str(stage1 / "epoch_6.pth")
+    assert provenance["sha256"] == sha256_file(ckpt) == sha256_file(stage1 / "epoch_6.pth")
+    assert sorted(p.name for p in stage1.glob("epoch_*.pth")) == [f"epoch_{i}.pth" for i in range(1, 7)]
+    assert (stage2 / "latest.pth").resolve() == stage2 / "epoch_20.pth"
+    report = inspect_checkpoint(stage2 / "latest.pth", stage="stage2", expect_epoch=20)
+    assert report.valid, report.problems
+    assert f"load checkpoint from local path: {ckpt}" in next(stage2.glob("*.log")).read_text()
+
+
+@pytest.fixture
+def scheduler(airflow_home):
+    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in its own group."""
+    port = find_free_port()
+    env = {
+        **os.environ,
+        "AIRFLOW__API__PORT": str(port),
+        # Task supervisors report to the execution API, which moves with the api-server's port.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+    }
+    log = open(airflow_home / "standalone.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as response:
+                    health = json.load(response)
+                if health["scheduler"]["status"] == "healthy":
+                    break
+            except (OSError, KeyError, ValueError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    "airflow standalone did not become healthy:\n"
+                    + (airflow_home / "standalone.log").read_text()[-5000:]
+                )
+            time.sleep(2)
+        yield proc
+    finally:
+        # Stop by process group: SIGTERM to the main pid alone would orphan the scheduler.
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            proc.poll()
+            time.sleep(0.5)
+        if group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_triggered_run_succeeds_under_the_scheduler(scheduler, airflow_home, tmp_path):
+    root = tmp_path / "uniad-mini-scheduled"
+    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 1, "stage2_epochs": 1}
+    run_id = f"ci__{int(time.time())}"
+    airflow = str(BIN / "airflow")
+    # The dag-processor must have serialized the DAG before it can be triggered.
+    deadline = time.monotonic() + 120
+    while run([airflow, "dags", "list", "-o", "json"], check=False).stdout.find(DAG_ID) < 0:
+        assert time.monotonic() < deadline, "the DAG never showed up in the metadata DB"
+        time.sleep(3)
+    run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
+
+    deadline = time.monotonic() + 600
+    state = None
+    while time.monotonic() < deadline:
+        runs = cli_json([airflow, "dags", "list-runs", DAG_ID, "-o", "json"])
+        state = next((r["state"] for r in runs if r["run_id"] == run_id), None)
+        if state in ("success", "failed"):
+            break
+        time.sleep(5)
+    tasks = cli_json([airflow, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"])
+    states = {t["task_id"]: t["state"] for t in tasks}
+    assert state == "success", (state, states, (airflow_home / "standalone.log").read_text()[-3000:])
+    assert set(states.values()) == {"success"} and len(states) == 6
+    assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
+    assert inspect_checkpoint(
+        root / "projects/work_dirs/stage2_e2e/full_e2e/latest.pth", stage="stage2", expect_epoch=1
+    ).valid

@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from uniad.errors import LaunchError
+from uniad.launch import (
+    StageSpec,
+    build_launch,
+    default_work_dir,
+    find_free_port,
+    parse_cfg_options,
+    resolve_backend,
+)
+
+
+def spec(**overrides) -> StageSpec:
+    values = dict(
+        uniad_root="/workspace/UniAD",
+        config="projects/configs/stage2_e2e/full_e2e.py",
+        work_dir="projects/work_dirs/stage2_e2e/full_e2e/",
+        max_epochs=20,
+        nproc_per_node=8,
+        load_from="/workspace/UniAD/ckpts/full_track_map.pth",
+        cfg_options=("data.workers_per_gpu=4", "log_config.interval=10"),
+        python="/usr/bin/python3",
+    )
+    values.update(overrides)
+    return StageSpec(**values)
+
+
+def test_reference_run_stage2_command_with_torchrun():
+    cmd = build_launch(spec(), backend="gloo", master_port=28599, base_env={"PYTHONPATH": "/opt/extra"})
+    assert cmd.argv == [
+        "/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes=1",
+        "--nproc_per_node=8", "--master_addr=127.0.0.1", "--master_port=28599",
+        "tools/train.py", "projects/configs/stage2_e2e/full_e2e.py",
+        "--launcher", "pytorch", "--deterministic",
+        "--work-dir", "projects/work_dirs/stage2_e2e/full_e2e/",
+        "--cfg-options", "dist_params.backend=gloo", "runner.max_epochs=20",
+        "load_from=/workspace/UniAD/ckpts/full_track_map.pth",
+        "data.workers_per_gpu=4", "log_config.interval=10",
+    ]  # fmt: skip
+    assert cmd.env == {"PYTHONPATH": "/workspace/UniAD:/opt/extra", "PYTHONUNBUFFERED": "1"}
+    assert cmd.cwd == "/workspace/UniAD"
+    assert cmd.backend == "gloo"
+
+
+def test_launch_launcher_uses_env_and_never_drops_launcher_pytorch():
+    cmd = build_launch(
+        spec(launcher="launch", deterministic=False, seed=7, resume_from="w/epoch_3.pth", load_from=None),
+        backend="nccl",
+        master_port=29500,
+    )
+    assert cmd.argv[1:4] == ["-m", "torch.distributed.launch", "--use_env"]
+    assert cmd.argv[cmd.argv.index("--launcher") + 1] == "pytorch"
+    assert "--deterministic" not in cmd.argv
+    assert cmd.argv[cmd.argv.index("--seed") + 1] == "7"
+    assert cmd.argv[cmd.argv.index("--resume-from") + 1] == "w/epoch_3.pth"
+    assert not any(item.startswith("load_from=") for item in cmd.argv)
+    assert cmd.env["PYTHONPATH"] == "/workspace/UniAD"
+
+
+def test_shell_metacharacters_stay_one_literal_argv_item():
+    nasty = "data.samples_per_gpu=1; touch /tmp/pwned $(id) `id` | cat"
+    cmd = build_launch(spec(cfg_options=(nasty,)), backend="gloo", master_port=29500)
+    assert cmd.argv[-1] == nasty
+    assert isinstance(cmd.argv, list) and all(isinstance(item, str) for item in cmd.argv)
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ("data.workers_per_gpu=4", "not one string"),
+        (["workers_per_gpu"], "not key=value"),
+        (["=4"], "not a dotted config path"),
+        (["data..x=1"], "not a dotted config path"),
+        (["data.workers_per_gpu="], "empty value"),
+        (["dist_params.backend=nccl"], "set by the pipeline from backend"),
+        (["runner.max_epochs=3"], "stage1_epochs / stage2_epochs"),
+        (["load_from=/x.pth"], "promoted checkpoint"),
+    ],
+)
+def test_bad_cfg_options_are_refused_with_an_example(items, message):
+    with pytest.raises(LaunchError, match=message) as info:
+        parse_cfg_options(items)
+    assert "e.g." in str(info.value) or "instead" in str(info.value)
+
+
+def test_cfg_option_values_may_contain_equals_and_brackets():
+    assert parse_cfg_options(["model.x=[1,2]", "a.b=c=d"]) == ("model.x=[1,2]", "a.b=c=d")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_epochs": 0}, "epochs must be an integer >= 1"),
+        ({"max_epochs": True}, "epochs must be an integer >= 1"),
+        ({"nproc_per_node": 0}, "nproc_per_node"),
+        ({"nproc_per_node": 65}, "nproc_per_node"),
+        ({"backend": "mpi"}, "backend must be one of"),
+        ({"launcher": "srun"}, "launcher must be one of"),
+        ({"config": "projects/configs/x.yaml"}, "not a python config"),
+        ({"seed": -1}, "seed"),
+        ({"uniad_root": ""}, "uniad_root is empty"),
+    ],
+)
+def test_stage_spec_validation(overrides, message):
+    with pytest.raises(LaunchError, match=message):
+        spec(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "nproc", "expected"),
+    [
+        ("auto", 8, 8, "nccl"),
+        ("auto", 0, 2, "gloo"),
+        ("auto", 4, 8, "gloo"),
+        ("gloo", 8, 8, "gloo"),
+        ("nccl", 8, 8, "nccl"),
+    ],
+)
+def test_resolve_backend(requested, gpus, nproc, expected):
+    assert resolve_backend(requested, gpus, nproc) == expected
+
+
+def test_explicit_nccl_without_gpus_suggests_gloo():
+    with pytest.raises(LaunchError, match="Use backend=gloo"):
+        resolve_backend("nccl", 0, 2)
+
+
+def test_build_launch_needs_a_resolved_backend_and_sane_port():
+    with pytest.raises(LaunchError, match="resolved backend"):
+        build_launch(spec(), backend="auto", master_port=29500)
+    with pytest.raises(LaunchError, match="master_port"):
+        build_launch(spec(), backend="gloo", master_port=80)
+
+
+def test_default_work_dir_follows_uniad_layout():
+    assert default_work_dir("projects/configs/stage1_track_map/full_track_map.py") == (
+        "projects/work_dirs/stage1_track_map/full_track_map/"
+    )
+    assert default_work_dir("projects/configs/stage2_e2e/base_e2e.py") == "projects/work_dirs/stage2_e2e/base_e2e/"
+
+
+def test_find_free_port_is_bindable():
+    port = find_free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))

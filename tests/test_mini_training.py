@@ -1,0 +1,138 @@
+"""The mini UniAD trained for real (2 gloo processes, mmcv runner) and what it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+
+import pytest
+import torch
+from conftest import PYTHON, run
+
+from uniad.checkpoints import inspect_checkpoint
+from uniad.mini.data import MiniDriveDataset
+from uniad.mini.model import MiniUniAD, match_queries
+
+pytestmark = pytest.mark.slow
+
+
+def json_records(work_dir):
+    logs = sorted(work_dir.glob("*.log.json"))
+    assert len(logs) == 1, logs
+    lines = logs[0].read_text().splitlines()
+    meta = json.loads(lines[0])
+    return meta, [json.loads(line) for line in lines[1:]]
+
+
+def test_stage1_losses_fall_because_the_model_learns(trained_root):
+    meta, records = json_records(trained_root["stage1_dir"])
+    assert {"env_info", "config", "seed", "exp_name"} <= set(meta)
+    assert "dist_params = dict(backend='gloo')" in meta["config"]
+    train = [r for r in records if r["mode"] == "train"]
+    assert [(r["epoch"], r["iter"]) for r in train] == [(e, i) for e in (1, 2) for i in (10, 20, 30, 40)]
+    first, last_epoch = train[0]["loss"], [r["loss"] for r in train if r["epoch"] == 2]
+    assert statistics.mean(last_epoch) < 0.8 * first, (first, last_epoch)
+    bbox = [sum(v for k, v in r.items() if "loss_bbox" in k and k.startswith("track.")) for r in train]
+    assert bbox[-1] < 0.7 * bbox[0]
+    keys = set(train[0])
+    for key in (
+        "lr",
+        "grad_norm",
+        "time",
+        "data_time",
+        "track.frame_0_loss_cls_0",
+        "track.frame_2_loss_bbox_5",
+        "track.frame_1_loss_past_trajs_3",
+        "map.loss_cls",
+        "map.loss_bbox",
+        "map.loss_iou",
+        "map.loss_mask_things",
+        "map.loss_mask_stuff",
+        "map.d0.loss_cls",
+    ):
+        assert key in keys, key
+    assert not any(k.startswith(("motion.", "occ.", "planning.")) for k in keys)
+    # Past-trajectory loss is off in stage 1 by design; it logs as exactly 0.0.
+    assert all(v == 0.0 for r in train for k, v in r.items() if "loss_past_trajs" in k)
+    # The total sums the keys that contain "loss".
+    record = train[-1]
+    assert record["loss"] == pytest.approx(sum(v for k, v in record.items() if "loss" in k and k != "loss"), abs=1e-3)
+
+
+def test_stage1_progress_lines_and_checkpoints(trained_root):
+    out = trained_root["stage1_stdout"]
+    lines = [line for line in out.splitlines() if line.startswith("[stage1] epoch")]
+    assert len(lines) == 8
+    assert re.search(
+        r"\[stage1\] epoch 2/2 iter 40/40 \| 100\.0% \| loss \d+\.\d+ \| elapsed \S+ \| ETA 0:00:00", lines[-1]
+    )
+    assert "ETA --" in lines[0] and "ETA --" not in lines[1]
+    work = trained_root["stage1_dir"]
+    assert (work / "latest.pth").is_symlink() and (work / "latest.pth").resolve() == work / "epoch_2.pth"
+    report = inspect_checkpoint(work / "latest.pth", stage="stage1", expect_epoch=2)
+    assert report.valid, report.problems
+    assert (report.epoch, report.iter) == (2, 80)
+
+
+def test_stage2_starts_from_the_promoted_checkpoint(trained_root):
+    stage2 = trained_root["stage2_dir"]
+    text_log = next(stage2.glob("*.log")).read_text()
+    assert f"load checkpoint from local path: {trained_root['ckpt']}" in text_log
+    assert "missing keys in source state_dict: motion_head." in text_log
+    _, records = json_records(stage2)
+    keys = set(records[0])
+    for key in (
+        "motion.loss_traj",
+        "motion.min_ade",
+        "occ.loss_dice",
+        "occ.loss_aux_mask",
+        "planning.loss_ade",
+        "planning.loss_collision_0",
+    ):
+        assert key in keys, key
+    # Loaded perception weights: track losses start where stage 1 ended, not from scratch.
+    _, stage1 = json_records(trained_root["stage1_dir"])
+    track = lambda r: sum(v for k, v in r.items() if k.startswith("track.") and "past" not in k)  # noqa: E731
+    assert track(records[0]) < 0.8 * track(stage1[0])
+    ckpt = stage2 / "latest.pth"
+    assert inspect_checkpoint(ckpt, stage="stage2", expect_epoch=1).valid
+    assert not inspect_checkpoint(ckpt, stage="stage1").valid
+
+
+def test_inspect_cli_rejects_each_stage_as_the_other(trained_root):
+    stage1 = run([PYTHON, "-m", "uniad", "inspect", str(trained_root["ckpt"]), "--stage", "stage2"], check=False)
+    assert stage1.returncode == 1 and "looks like a stage-1 (track + map) checkpoint" in stage1.stdout
+    stage2 = run(
+        [PYTHON, "-m", "uniad", "inspect", str(trained_root["stage2_dir"] / "latest.pth"), "--stage", "stage1"],
+        check=False,
+    )
+    assert stage2.returncode == 1 and "looks like a stage-2 (end-to-end) checkpoint" in stage2.stdout
+
+
+def test_generated_scenes_are_deterministic_and_consistent():
+    ds = MiniDriveDataset(num_samples=4, seed=3)
+    a, b = ds[1], ds[1]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(ds[0]["img"], ds[1]["img"])
+    valid = a["agent_mask"]
+    # Constant velocity: the last frame's position plus one step of motion is the first future position.
+    step = a["gt_boxes"][2, :, :2] - a["gt_boxes"][1, :, :2]
+    assert torch.allclose((a["gt_boxes"][2, :, :2] + step)[valid], a["gt_future_trajs"][valid, 0], atol=1e-5)
+    assert a["occ_future"].sum() > 0
+    for sample in (ds[i] for i in range(4)):
+        lanes = sample["lane_labels"] < 2
+        assert all(mask.sum() > 0 for mask in sample["lane_masks"][lanes]), "a lane must be visible on the map grid"
+
+
+def test_matching_finds_the_optimal_permutation():
+    cost = torch.tensor([[[5.0, 1.0, 9.0], [1.0, 5.0, 9.0], [9.0, 9.0, 0.0]]])
+    assert match_queries(cost).tolist() == [[1, 0, 2]]
+
+
+def test_nan_losses_are_logged_as_zero_like_uniad():
+    model = MiniUniAD()
+    batch = torch.utils.data.default_collate([MiniDriveDataset(num_samples=2)[i] for i in range(2)])
+    batch["img"][0, 0, 0, 0, 0] = float("nan")
+    losses = model(**batch)
+    assert all(torch.isfinite(v).all() for v in losses.values())
