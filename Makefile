@@ -1,4 +1,4 @@
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -15,6 +15,9 @@ test-fast: setup  ## unit tests only
 lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+
+bench: setup  ## log analysis vs the json.loads floor, and the cost of polling a growing log
+	.venv/bin/python benchmarks/bench_logs.py
 
 clean:
 	rm -rf airflow_home runs .pytest_cache

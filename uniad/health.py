@@ -1,0 +1,556 @@
+"""Training health: the analysis an engineer does by eye on a stage's loss log, as data.
+
+``analyze`` reads records (``uniad.logs``) and returns a verdict, progress, loss/lr/grad-norm summaries, per-key
+components and findings. ``HealthMonitor`` is the online part (non-finite values, grad-norm explosion, stalls) that
+the training runner feeds while a stage trains, so a bad run is stopped within a log interval or two.
+
+Why zeros matter: UniAD passes every loss through ``torch.nan_to_num``, so a NaN term is logged as 0.0. A component
+that was non-zero and becomes exactly 0.0 is the NaN signature; one that is 0.0 from the start is either disabled by
+design (``loss_past_traj_weight=0.0`` in stage 1) or never receives targets (UniAD issues #194, #196).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .logs import is_json_log, iters_per_epoch_of, parse_json_meta, read_log
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Defaults call the reference run (loss ~106 -> ~48 by epoch 4, grad norm 50-60, cosine 2e-4 -> 1e-4) healthy."""
+
+    window: int = 20  # records in the running median that spikes and explosions are measured against
+    spike_factor: float = 2.0  # loss above this x the running median: a spike
+    explosion_factor: float = 10.0  # grad_norm above this x the running median: an explosion
+    explosion_min_history: int = 5
+    divergence_factor: float = 1.5  # smoothed latest loss above this x the smoothed minimum: divergence
+    plateau_fraction: float = 0.25  # the last part of the run checked for a plateau
+    plateau_min_reduction: float = 0.005  # relative loss reduction across it, below which it is a plateau
+    zero_run: int = 3  # a component exactly 0.0 in this many latest records
+    lr_rel_tolerance: float = 0.1
+    lr_abs_tolerance: float = 5.1e-6  # mmcv rounds json floats to 5 decimals
+    stall_factor: float = 5.0  # silence longer than this x the usual record interval: a stall
+    stall_min_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"health threshold {name} must be a non-negative number, got {value!r}")
+
+
+@dataclass
+class Finding:
+    severity: str
+    code: str
+    message: str
+    epoch: int | None = None
+    iter: int | None = None
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class HealthMonitor:
+    """Online checks, one record at a time: non-finite loss/grad_norm and grad-norm explosions (errors), loss
+    spikes (warnings), and stalls by wall clock. ``fatal`` holds the first error: the reason to stop a run."""
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.t = thresholds or Thresholds()
+        self.findings: list[Finding] = []
+        self.fatal: Finding | None = None
+        self._losses: list[float] = []
+        self._grads: list[float] = []
+        self._seen_nonfinite: set[str] = set()
+        self._last_record_at: float | None = None
+        self._intervals: list[float] = []
+        self._stalled = False
+        self._medians: dict[int, tuple[int, float]] = {}
+
+    def _add(self, finding: Finding) -> Finding:
+        self.findings.append(finding)
+        if finding.severity == ERROR and self.fatal is None:
+            self.fatal = finding
+        return finding
+
+    def feed(self, record: dict, now: float | None = None) -> list[Finding]:
+        if record.get("mode") != "train":
+            return []
+        if now is not None:
+            if self._last_record_at is not None:
+                self._intervals.append(now - self._last_record_at)
+            self._last_record_at = now
+            self._stalled = False
+        return self.observe(
+            record.get("epoch"), record.get("iter"), _num(record.get("loss")), _num(record.get("grad_norm"))
+        )
+
+    def observe(self, epoch: int | None, it: int | None, loss: float | None, grad: float | None) -> list[Finding]:
+        """The per-record checks on already extracted values (``analyze`` calls this in its single pass)."""
+        new: list[Finding] = []
+        for key, value in (("loss", loss), ("grad_norm", grad)):
+            if value is not None and not math.isfinite(value) and key not in self._seen_nonfinite:
+                self._seen_nonfinite.add(key)
+                new.append(self._add(Finding(
+                    ERROR, f"non_finite_{key}",
+                    f"{key} is {value} at epoch {epoch} iter {it}: training diverged (NaN/Inf); check the lr, "
+                    "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
+                    epoch, it,
+                )))  # fmt: skip
+        if loss is not None and math.isfinite(loss):
+            median = self._running_median(self._losses)
+            if median is not None and median > 0 and loss > self.t.spike_factor * median:
+                new.append(self._add(Finding(
+                    WARNING, "loss_spike",
+                    f"loss {loss:.4g} at epoch {epoch} iter {it} is {loss / median:.1f}x the running median "
+                    f"{median:.4g}",
+                    epoch, it,
+                )))  # fmt: skip
+            self._losses.append(loss)
+        if grad is not None and math.isfinite(grad):
+            median = self._running_median(self._grads)
+            if median is not None and median > 0 and grad > self.t.explosion_factor * median:
+                new.append(self._add(Finding(
+                    ERROR, "grad_norm_explosion",
+                    f"grad_norm {grad:.4g} at epoch {epoch} iter {it} is {grad / median:.1f}x its running median "
+                    f"{median:.4g}: gradients are exploding; lower the lr or check grad_clip",
+                    epoch, it,
+                )))  # fmt: skip
+            self._grads.append(grad)
+        return new
+
+    def _running_median(self, history: list[float]) -> float | None:
+        """Median of the last ``window`` values, refreshed every few records (a slightly stale median is fine for
+        spotting 2x-10x outliers, and it keeps a 7,000-record analysis near the cost of parsing)."""
+        if len(history) < self.t.explosion_min_history:
+            return None
+        n = len(history)
+        cache = self._medians.get(id(history))
+        if cache is None or n - cache[0] >= 5 or n <= self.t.window:
+            cache = (n, statistics.median(history[-self.t.window :]))
+            self._medians[id(history)] = cache
+        return cache[1]
+
+    def usual_interval(self) -> float | None:
+        """Median wall time between records (epoch boundaries included), once a few have been seen."""
+        return statistics.median(self._intervals) if len(self._intervals) >= 2 else None
+
+    def check_stall(
+        self,
+        now: float,
+        last_epoch: int | None = None,
+        last_iter: int | None = None,
+        last_output_at: float | None = None,
+    ) -> Finding | None:
+        """A stall is silence in the log *and* on the output: evaluation after the last epoch writes no log records
+        for a long time, but its progress bar keeps printing."""
+        if self._last_record_at is None or self._stalled:
+            return None
+        interval = self.usual_interval()
+        silence = now - max(self._last_record_at, last_output_at or 0.0)
+        limit = max(self.t.stall_factor * interval, self.t.stall_min_s) if interval is not None else self.t.stall_min_s
+        if silence <= limit:
+            return None
+        self._stalled = True
+        return self._add(Finding(
+            ERROR, "stall",
+            f"no new log records or output for {silence:.0f} s (usual interval "
+            f"{f'{interval:.1f} s' if interval is not None else 'not known yet'}, limit {limit:.0f} s) after "
+            f"epoch {last_epoch} iter {last_iter}: a rank is hung (NCCL watchdog, dataloader or I/O)",
+            last_epoch, last_iter,
+        ))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------ config facts
+_CONFIG_NUMBER = r"([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)"
+
+
+def _config_value(config: str, pattern: str) -> float | None:
+    match = re.search(pattern, config)
+    return float(match.group(1)) if match else None
+
+
+@dataclass
+class ScheduleConfig:
+    """What mmcv's config says about the schedule (parsed from the pretty_text in the log's meta line)."""
+
+    lr: float | None = None
+    policy: str | None = None
+    warmup: str | None = None
+    warmup_iters: int = 0
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float | None = None
+    max_epochs: int | None = None
+    past_traj_disabled: bool = False
+
+    @classmethod
+    def from_text(cls, config: str | None) -> ScheduleConfig:
+        if not config:
+            return cls()
+        optimizer = re.search(r"optimizer\s*=\s*dict\((.*?)\)\s*$", config, re.S | re.M)
+        lr_config = re.search(r"lr_config\s*=\s*dict\((.*?)\)\s*$", config, re.S | re.M)
+        lr_text = lr_config.group(1) if lr_config else ""
+        policy = re.search(r"policy\s*=\s*['\"](\w+)['\"]", lr_text)
+        warmup = re.search(r"warmup\s*=\s*['\"](\w+)['\"]", lr_text)
+        max_epochs = _config_value(config, r"max_epochs\s*=\s*(\d+)")
+        return cls(
+            lr=_config_value(optimizer.group(1), rf"\blr\s*=\s*{_CONFIG_NUMBER}") if optimizer else None,
+            policy=policy.group(1) if policy else None,
+            warmup=warmup.group(1) if warmup else None,
+            warmup_iters=int(_config_value(lr_text, rf"warmup_iters\s*=\s*{_CONFIG_NUMBER}") or 0),
+            warmup_ratio=_config_value(lr_text, rf"warmup_ratio\s*=\s*{_CONFIG_NUMBER}") or 0.1,
+            min_lr_ratio=_config_value(lr_text, rf"min_lr_ratio\s*=\s*{_CONFIG_NUMBER}"),
+            max_epochs=int(max_epochs) if max_epochs else None,
+            past_traj_disabled=bool(re.search(r"loss_past_traj_weight\s*=\s*0(\.0*)?\b", config)),
+        )
+
+    def expected_lr(self, epoch: int, inner_iter: int, iters_per_epoch: int | None) -> float | None:
+        """mmcv's CosineAnnealing (by epoch) with linear warmup by iteration, for the iteration a record logs."""
+        if self.lr is None or self.policy != "CosineAnnealing" or self.max_epochs is None:
+            return None
+        target = self.lr * (self.min_lr_ratio if self.min_lr_ratio is not None else 0.0)
+        progress = (epoch - 1) / self.max_epochs
+        regular = target + 0.5 * (self.lr - target) * (1 + math.cos(math.pi * progress))
+        if self.warmup == "linear" and self.warmup_iters:
+            if iters_per_epoch is None and epoch > 1:
+                return None
+            global_iter = (epoch - 1) * (iters_per_epoch or 0) + inner_iter - 1
+            if global_iter < self.warmup_iters:
+                k = (1 - global_iter / self.warmup_iters) * (1 - self.warmup_ratio)
+                return regular * (1 - k)
+        elif self.warmup is not None:
+            return None  # other warmups are not modelled
+        return regular
+
+
+# ---------------------------------------------------------------------------------------------------- analyze
+@dataclass
+class Analysis:
+    verdict: str
+    latest: dict
+    progress: float | None
+    loss: dict
+    lr: dict
+    grad_norm: dict
+    components: dict
+    findings: list[Finding] = field(default_factory=list)
+    records: int = 0
+    total_epochs: int | None = None
+    milestones: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["findings"] = [asdict(f) for f in self.findings]
+        return data
+
+    def failed(self, strict: bool = False) -> bool:
+        return self.verdict == "unhealthy" or (strict and self.verdict == "warning")
+
+
+def _median_of(values: list[float]) -> float | None:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else None
+
+
+class Rows:
+    """The columns the analysis needs, one entry per train record, and ``record(i)`` for the few full records it
+    looks at (first, last, a backward scan for zero components). Built from parsed records or straight from the
+    lines of a json log, in which case each line's dict is dropped after its row is taken: a 7,000-record log is
+    then analysed at about the cost of parsing it."""
+
+    def __init__(self, record: Callable[[int], dict]) -> None:
+        self.epoch: list[int] = []
+        self.iter: list[int] = []
+        self.loss: list[float | None] = []
+        self.lr: list[float | None] = []
+        self.grad: list[float | None] = []
+        self.time: list[float | None] = []
+        self.iters_per_epoch: int | None = None
+        self.record = record
+
+    def add(self, r: dict) -> None:
+        self.epoch.append(r["epoch"])
+        self.iter.append(r["iter"])
+        self.loss.append(_num(r.get("loss")))
+        self.lr.append(_num(r.get("lr")))
+        self.grad.append(_num(r.get("grad_norm")))
+        self.time.append(_num(r.get("time")))
+        if self.iters_per_epoch is None and r.get("iters_per_epoch"):
+            self.iters_per_epoch = int(r["iters_per_epoch"])
+
+    def __len__(self) -> int:
+        return len(self.epoch)
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> Rows:
+        train = [r for r in records if r.get("mode") == "train"]
+        rows = cls(train.__getitem__)
+        for r in train:
+            rows.add(r)
+        return rows
+
+
+def analyze(
+    records: list[dict],
+    meta: dict | None = None,
+    *,
+    total_epochs: int | None = None,
+    iters_per_epoch: int | None = None,
+    thresholds: Thresholds | None = None,
+    silence_s: float | None = None,
+) -> Analysis:
+    """Analyse one stage's parsed records. ``silence_s``: seconds since the log last changed (for the stall check)."""
+    return analyze_rows(
+        Rows.from_records(records), meta, total_epochs=total_epochs, iters_per_epoch=iters_per_epoch,
+        thresholds=thresholds, silence_s=silence_s,
+    )  # fmt: skip
+
+
+def analyze_rows(
+    rows: Rows,
+    meta: dict | None = None,
+    *,
+    total_epochs: int | None = None,
+    iters_per_epoch: int | None = None,
+    thresholds: Thresholds | None = None,
+    silence_s: float | None = None,
+) -> Analysis:
+    t = thresholds or Thresholds()
+    schedule = ScheduleConfig.from_text((meta or {}).get("config"))
+    n = len(rows)
+    monitor = HealthMonitor(t)
+    for i in range(n):
+        monitor.observe(rows.epoch[i], rows.iter[i], rows.loss[i], rows.grad[i])
+    findings = monitor.findings
+    iters_per_epoch = iters_per_epoch or rows.iters_per_epoch
+    if iters_per_epoch is None and n and rows.epoch[-1] > rows.epoch[0]:
+        # json logs do not say it: the last logged iteration of a finished epoch is within one interval of it.
+        iters_per_epoch = max(it for e, it in zip(rows.epoch, rows.iter) if e != rows.epoch[-1])
+    epochs_total = schedule.max_epochs or total_epochs
+
+    if not n:
+        findings.append(Finding(WARNING, "no_records", "the log has no training records yet"))
+        return Analysis("warning", {}, None, {}, {}, {}, {}, findings, 0, epochs_total)
+
+    last_epoch, last_iter = rows.epoch[-1], rows.iter[-1]
+    latest = {"epoch": last_epoch, "iter": last_iter, "iters_per_epoch": iters_per_epoch}
+    progress = None
+    if epochs_total:
+        if iters_per_epoch:
+            progress = ((last_epoch - 1) * iters_per_epoch + last_iter) / (epochs_total * iters_per_epoch)
+        else:
+            progress = (last_epoch - 1) / epochs_total
+        progress = min(progress, 1.0)
+
+    finite_losses = [v for v in rows.loss if _finite(v)]
+    first_loss, latest_loss = (finite_losses[0], finite_losses[-1]) if finite_losses else (None, None)
+    loss = {
+        "first": first_loss,
+        "latest": latest_loss,
+        "reduction": (1 - latest_loss / first_loss) if first_loss and latest_loss is not None else None,
+    }
+    known_lrs = [v for v in rows.lr if v is not None]
+    lr = {"peak": max(known_lrs) if known_lrs else None, "latest": known_lrs[-1] if known_lrs else None}
+    known_grads = [v for v in rows.grad if v is not None]
+    grad_norm = {"latest": known_grads[-1] if known_grads else None, "median": _median_of(known_grads)}
+
+    first, last = rows.record(0), rows.record(n - 1)
+    skip = {"mode", "epoch", "iter", "iters_per_epoch", "lr", "time", "data_time", "memory", "eta", "loss", "grad_norm"}
+    keys = [k for k in last if k not in skip and _num(last.get(k)) is not None]
+    components = {k: {"first": _num(first.get(k)), "latest": _num(last.get(k))} for k in keys}
+
+    # Divergence and plateau on a running median, so single spikes do not decide either.
+    w = max(1, min(t.window, len(finite_losses) // 4 or 1))
+    smoothed = [statistics.median(finite_losses[i : i + w]) for i in range(0, len(finite_losses) - w + 1, w)]
+    if len(smoothed) >= 3:
+        low, now_ = min(smoothed), smoothed[-1]
+        if low > 0 and now_ > t.divergence_factor * low:
+            findings.append(Finding(
+                ERROR, "divergence",
+                f"loss has risen to {now_:.4g} (running median) from a low of {low:.4g}: training is diverging",
+                last_epoch, last_iter,
+            ))  # fmt: skip
+    tail = finite_losses[int(len(finite_losses) * (1 - t.plateau_fraction)) :]
+    if len(tail) >= 2 * w and len(finite_losses) >= 8 * w:
+        start, end = statistics.median(tail[:w]), statistics.median(tail[-w:])
+        if start > 0 and (start - end) / start < t.plateau_min_reduction:
+            findings.append(Finding(
+                WARNING, "plateau",
+                f"loss went from {start:.4g} to {end:.4g} over the last {t.plateau_fraction:.0%} of the records "
+                f"(< {t.plateau_min_reduction:.1%} reduction): a plateau",
+                last_epoch, last_iter,
+            ))  # fmt: skip
+
+    findings += _zero_components(rows, keys, schedule, t)
+    findings += _lr_findings(rows, schedule, iters_per_epoch, t)
+
+    if silence_s is not None and (progress is None or progress < 1.0):
+        times = [v for v in rows.time if _finite(v)]
+        iter_step = _log_interval(rows)
+        if times and iter_step:
+            interval = statistics.median(times) * iter_step
+            limit = max(t.stall_factor * interval, t.stall_min_s)
+            if silence_s > limit:
+                findings.append(Finding(
+                    WARNING, "stall",
+                    f"no new records for {silence_s:.0f} s (usual interval {interval:.1f} s) after epoch "
+                    f"{last_epoch} iter {last_iter}, and the stage is not finished",
+                    last_epoch, last_iter,
+                ))  # fmt: skip
+
+    verdict = "healthy"
+    if any(f.severity == WARNING for f in findings):
+        verdict = "warning"
+    if any(f.severity == ERROR for f in findings):
+        verdict = "unhealthy"
+    return Analysis(
+        verdict, latest, progress, loss, lr, grad_norm, components, findings, n, epochs_total,
+        milestones(rows, schedule.warmup_iters, iters_per_epoch),
+    )  # fmt: skip
+
+
+def _log_interval(rows: Rows) -> int | None:
+    steps = [b - a for ea, a, eb, b in zip(rows.epoch, rows.iter, rows.epoch[1:], rows.iter[1:]) if ea == eb and b > a]
+    return int(statistics.median(steps)) if steps else None
+
+
+def _listed(keys: list[str], limit: int = 4) -> str:
+    return ", ".join(keys[:limit]) + (f", ... {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _zero_components(rows: Rows, keys: list[str], schedule: ScheduleConfig, t: Thresholds) -> list[Finding]:
+    findings: list[Finding] = []
+    n = len(rows)
+    if n < t.zero_run:
+        return findings
+    recent = [rows.record(i) for i in range(n - t.zero_run, n)]
+    zero_keys = [k for k in keys if "loss" in k and all(r.get(k) == 0 for r in recent)]
+    by_design = [k for k in zero_keys if "past_traj" in k and schedule.past_traj_disabled]
+    if by_design:
+        findings.append(Finding(
+            INFO, "zero_by_design",
+            f"{len(by_design)} past-trajectory loss(es) are 0.0, as configured (loss_past_traj_weight=0.0)",
+        ))  # fmt: skip
+    # One backward scan for all suspicious keys: where was each last non-zero?
+    pending = {k for k in zero_keys if k not in by_design}
+    became = []
+    i = n - t.zero_run - 1
+    while pending and i >= 0:
+        record = rows.record(i)
+        for key in [k for k in pending if record.get(k) not in (0, None)]:
+            pending.discard(key)
+            became.append((key, record[key], i + 1))
+        i -= 1
+    if became:
+        became.sort(key=lambda item: item[2])
+        key, value, index = became[0]
+        others = f" (and {len(became) - 1} more: {_listed([k for k, _, _ in became[1:]])})" if len(became) > 1 else ""
+        findings.append(Finding(
+            ERROR, "component_became_zero",
+            f"{key} was {value:.4g} and is exactly 0.0 since epoch {rows.epoch[index]} iter {rows.iter[index]}"
+            f"{others}: UniAD's nan_to_num turns a NaN loss into 0.0",
+            rows.epoch[index], rows.iter[index],
+        ))  # fmt: skip
+    always = sorted(pending)
+    if always:
+        findings.append(Finding(
+            WARNING, "component_always_zero",
+            f"{len(always)} loss component(s) have been exactly 0.0 throughout ({_listed(always)}): the head gets "
+            "no targets or the loss is disabled (UniAD issues #194, #196); if disabled on purpose, say so in the "
+            "config (e.g. loss_past_traj_weight=0.0)",
+        ))  # fmt: skip
+    return findings
+
+
+def _lr_findings(rows: Rows, schedule: ScheduleConfig, iters_per_epoch: int | None, t: Thresholds) -> list[Finding]:
+    if schedule.lr is None or schedule.policy is None:
+        return []
+    findings = []
+    peak = max((v for v in rows.lr if v is not None), default=None)
+    tolerance = lambda expected: max(t.lr_rel_tolerance * expected, t.lr_abs_tolerance)  # noqa: E731
+    if peak is not None and abs(peak - schedule.lr) > tolerance(schedule.lr):
+        findings.append(Finding(
+            WARNING, "lr_peak",
+            f"lr peaked at {peak:.4g} but the config's optimizer lr is {schedule.lr:.4g} (autoscale-lr, a resumed "
+            "schedule or a changed GPU count?)",
+        ))  # fmt: skip
+    for epoch, it, observed in zip(rows.epoch, rows.iter, rows.lr):
+        expected = schedule.expected_lr(epoch, it, iters_per_epoch)
+        if expected is None or observed is None:
+            continue
+        if abs(observed - expected) > tolerance(expected):
+            in_warmup = schedule.warmup and (epoch - 1) * (iters_per_epoch or 0) + it <= schedule.warmup_iters
+            findings.append(Finding(
+                WARNING, "lr_schedule",
+                f"lr is {observed:.4g} at epoch {epoch} iter {it}, the config's {schedule.policy} schedule "
+                f"({'warmup' if in_warmup else 'cosine'} phase) gives {expected:.4g}",
+                epoch, it,
+            ))  # fmt: skip
+            break  # the first mismatch says it; the rest follow from it
+    return findings
+
+
+def milestones(rows: Rows, warmup_iters: int, iters_per_epoch: int | None) -> list[dict]:
+    """The hand-written table: start, warmup done, end of each epoch, latest."""
+    n = len(rows)
+    if not n:
+        return []
+
+    def row(label: str, i: int) -> dict:
+        return {"point": label, "epoch": rows.epoch[i], "iter": rows.iter[i], "loss": rows.loss[i],
+                "grad_norm": rows.grad[i], "lr": rows.lr[i]}  # fmt: skip
+
+    table = [row("start", 0)]
+    if warmup_iters and iters_per_epoch:
+        done = next((i for i in range(n) if (rows.epoch[i] - 1) * iters_per_epoch + rows.iter[i] >= warmup_iters), None)
+        if done is not None:
+            table.append(row("warmup done", done))
+    for i in range(n - 1):
+        if rows.epoch[i + 1] != rows.epoch[i]:
+            table.append(row(f"end of epoch {rows.epoch[i]}", i))
+    table.append(row("latest", n - 1))
+    return table
+
+
+def load_rows(path: str | Path) -> tuple[Rows, dict | None]:
+    """Rows of a log file and its json meta line. For json logs each record's dict is dropped once its row is
+    taken (the few full records the analysis needs are parsed again from their line)."""
+    path = Path(path)
+    if not is_json_log(path):
+        records, meta = read_log(path)
+        return Rows.from_records(records), meta
+    with open(path, "rb") as handle:
+        lines = handle.read().split(b"\n")
+    index: list[int] = []
+    rows = Rows(lambda i: json.loads(lines[index[i]]))
+    meta = parse_json_meta(lines[0]) if lines and lines[0].strip() else None
+    loads, add = json.loads, rows.add
+    for n in range(1 if meta is not None else 0, len(lines)):
+        try:
+            obj = loads(lines[n])
+        except ValueError:  # blank, or a truncated last line
+            continue
+        if type(obj) is dict and obj.get("mode") == "train" and "epoch" in obj:
+            add(obj)
+            index.append(n)
+    return rows, meta
+
+
+def analyze_log(path: str | Path, **kwargs) -> tuple[Analysis, dict | None]:
+    """``analyze`` for a log file, streaming (see ``load_rows``); the epoch length comes from the text log."""
+    rows, meta = load_rows(path)
+    kwargs.setdefault("iters_per_epoch", iters_per_epoch_of(path))
+    return analyze_rows(rows, meta, **kwargs), meta
