@@ -182,7 +182,7 @@ class MiniUniAD(nn.Module):
         num_query: int = 4,
         num_dec_layers: int = 6,
         past_steps: int = 2,
-        past_traj_weight: float = 0.0,
+        loss_past_traj_weight: float = 0.0,
         num_map_query: int = 2,
         num_map_layers: int = 2,
         mask_stuff_weight: float = 0.1,
@@ -193,7 +193,7 @@ class MiniUniAD(nn.Module):
         super().__init__()
         d = embed_dims
         self.num_query = num_query
-        self.past_traj_weight = past_traj_weight
+        self.loss_past_traj_weight = loss_past_traj_weight
         self.mask_stuff_weight = mask_stuff_weight
         bev = img_size // 4
         self.img_backbone = nn.Sequential(
@@ -264,7 +264,7 @@ class MiniUniAD(nn.Module):
                 prefix = f"track.frame_{f}_"
                 losses[f"{prefix}loss_cls_{layer_idx}"] = F.cross_entropy(cls.flatten(0, 1), tgt_labels.flatten())
                 losses[f"{prefix}loss_bbox_{layer_idx}"] = _masked_mean((box - tgt_boxes).abs().sum(-1), tgt_valid)
-                losses[f"{prefix}loss_past_trajs_{layer_idx}"] = self.past_traj_weight * _masked_mean(
+                losses[f"{prefix}loss_past_trajs_{layer_idx}"] = self.loss_past_traj_weight * _masked_mean(
                     (past - tgt_past).abs(), tgt_valid
                 )
             # Carry the queries to the next frame: they keep their identity and follow their agents.
@@ -406,6 +406,13 @@ class MiniUniAD(nn.Module):
             dist.all_reduce(values)
         return loss, dict(zip(names, values.tolist()))
 
+    loss_fault: str | None = None  # set by the trainer's FaultInjectionHook only
+
     def train_step(self, data: dict, optimizer=None) -> dict:
-        loss, log_vars = self.parse_losses(self(**data))
+        losses = self(**data)
+        if self.loss_fault == "nan_loss":
+            losses["map.loss_cls"] = losses["map.loss_cls"] * float("nan")
+        elif self.loss_fault == "grad_explosion":
+            losses["map.loss_cls"] = losses["map.loss_cls"] * 1e6
+        loss, log_vars = self.parse_losses(losses)
         return dict(loss=loss, log_vars=log_vars, num_samples=data["img"].shape[0])

@@ -34,6 +34,7 @@ from mmcv import Config, DictAction  # noqa: E402
 from mmcv.parallel import MMDataParallel, MMDistributedDataParallel  # noqa: E402
 from mmcv.runner import (  # noqa: E402
     DistSamplerSeedHook,
+    Hook,
     OptimizerHook,
     build_optimizer,
     build_runner,
@@ -49,6 +50,36 @@ MODELS = Registry("mini_uniad_models")
 DATASETS = Registry("mini_uniad_datasets")
 MODELS.register_module(module=MiniUniAD)
 DATASETS.register_module(module=MiniDriveDataset)
+
+
+class FaultInjectionHook(Hook):
+    """A test switch for the pipeline's health watch, off unless the config has ``fault_injection``::
+
+        --cfg-options fault_injection.kind=nan_loss fault_injection.epoch=2 fault_injection.iter=5
+
+    From that iteration on: ``nan_loss`` makes the loss NaN (a diverged run), ``grad_explosion`` scales it by 1e6,
+    ``hang`` blocks rank 0 forever (a stuck collective), ``crash`` kills rank 0 with exit code 134. (Not ``nan``:
+    mmcv's --cfg-options would read that as the float NaN.)
+    """
+
+    KINDS = ("nan_loss", "grad_explosion", "hang", "crash")
+
+    def __init__(self, kind: str, epoch: int, iter: int = 1) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"fault_injection.kind must be one of {self.KINDS}, got {kind!r}")
+        self.kind, self.epoch, self.iter = kind, int(epoch), int(iter)
+
+    def before_train_iter(self, runner) -> None:
+        if (runner.epoch + 1, runner.inner_iter + 1) < (self.epoch, self.iter):
+            return
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        if self.kind in ("nan_loss", "grad_explosion"):
+            model.loss_fault = self.kind
+        elif runner.rank == 0 and self.kind == "hang":
+            runner.logger.info("fault injection: rank 0 hangs at epoch %d iter %d", self.epoch, self.iter)
+            time.sleep(10**6)
+        elif runner.rank == 0 and self.kind == "crash":
+            os._exit(134)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -161,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config, cfg.get("momentum_config", None)
     )
     runner.register_hook(DistSamplerSeedHook())
+    if cfg.get("fault_injection"):
+        runner.register_hook(FaultInjectionHook(**cfg.fault_injection))
 
     if cfg.resume_from:
         runner.resume(cfg.resume_from)

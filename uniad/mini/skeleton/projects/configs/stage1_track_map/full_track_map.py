@@ -7,7 +7,7 @@ model = dict(
     embed_dims=32,
     num_query=4,
     num_dec_layers=6,
-    past_traj_weight=0.0,  # past-trajectory loss is off in stage 1, as in UniAD
+    loss_past_traj_weight=0.0,  # off in stage 1, as in UniAD (its ClipMatcher loss_cfg)
 )
 data = dict(
     samples_per_gpu=4,

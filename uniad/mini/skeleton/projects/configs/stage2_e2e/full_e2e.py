@@ -8,7 +8,7 @@ model = dict(
     embed_dims=32,
     num_query=4,
     num_dec_layers=6,
-    past_traj_weight=0.5,
+    loss_past_traj_weight=0.5,
     motion_head=dict(modes=3, future_steps=future_steps),
     occ_head=dict(occ_steps=2),
     planning_head=dict(future_steps=future_steps, collision_margins=(0.1, 0.2, 0.3)),

@@ -1,0 +1,44 @@
+"""The live health watch on real mini training: each fault is injected through --cfg-options and must stop the run
+with a message naming the signal and where, leaving no process behind."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from conftest import PYTHON, processes_mentioning, run
+
+pytestmark = pytest.mark.slow
+CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
+
+
+@pytest.mark.parametrize(
+    ("kind", "epoch", "iter", "signal", "extra"),
+    [
+        ("nan_loss", 2, 5, "non_finite_loss: loss is nan at epoch 2 iter 10", []),
+        ("grad_explosion", 2, 5, "grad_norm_explosion: grad_norm", []),
+        ("hang", 1, 25, "stall: no new log records or output for", ["--stall-timeout", "8"]),
+    ],
+)
+def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    started = time.monotonic()
+    done = run(
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
+         "--nproc-per-node", "2", *extra, "--cfg-options", f"fault_injection.kind={kind}",
+         f"fault_injection.epoch={epoch}", f"fault_injection.iter={iter}"],
+        check=False, timeout=300,
+    )  # fmt: skip
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "stopped by the health watch" in done.stderr and signal in done.stderr, done.stderr[-3000:]
+    assert processes_mentioning(str(root)) == []
+    log = next((root / "projects/work_dirs/stage1_track_map/full_track_map").glob("*.log.json"))
+    records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    last = (records[-1]["epoch"], records[-1]["iter"])
+    # Within two log intervals (20 iterations) of the fault.
+    assert last <= (epoch, iter + 20), last
+    assert elapsed < 90
