@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Param, chain
+
 from uniad_airflow.operators import (
-    CheckpointGateOperator,
     PromoteCheckpointOperator,
     UniADPreflightOperator,
     UniADTrainOperator,
+    ValidateStageOperator,
 )
 
 # Worker-side settings, read from the environment at parse time (no metadata-DB or connection access here).
@@ -110,6 +111,20 @@ with DAG(
             title="Stage 2 cfg options",
             description="mmcv --cfg-options as key=value items, e.g. data.workers_per_gpu=4.",
         ),
+        "strict": Param(
+            False,
+            type="boolean",
+            title="Strict health gate",
+            description="Fail validate_stage1/2 on health warnings (plateau, spikes, lr mismatch), not only on errors.",
+        ),
+        "stall_timeout_s": Param(
+            600,
+            type="integer",
+            minimum=30,
+            title="Stall timeout (s)",
+            description="Stop a training stage when neither its log nor its output moved for this long "
+            "(and 5x the usual log interval).",
+        ),
         "ckpt_path": Param(
             "ckpts/full_track_map.pth",
             type="string",
@@ -121,9 +136,9 @@ with DAG(
     preflight = UniADPreflightOperator(task_id="preflight", retries=0)
     gpu = {"pool": "gpu", "pool_slots": GPUS_PER_WORKER, "queue": "gpu"}
     stage1_train = UniADTrainOperator(task_id="stage1_train", stage="stage1", retries=1, **gpu)
-    validate_stage1 = CheckpointGateOperator(task_id="validate_stage1", stage="stage1", retries=0)
+    validate_stage1 = ValidateStageOperator(task_id="validate_stage1", stage="stage1", retries=0)
     promote = PromoteCheckpointOperator(task_id="promote_checkpoint", retries=1)
     stage2_train = UniADTrainOperator(task_id="stage2_train", stage="stage2", retries=1, **gpu)
-    validate_stage2 = CheckpointGateOperator(task_id="validate_stage2", stage="stage2", retries=0)
+    validate_stage2 = ValidateStageOperator(task_id="validate_stage2", stage="stage2", retries=0)
 
     chain(preflight, stage1_train, validate_stage1, promote, stage2_train, validate_stage2)

@@ -116,3 +116,19 @@ def trained_root(tmp_path_factory) -> dict:
         "stage2_stdout": stage2.stdout,
         "stage2_stderr": stage2.stderr,
     }
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live (non-zombie) processes that mention ``text``: the process-table check for orphans."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(cmdline)
+    return found

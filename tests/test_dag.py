@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+
 from conftest import REPO
 
 
@@ -77,7 +78,7 @@ def test_trigger_form_schema(dag):
     assert set(schema) == {
         "profile", "uniad_root", "stage1_config", "stage2_config", "stage1_epochs", "stage2_epochs",
         "nproc_per_node", "backend", "launcher", "deterministic", "seed", "stage1_cfg_options",
-        "stage2_cfg_options", "ckpt_path",
+        "stage2_cfg_options", "ckpt_path", "strict", "stall_timeout_s",
     }  # fmt: skip
     for name, s in schema.items():
         assert s.get("type") and s.get("title"), name

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 import urllib.request
 
 import pytest
-from conftest import BIN, run
 
+from conftest import BIN, processes_mentioning, run
 from uniad.checkpoints import inspect_checkpoint, provenance_path, sha256_file
 from uniad.launch import find_free_port
 
@@ -49,6 +50,34 @@ def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
     report = inspect_checkpoint(stage2 / "latest.pth", stage="stage2", expect_epoch=20)
     assert report.valid, report.problems
     assert f"load checkpoint from local path: {ckpt}" in next(stage2.glob("*.log")).read_text()
+    # The health gate ran on both stages and left its report in the work dir.
+    for work in (stage1, stage2):
+        report = (work / "health/report.md").read_text()
+        assert report.splitlines()[0].endswith("HEALTHY"), report[:2000]
+        assert (work / "health/loss.png").stat().st_size > 10_000
+    assert "pipeline ETA" in output and "stage1 health: healthy" in output and "stage2 health: healthy" in output
+
+
+def test_nan_in_stage1_fails_stage1_train_fast(airflow_home, tmp_path):
+    root = tmp_path / "uniad-mini-nan"
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "stage1_epochs": 3,
+        "stage1_cfg_options": ["fault_injection.kind=nan_loss", "fault_injection.epoch=2", "fault_injection.iter=5"],
+    }
+    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=600, check=False)
+    output = done.stdout + done.stderr
+    assert "stopped by the health watch: non_finite_loss: loss is nan at epoch 2 iter 10" in output, output[-5000:]
+    assert done.returncode != 0
+    assert re.search(r"Marking run <DagRun uniad_e2e_training .*> failed", output)
+    assert output.count("new_state=failed") == 1  # stage1_train only: no retry of a NaN run, nothing after it
+    assert not (root / "projects/work_dirs/stage2_e2e").exists()
+    assert not (root / "ckpts/full_track_map.pth").exists()
+    log = next((root / "projects/work_dirs/stage1_track_map/full_track_map").glob("*.log.json"))
+    last = json.loads(log.read_text().splitlines()[-1])
+    assert (last["epoch"], last["iter"]) <= (2, 25)
+    assert processes_mentioning(str(root)) == []
 
 
 @pytest.fixture

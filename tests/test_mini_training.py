@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 import torch
-from conftest import PYTHON, run
 
+from conftest import PYTHON, run
 from uniad.checkpoints import inspect_checkpoint
 from uniad.mini.data import MiniDriveDataset
 from uniad.mini.model import MiniUniAD, match_queries
@@ -136,3 +136,19 @@ def test_nan_losses_are_logged_as_zero_like_uniad():
     batch["img"][0, 0, 0, 0, 0] = float("nan")
     losses = model(**batch)
     assert all(torch.isfinite(v).all() for v in losses.values())
+
+
+def test_real_stage1_log_is_healthy_and_parses(trained_root, tmp_path):
+    log = next(trained_root["stage1_dir"].glob("*.log.json"))
+    done = run([PYTHON, "-m", "uniad", "analyze", str(log), "--json", "--report", str(tmp_path)], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    analysis = json.loads(done.stdout)
+    assert analysis["verdict"] == "healthy", analysis["findings"]
+    assert [f["code"] for f in analysis["findings"]] == ["zero_by_design"]  # loss_past_traj_weight=0.0 in stage 1
+    assert analysis["latest"] == {"epoch": 2, "iter": 40, "iters_per_epoch": 40}
+    assert analysis["progress"] == 1.0 and analysis["total_epochs"] == 2
+    assert analysis["lr"]["peak"] == pytest.approx(2e-3)
+    assert (tmp_path / "report.md").read_text().startswith(f"# {log.name}: HEALTHY")
+    records = [json.loads(line) for line in run([PYTHON, "-m", "uniad", "parse", str(log)]).stdout.splitlines()]
+    assert len(records) == 8 and records[0]["iters_per_epoch"] == 40 and records[0]["mode"] == "train"
+    assert {"epoch", "iter", "lr", "loss", "grad_norm", "map.loss_mask_things"} <= set(records[0])

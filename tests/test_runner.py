@@ -1,4 +1,4 @@
-"""StageRun with real processes: a stand-in launcher that forks 'ranks', as torchrun does."""
+"""StageRun with real processes: a stand-in launcher that starts 'ranks' in sessions of their own, as torchrun does."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ LAUNCHER = textwrap.dedent(
     """
     import os, subprocess, sys, time
     pids = sys.argv[1]
-    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]) for _ in range(2)]
+    # Like torchrun: every rank in a session of its own, out of the launcher's process group.
+    ranks = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+             for _ in range(2)]
     with open(pids, "w") as f:
         f.write(" ".join(str(p.pid) for p in [*ranks]) + " " + str(os.getpid()))
     print("2024-03-24 01:22:33,251 - mmdet - INFO - Epoch [1][10/40]\\tlr: 2.000e-04, eta: 0:00:10, time: 0.1, loss: 9.5", flush=True)
@@ -96,8 +98,9 @@ def test_failure_raises_with_exit_code_and_last_lines(tmp_path):
     assert info.value.returncode == 3
     assert "exited with code 3" in str(info.value)
     assert "RuntimeError: CUDA out of memory" in str(info.value)
-    # Ranks left behind by a crashed launcher are killed with the group.
+    # Ranks left behind by a crashed launcher are found by the run's token and killed.
     assert wait_gone(read_pids(pids))
+    assert run.leftover_pids() == []
 
 
 def test_terminate_kills_the_whole_process_group(tmp_path):
@@ -119,6 +122,7 @@ def test_terminate_kills_the_whole_process_group(tmp_path):
     run.terminate(grace_s=5, reason="the Airflow task was stopped")
     waiter.join(timeout=15)
     assert wait_gone(all_pids, timeout=5), "ranks survived terminate()"
+    assert run.leftover_pids() == []
     assert time.monotonic() - started < 10
     assert "the Airflow task was stopped" in str(outcome["error"])
     assert outcome["error"].returncode == -15

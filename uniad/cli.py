@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from .errors import PipelineError, TrainingFailed
+from .health import Thresholds
 from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir
 
 
@@ -83,6 +84,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         stage=args.stage_name or Path(args.config).stem,
         emit_output=show_output,
         emit_progress=lambda progress: print(progress.line(), flush=True),
+        thresholds=Thresholds(stall_min_s=args.stall_timeout),
+        watch=args.watch,
     )
     result = run.run()
     work_dir = Path(spec.uniad_root) / spec.work_dir
@@ -90,6 +93,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if (work_dir / "latest.pth").exists():
         print(f"  latest checkpoint: {(work_dir / 'latest.pth').resolve()}")
     return 0
+
+
+def _cmd_parse(args: argparse.Namespace) -> int:
+    from .logs import LogReader, iters_per_epoch_of
+
+    iters = iters_per_epoch_of(args.log)  # json logs lack it; their sibling text log has it
+    for record in LogReader(args.log).poll(final=True):
+        if iters is not None and record["mode"] == "train":
+            record.setdefault("iters_per_epoch", iters)
+        print(json.dumps(record))
+    return 0
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import time
+
+    from .health import analyze_log
+    from .logs import read_log
+    from .report import write_report
+
+    path = Path(args.log)
+    if not path.is_file():
+        raise PipelineError(f"no log at {path}; give a <work_dir>/<timestamp>.log.json or .log file")
+    analysis, _ = analyze_log(path, total_epochs=args.total_epochs, silence_s=time.time() - path.stat().st_mtime)
+    if args.report:
+        report = write_report(analysis, read_log(path)[0], args.report, title=path.name)
+        print(f"report: {report}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(analysis.to_dict(), indent=2))
+    else:
+        latest = analysis.latest
+        print(f"verdict    {analysis.verdict}")
+        print(f"latest     epoch {latest.get('epoch')}/{analysis.total_epochs or '?'} iter {latest.get('iter')}"
+              f"/{latest.get('iters_per_epoch') or '?'}"
+              + (f" ({analysis.progress:.0%})" if analysis.progress is not None else ""))  # fmt: skip
+        print(f"loss       {analysis.loss.get('first')} -> {analysis.loss.get('latest')}")
+        print(f"lr         peak {analysis.lr.get('peak')} latest {analysis.lr.get('latest')}")
+        print(f"grad_norm  latest {analysis.grad_norm.get('latest')} median {analysis.grad_norm.get('median')}")
+        for finding in analysis.findings:
+            print(f"  [{finding.severity}] {finding.code}: {finding.message}")
+    return 1 if analysis.failed(strict=args.strict) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_promote)
 
+    p = sub.add_parser("parse", help="print a training log's records as JSON lines")
+    p.add_argument("log", help="mmcv *.log.json or *.log, or an mmengine text log")
+    p.set_defaults(func=_cmd_parse)
+
+    p = sub.add_parser("analyze", help="training-health analysis of a log (exit 1 when unhealthy)")
+    p.add_argument("log")
+    p.add_argument("--total-epochs", type=int, help="used when the log's config does not say")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots into DIR")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.set_defaults(func=_cmd_analyze)
+
     p = sub.add_parser("train", help="train one stage with torch.distributed, outside Airflow")
     p.add_argument("--uniad-root", required=True)
     p.add_argument("--config", required=True, help="relative to the root, e.g. projects/configs/stage2_e2e/full_e2e.py")
@@ -130,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
     p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
     p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
+    p.add_argument("--no-watch", dest="watch", action="store_false", help="do not stop on NaN/explosion/stall")
+    p.add_argument(
+        "--stall-timeout", type=float, default=Thresholds().stall_min_s, metavar="S",
+        help="stop when the log is silent this long (and 5x the usual interval); default %(default)s",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="also print every raw train line")
     p.set_defaults(func=_cmd_train)
     return parser
@@ -140,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `python -m uniad parse LOG | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TrainingFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -41,6 +41,8 @@ class PipelineParams:
     stage1_cfg_options: tuple[str, ...] = field(default_factory=tuple)
     stage2_cfg_options: tuple[str, ...] = field(default_factory=tuple)
     ckpt_path: str = DEFAULT_CKPT
+    strict: bool = False
+    stall_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -68,6 +70,12 @@ class PipelineParams:
             raise PipelineError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}; e.g. torchrun")
         if not isinstance(self.deterministic, bool):
             raise PipelineError(f"deterministic must be true or false, got {self.deterministic!r}")
+        if not isinstance(self.strict, bool):
+            raise PipelineError(f"strict must be true or false, got {self.strict!r}")
+        if not _is_int(self.stall_timeout_s) or self.stall_timeout_s < 30:
+            raise PipelineError(
+                f"stall_timeout_s must be an integer >= 30, got {self.stall_timeout_s!r}; e.g. 600 (10 minutes)"
+            )
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise PipelineError(f"seed must be a non-negative integer or null, got {self.seed!r}; e.g. 0")
         for name in ("stage1_config", "stage2_config", "ckpt_path"):
@@ -161,6 +169,8 @@ def build_plan(params: PipelineParams, root: Path, python: str) -> dict:
         "profile": params.profile,
         "uniad_root": str(root),
         "ckpt_path": str(ckpt),
+        "strict": params.strict,
+        "stall_timeout_s": params.stall_timeout_s,
         "stages": {"stage1": _spec_to_dict(stage1), "stage2": _spec_to_dict(stage2)},
     }
 
@@ -177,6 +187,12 @@ def stage_spec(plan: dict, stage: str) -> StageSpec:
     data = dict(plan["stages"][stage])
     data["cfg_options"] = tuple(data.get("cfg_options") or ())
     return StageSpec(**data)
+
+
+def later_epochs(plan: dict, stage: str) -> int:
+    """Epochs still to train after ``stage`` finishes, for the pipeline-wide ETA."""
+    order = list(STAGES)
+    return sum(plan["stages"][s]["max_epochs"] for s in order[order.index(stage) + 1 :])
 
 
 def stage_work_dir(plan: dict, stage: str) -> Path:

@@ -13,18 +13,22 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from .errors import TrainingFailed
+from .health import Finding, HealthMonitor, Thresholds
 from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend
-from .logs import parse_mmcv_train_line
+from .logs import LogReader, latest_json_log, parse_mmcv_train_line
 
 logger = logging.getLogger(__name__)
 
 TAIL_LINES = 40
+RUN_TOKEN_ENV = "UNIAD_STAGE_RUN_TOKEN"
 POLL_S = 0.5
 
 
@@ -45,6 +49,7 @@ class Progress:
     loss: float | None
     elapsed_s: float
     eta_s: float | None
+    pipeline_eta_s: float | None = None
 
     def line(self) -> str:
         parts = [
@@ -55,15 +60,25 @@ class Progress:
             parts.append(f"loss {self.loss:.4f}")
         parts.append(f"elapsed {_fmt_duration(self.elapsed_s)}")
         parts.append(f"ETA {_fmt_duration(self.eta_s)}" if self.eta_s is not None else "ETA --")
+        if self.pipeline_eta_s is not None:
+            parts.append(f"pipeline ETA {_fmt_duration(self.pipeline_eta_s)}")
         return " | ".join(parts)
 
 
 class ProgressTracker:
     """Turns train lines into Progress; the ETA comes from the observed rate, not from mmcv's own estimate."""
 
-    def __init__(self, stage: str, total_epochs: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stage: str,
+        total_epochs: int,
+        clock: Callable[[], float] = time.monotonic,
+        later_epochs: int | None = None,
+    ) -> None:
         self.stage = stage
         self.total_epochs = total_epochs
+        # Epochs of the stages after this one; their time is estimated at this stage's seconds per iteration.
+        self.later_epochs = later_epochs
         self._clock = clock
         self._start = clock()
         self._first: tuple[float, float] | None = None
@@ -77,12 +92,15 @@ class ProgressTracker:
         per_epoch = record["iters_per_epoch"]
         total_iters = max(self.total_epochs * per_epoch, 1)
         fraction = min(((record["epoch"] - 1) * per_epoch + record["iter"]) / total_iters, 1.0)
-        eta = None
+        eta = pipeline_eta = None
         if self._first is None:
             self._first = (now, fraction)
         elif fraction > self._first[1]:
             rate = (fraction - self._first[1]) / max(now - self._first[0], 1e-9)
             eta = (1.0 - fraction) / rate
+            if self.later_epochs is not None:
+                per_epoch_s = 1.0 / (rate * self.total_epochs)
+                pipeline_eta = eta + self.later_epochs * per_epoch_s
         loss = record.get("loss")
         self.latest = Progress(
             stage=self.stage,
@@ -94,6 +112,7 @@ class ProgressTracker:
             loss=loss if isinstance(loss, float) else None,
             elapsed_s=now - self._start,
             eta_s=eta,
+            pipeline_eta_s=pipeline_eta,
         )
         return self.latest
 
@@ -117,10 +136,20 @@ class StageRun:
         total_epochs: int,
         emit_output: Callable[[str], None] | None = None,
         emit_progress: Callable[[Progress], None] | None = None,
+        work_dir: str | Path | None = None,
+        thresholds: Thresholds | None = None,
+        later_epochs: int | None = None,
     ) -> None:
         self.command = command
         self.stage = stage
-        self.tracker = ProgressTracker(stage, total_epochs)
+        self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
+        # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
+        self.work_dir = Path(work_dir) if work_dir is not None else None
+        self.monitor = HealthMonitor(thresholds) if work_dir is not None else None
+        self.health_failure: Finding | None = None
+        self._log: LogReader | None = None
+        self._last_record: dict = {}
+        self._last_output_at: float | None = None
         self._emit_output = emit_output or (lambda line: logger.info("%s", line))
         self._emit_progress = emit_progress or (lambda progress: logger.info("%s", progress.line()))
         self._proc: subprocess.Popen[str] | None = None
@@ -133,7 +162,10 @@ class StageRun:
         return self._proc.pid if self._proc is not None else None
 
     def start(self) -> None:
-        env = {**os.environ, **self.command.env}
+        # torchrun starts every rank in a session of its own, so the launcher's process group does not reach them
+        # once the launcher is gone. Each run's processes carry this token in their environment instead.
+        self._token = uuid.uuid4().hex
+        env = {**os.environ, **self.command.env, RUN_TOKEN_ENV: self._token}
         logger.info("starting %s in %s: %s", self.stage, self.command.cwd, self.command.argv)
         logger.info("environment additions: %s", sorted(self.command.env))
         self._proc = subprocess.Popen(
@@ -149,6 +181,7 @@ class StageRun:
             start_new_session=True,
         )
         self._started = time.monotonic()
+        self._started_wall = time.time()
 
     def wait(self) -> StageResult:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
@@ -161,6 +194,8 @@ class StageRun:
             returncode = None
             while returncode is None:
                 self._drain(lines, timeout=POLL_S)
+                if self.monitor is not None and self.health_failure is None:
+                    self._watch_health()
                 returncode = self._proc.poll()
             # The leader is gone. Ranks still alive in its group are orphans (they would also keep the output pipe
             # open forever): kill them, then read what is left.
@@ -180,6 +215,27 @@ class StageRun:
             )
         return StageResult(self.stage, returncode, duration, self.tracker.latest)
 
+    def _watch_health(self) -> None:
+        now = time.monotonic()
+        if self._log is None:
+            # mmcv names the log by its start time; only a log of this run counts, not one of an earlier attempt.
+            path = latest_json_log(self.work_dir, newer_than=self._started_wall - 1)
+            if path is None:
+                return
+            self._log = LogReader(path)
+            logger.info("%s: health watch follows %s", self.stage, path)
+        for record in self._log.poll():
+            self.monitor.feed(record, now)
+            if record.get("mode") == "train":
+                self._last_record = record
+        finding = self.monitor.fatal or self.monitor.check_stall(
+            now, self._last_record.get("epoch"), self._last_record.get("iter"), self._last_output_at
+        )
+        if finding is not None:
+            self.health_failure = finding
+            logger.error("%s: %s", self.stage, finding.message)
+            self.terminate(reason=f"stopped by the health watch: {finding.code}: {finding.message}")
+
     def _pump(self, lines: queue.Queue) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         for raw in self._proc.stdout:
@@ -192,6 +248,7 @@ class StageRun:
             line = lines.get(timeout=timeout) if timeout else lines.get_nowait()
             while True:
                 if line is not None:
+                    self._last_output_at = time.monotonic()
                     self._tail.append(line)
                     self._emit_output(line)
                     progress = self.tracker.update(line)
@@ -221,12 +278,46 @@ class StageRun:
             self._kill_group(signal.SIGKILL)
 
     def _kill_group(self, sig: int) -> None:
+        """Signal the launcher's group and every process of this run, wherever it was reparented."""
         if self._proc is None:
             return
         try:
             os.killpg(self._proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+        for pid in processes_with_token(self._token):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def leftover_pids(self) -> list[int]:
+        return processes_with_token(self._token) if self._proc is not None else []
+
+
+def processes_with_token(token: str) -> list[int]:
+    """Live processes whose environment holds this run's token (Linux /proc; empty elsewhere)."""
+    needle = f"{RUN_TOKEN_ENV}={token}".encode()
+    found = []
+    try:
+        entries = os.scandir("/proc")
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                    if needle not in handle.read().split(b"\0"):
+                        continue
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    if handle.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        continue
+            except OSError:
+                continue
+            found.append(int(entry.name))
+    return found
 
 
 def probe_visible_gpus(python: str, timeout_s: float = 120.0) -> int:
@@ -257,12 +348,23 @@ def make_stage_run(
     stage: str,
     emit_output: Callable[[str], None] | None = None,
     emit_progress: Callable[[Progress], None] | None = None,
+    thresholds: Thresholds | None = None,
+    watch: bool = True,
+    later_epochs: int | None = None,
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
     gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
     backend = resolve_backend(spec.backend, gpus, spec.nproc_per_node)
     logger.info("%s: backend %s (requested %s, %d usable GPU(s))", stage, backend, spec.backend, gpus)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
+    work_dir = Path(spec.work_dir) if Path(spec.work_dir).is_absolute() else Path(spec.uniad_root) / spec.work_dir
     return StageRun(
-        command, stage=stage, total_epochs=spec.max_epochs, emit_output=emit_output, emit_progress=emit_progress
+        command,
+        stage=stage,
+        total_epochs=spec.max_epochs,
+        emit_output=emit_output,
+        emit_progress=emit_progress,
+        work_dir=work_dir if watch else None,
+        thresholds=thresholds,
+        later_epochs=later_epochs,
     )

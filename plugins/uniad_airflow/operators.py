@@ -91,7 +91,8 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
 
     def execute(self, context: Context) -> dict:
         from uniad.errors import LaunchError, TrainingFailed
-        from uniad.pipeline import stage_spec, stage_work_dir
+        from uniad.health import Thresholds
+        from uniad.pipeline import later_epochs, stage_spec, stage_work_dir
         from uniad.runner import make_stage_run
 
         plan = self._plan(context)
@@ -102,12 +103,18 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
                 stage=self.stage,
                 emit_output=lambda line: self.log.info("%s", line),
                 emit_progress=lambda progress: self.log.info("%s", progress.line()),
+                thresholds=Thresholds(stall_min_s=plan["stall_timeout_s"]),
+                later_epochs=later_epochs(plan, self.stage),
             )
         except LaunchError as exc:
             raise AirflowFailException(str(exc)) from exc
         try:
             result = self._run.run()
         except TrainingFailed as exc:
+            failure = self._run.health_failure
+            if failure is not None and failure.code != "stall":
+                # NaN or exploding gradients come back on a plain retry; a hung rank may not.
+                raise AirflowFailException(str(exc)) from exc
             raise AirflowException(str(exc)) from exc
         work_dir = stage_work_dir(plan, self.stage)
         latest = work_dir / "latest.pth"
@@ -125,8 +132,10 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
             self._run.terminate(reason="the Airflow task was stopped")
 
 
-class CheckpointGateOperator(_PlanMixin, BaseOperator):
-    """Fail unless the stage's ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch."""
+class ValidateStageOperator(_PlanMixin, BaseOperator):
+    """The training-health gate of a stage: analyse its log (report in ``<work_dir>/health/``) and check that its
+    ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
+    (or a warning when the run is ``strict``) and on an invalid checkpoint."""
 
     ui_color = "#e8fde8"
 
@@ -137,19 +146,49 @@ class CheckpointGateOperator(_PlanMixin, BaseOperator):
     def execute(self, context: Context) -> dict:
         from uniad.checkpoints import inspect_checkpoint
         from uniad.errors import CheckpointError
+        from uniad.health import analyze_log
+        from uniad.logs import latest_json_log, read_log
         from uniad.pipeline import stage_spec, stage_work_dir
+        from uniad.report import write_report
 
         plan = self._plan(context)
-        latest = stage_work_dir(plan, self.stage) / "latest.pth"
+        work_dir = stage_work_dir(plan, self.stage)
+        spec = stage_spec(plan, self.stage)
+        log = latest_json_log(work_dir)
+        if log is None:
+            raise AirflowFailException(f"no *.log.json in {work_dir}: did {self.stage}_train run?")
+        analysis, _ = analyze_log(log, total_epochs=spec.max_epochs)
+        report = write_report(analysis, read_log(log)[0], work_dir / "health", title=f"{self.stage} ({log.name})")
+        self.log.info("%s health: %s; report %s", self.stage, analysis.verdict, report)
+        for finding in analysis.findings:
+            where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
+            self.log.info("[%s] %s%s: %s", finding.severity, finding.code, where, finding.message)
+
         try:
-            report = inspect_checkpoint(latest, stage=self.stage, expect_epoch=stage_spec(plan, self.stage).max_epochs)
+            ckpt = inspect_checkpoint(work_dir / "latest.pth", stage=self.stage, expect_epoch=spec.max_epochs)
         except CheckpointError as exc:
             raise AirflowFailException(str(exc)) from exc
-        for line in report.summary().splitlines():
+        for line in ckpt.summary().splitlines():
             self.log.info("%s", line)
-        if not report.valid:
-            raise AirflowFailException(f"{self.stage} checkpoint rejected: " + "; ".join(report.problems))
-        return report.to_dict()
+        result = {
+            "verdict": analysis.verdict,
+            "report": str(report),
+            "log": str(log),
+            "findings": analysis.to_dict()["findings"],
+            "progress": analysis.progress,
+            "checkpoint": ckpt.to_dict(),
+        }
+        if analysis.failed(strict=plan.get("strict", False)):
+            raise AirflowFailException(
+                f"{self.stage} training is {analysis.verdict}"
+                + (" (strict: warnings fail too)" if analysis.verdict == "warning" else "")
+                + ": "
+                + "; ".join(f.message for f in analysis.findings if f.severity != "info")
+                + f". Report: {report}"
+            )
+        if not ckpt.valid:
+            raise AirflowFailException(f"{self.stage} checkpoint rejected: " + "; ".join(ckpt.problems))
+        return result
 
 
 class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
