@@ -24,3 +24,7 @@ class TrainingFailed(PipelineError):
 
 class CheckpointError(PipelineError):
     """A checkpoint is unreadable, unsafe or not valid for what it is used for."""
+
+
+class GateFailed(PipelineError):
+    """A stage did not pass its gate: unhealthy training or an invalid checkpoint."""

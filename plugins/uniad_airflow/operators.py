@@ -144,51 +144,20 @@ class ValidateStageOperator(_PlanMixin, BaseOperator):
         self.stage = stage
 
     def execute(self, context: Context) -> dict:
-        from uniad.checkpoints import inspect_checkpoint
-        from uniad.errors import CheckpointError
-        from uniad.health import analyze_log
-        from uniad.logs import latest_json_log, read_log
+        from uniad.errors import CheckpointError, GateFailed
+        from uniad.gate import validate_stage
         from uniad.pipeline import stage_spec, stage_work_dir
-        from uniad.report import write_report
 
         plan = self._plan(context)
-        work_dir = stage_work_dir(plan, self.stage)
-        spec = stage_spec(plan, self.stage)
-        log = latest_json_log(work_dir)
-        if log is None:
-            raise AirflowFailException(f"no *.log.json in {work_dir}: did {self.stage}_train run?")
-        analysis, _ = analyze_log(log, total_epochs=spec.max_epochs)
-        report = write_report(analysis, read_log(log)[0], work_dir / "health", title=f"{self.stage} ({log.name})")
-        self.log.info("%s health: %s; report %s", self.stage, analysis.verdict, report)
-        for finding in analysis.findings:
-            where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
-            self.log.info("[%s] %s%s: %s", finding.severity, finding.code, where, finding.message)
-
         try:
-            ckpt = inspect_checkpoint(work_dir / "latest.pth", stage=self.stage, expect_epoch=spec.max_epochs)
-        except CheckpointError as exc:
-            raise AirflowFailException(str(exc)) from exc
-        for line in ckpt.summary().splitlines():
-            self.log.info("%s", line)
-        result = {
-            "verdict": analysis.verdict,
-            "report": str(report),
-            "log": str(log),
-            "findings": analysis.to_dict()["findings"],
-            "progress": analysis.progress,
-            "checkpoint": ckpt.to_dict(),
-        }
-        if analysis.failed(strict=plan.get("strict", False)):
-            raise AirflowFailException(
-                f"{self.stage} training is {analysis.verdict}"
-                + (" (strict: warnings fail too)" if analysis.verdict == "warning" else "")
-                + ": "
-                + "; ".join(f.message for f in analysis.findings if f.severity != "info")
-                + f". Report: {report}"
+            return validate_stage(
+                stage_work_dir(plan, self.stage),
+                self.stage,
+                expect_epoch=stage_spec(plan, self.stage).max_epochs,
+                strict=plan.get("strict", False),
             )
-        if not ckpt.valid:
-            raise AirflowFailException(f"{self.stage} checkpoint rejected: " + "; ".join(ckpt.problems))
-        return result
+        except (GateFailed, CheckpointError) as exc:
+            raise AirflowFailException(str(exc)) from exc
 
 
 class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
