@@ -119,16 +119,18 @@ def trained_root(tmp_path_factory) -> dict:
 
 
 def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live (non-zombie) processes that mention ``text``: the process-table check for orphans."""
+    """Live (non-zombie) processes whose command line or working directory mentions ``text``: the process-table
+    check for orphans. Ranks run with relative paths from the UniAD root, so their cwd is what names the run."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-        if text in cmdline and state != "Z":
-            found.append(cmdline)
+        if (text in cmdline or text in cwd) and state != "Z":
+            found.append(f"{proc.name} (cwd {cwd}): {cmdline}")
     return found

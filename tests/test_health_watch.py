@@ -42,3 +42,31 @@ def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
     # Within two log intervals (20 iterations) of the fault.
     assert last <= (epoch, iter + 20), last
     assert elapsed < 90
+
+
+def test_ranks_die_with_a_sigkilled_launching_process(tmp_path):
+    """`python -m uniad train` (or the Airflow worker running it) killed with SIGKILL: no rank keeps the GPUs."""
+    import os
+    import signal
+    import subprocess
+
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "6",
+         "--nproc-per-node", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in proc.stdout:
+            if line.startswith("[full_track_map] epoch 1/6 iter 10/40"):
+                break
+        assert len(processes_mentioning(str(root))) >= 3  # the check sees the launcher and both ranks
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while processes_mentioning(str(root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_mentioning(str(root)) == [], "ranks outlived the killed launching process"
+    finally:
+        proc.kill()

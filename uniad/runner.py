@@ -6,6 +6,7 @@ Ctrl-C, takes all ranks down with it instead of leaving GPUs held by orphans.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -29,7 +30,23 @@ logger = logging.getLogger(__name__)
 
 TAIL_LINES = 40
 RUN_TOKEN_ENV = "UNIAD_STAGE_RUN_TOKEN"
+PR_SET_PDEATHSIG = 1
 POLL_S = 0.5
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec hook that makes the launcher receive SIGTERM when this process dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG). torchrun shuts its ranks down on SIGTERM, so no rank outlives a killed Airflow worker.
+    libc is resolved here, in the parent: between fork and exec the child only makes one foreign call."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -179,6 +196,7 @@ class StageRun:
             errors="replace",
             bufsize=1,
             start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
         )
         self._started = time.monotonic()
         self._started_wall = time.time()
