@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import tempfile
 import time
 import zipfile
@@ -53,6 +54,7 @@ class CheckpointReport:
     epoch: int | None = None
     iter: int | None = None
     mmcv_version: str | None = None
+    trained_gpus: int | None = None
     tensor_count: int = 0
     parameter_count: int = 0
     non_finite_tensors: list[str] = field(default_factory=list)
@@ -82,6 +84,17 @@ class CheckpointReport:
         lines.append("verdict      " + ("valid" if self.valid else "INVALID"))
         lines += [f"  - {problem}" for problem in self.problems]
         return "\n".join(lines)
+
+
+def gpus_of(env_info: object) -> int | None:
+    """GPU count of the run that wrote a checkpoint, from mmcv's env_info ("GPU 0,1,2,3: ..." or "world_size: N")."""
+    if not isinstance(env_info, str):
+        return None
+    if match := re.search(r"^world_size: (\d+)$", env_info, re.M):
+        return int(match.group(1))
+    if match := re.search(r"^GPU ([\d,]+):", env_info, re.M):
+        return len(match.group(1).split(","))
+    return None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -152,6 +165,7 @@ def inspect_checkpoint(path: str | Path, stage: str | None = None, expect_epoch:
     report.epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) else None
     report.iter = meta.get("iter") if isinstance(meta.get("iter"), int) else None
     report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
+    report.trained_gpus = gpus_of(meta.get("env_info"))
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             continue

@@ -79,13 +79,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.verbose or parse_mmcv_train_line(line) is None:
             print(line, file=sys.stderr, flush=True)
 
+    stage_name = args.stage_name or Path(args.config).stem
+    expect_first_epoch = None
+    if args.run_id:
+        from .resume import plan_attempt
+
+        attempt = plan_attempt(spec, args.stage or "stage1", run_id=args.run_id)
+        spec, expect_first_epoch = attempt.spec, attempt.expect_first_epoch
+        for line in attempt.skipped + attempt.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        if attempt.resumed_from:
+            print(f"resuming from {attempt.resumed_from} (epoch {attempt.resumed_epoch})", flush=True)
     run = make_stage_run(
         spec,
-        stage=args.stage_name or Path(args.config).stem,
+        stage=stage_name,
         emit_output=show_output,
         emit_progress=lambda progress: print(progress.line(), flush=True),
         thresholds=Thresholds(stall_min_s=args.stall_timeout),
         watch=args.watch,
+        expect_first_epoch=expect_first_epoch,
     )
     result = run.run()
     work_dir = Path(spec.uniad_root) / spec.work_dir
@@ -187,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
     p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
     p.add_argument("--no-watch", dest="watch", action="store_false", help="do not stop on NaN/explosion/stall")
+    p.add_argument(
+        "--run-id",
+        help="the pipeline run this attempt belongs to: the same id resumes from the newest valid checkpoint, a new "
+        "id moves an older run's artifacts to previous_runs/ and starts fresh",
+    )
+    p.add_argument("--stage", choices=["stage1", "stage2"], help="checkpoint layout to resume from (with --run-id)")
     p.add_argument(
         "--stall-timeout", type=float, default=Thresholds().stall_min_s, metavar="S",
         help="stop when the log is silent this long (and 5x the usual interval); default %(default)s",

@@ -80,7 +80,7 @@ class HealthMonitor:
         self._stalled = False
         self._medians: dict[int, tuple[int, float]] = {}
 
-    def _add(self, finding: Finding) -> Finding:
+    def add(self, finding: Finding) -> Finding:
         self.findings.append(finding)
         if finding.severity == ERROR and self.fatal is None:
             self.fatal = finding
@@ -104,7 +104,7 @@ class HealthMonitor:
         for key, value in (("loss", loss), ("grad_norm", grad)):
             if value is not None and not math.isfinite(value) and key not in self._seen_nonfinite:
                 self._seen_nonfinite.add(key)
-                new.append(self._add(Finding(
+                new.append(self.add(Finding(
                     ERROR, f"non_finite_{key}",
                     f"{key} is {value} at epoch {epoch} iter {it}: training diverged (NaN/Inf); check the lr, "
                     "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
@@ -113,7 +113,7 @@ class HealthMonitor:
         if loss is not None and math.isfinite(loss):
             median = self._running_median(self._losses)
             if median is not None and median > 0 and loss > self.t.spike_factor * median:
-                new.append(self._add(Finding(
+                new.append(self.add(Finding(
                     WARNING, "loss_spike",
                     f"loss {loss:.4g} at epoch {epoch} iter {it} is {loss / median:.1f}x the running median "
                     f"{median:.4g}",
@@ -123,7 +123,7 @@ class HealthMonitor:
         if grad is not None and math.isfinite(grad):
             median = self._running_median(self._grads)
             if median is not None and median > 0 and grad > self.t.explosion_factor * median:
-                new.append(self._add(Finding(
+                new.append(self.add(Finding(
                     ERROR, "grad_norm_explosion",
                     f"grad_norm {grad:.4g} at epoch {epoch} iter {it} is {grad / median:.1f}x its running median "
                     f"{median:.4g}: gradients are exploding; lower the lr or check grad_clip",
@@ -165,7 +165,7 @@ class HealthMonitor:
         if silence <= limit:
             return None
         self._stalled = True
-        return self._add(Finding(
+        return self.add(Finding(
             ERROR, "stall",
             f"no new log records or output for {silence:.0f} s (usual interval "
             f"{f'{interval:.1f} s' if interval is not None else 'not known yet'}, limit {limit:.0f} s) after "

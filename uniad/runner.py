@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from .errors import TrainingFailed
-from .health import Finding, HealthMonitor, Thresholds
+from .health import ERROR, Finding, HealthMonitor, Thresholds
 from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend
 from .logs import LogReader, latest_json_log, parse_mmcv_train_line
 
@@ -156,8 +156,11 @@ class StageRun:
         work_dir: str | Path | None = None,
         thresholds: Thresholds | None = None,
         later_epochs: int | None = None,
+        expect_first_epoch: int | None = None,
     ) -> None:
         self.command = command
+        # A resumed attempt must log its first record in the epoch after the checkpoint's.
+        self.expect_first_epoch = expect_first_epoch
         self.stage = stage
         self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
         # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
@@ -243,6 +246,15 @@ class StageRun:
             self._log = LogReader(path)
             logger.info("%s: health watch follows %s", self.stage, path)
         for record in self._log.poll():
+            if record.get("mode") == "train" and not self._last_record and self.expect_first_epoch is not None:
+                if record.get("epoch") != self.expect_first_epoch:
+                    self.monitor.add(Finding(
+                        ERROR, "not_resumed",
+                        f"training did not resume: its first record is epoch {record.get('epoch')}, expected epoch "
+                        f"{self.expect_first_epoch} (train.py ignores a --resume-from it cannot read and restarts "
+                        "from load_from)",
+                        record.get("epoch"), record.get("iter"),
+                    ))  # fmt: skip
             self.monitor.feed(record, now)
             if record.get("mode") == "train":
                 self._last_record = record
@@ -369,6 +381,7 @@ def make_stage_run(
     thresholds: Thresholds | None = None,
     watch: bool = True,
     later_epochs: int | None = None,
+    expect_first_epoch: int | None = None,
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
     gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
@@ -385,4 +398,5 @@ def make_stage_run(
         work_dir=work_dir if watch else None,
         thresholds=thresholds,
         later_epochs=later_epochs,
+        expect_first_epoch=expect_first_epoch,
     )

@@ -93,18 +93,25 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
         from uniad.errors import LaunchError, TrainingFailed
         from uniad.health import Thresholds
         from uniad.pipeline import later_epochs, stage_spec, stage_work_dir
+        from uniad.resume import plan_attempt
         from uniad.runner import make_stage_run
 
         plan = self._plan(context)
-        spec = stage_spec(plan, self.stage)
+        attempt = plan_attempt(stage_spec(plan, self.stage), self.stage, run_id=context["run_id"])
+        if attempt.resumed_from:
+            self.log.info("attempt %s resumes from %s (epoch %s)", context["ti"].try_number, attempt.resumed_from,
+                          attempt.resumed_epoch)  # fmt: skip
+        for line in attempt.skipped + attempt.warnings:
+            self.log.warning("%s", line)
         try:
             self._run = make_stage_run(
-                spec,
+                attempt.spec,
                 stage=self.stage,
                 emit_output=lambda line: self.log.info("%s", line),
                 emit_progress=lambda progress: self.log.info("%s", progress.line()),
                 thresholds=Thresholds(stall_min_s=plan["stall_timeout_s"]),
                 later_epochs=later_epochs(plan, self.stage),
+                expect_first_epoch=attempt.expect_first_epoch,
             )
         except LaunchError as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -123,6 +130,8 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
             "work_dir": str(work_dir),
             "latest_checkpoint": str(latest.resolve()) if latest.exists() else None,
             "backend": self._run.command.backend,
+            "resumed_from": attempt.resumed_from,
+            "skipped_checkpoints": attempt.skipped,
             "duration_s": round(result.duration_s, 1),
             "final_loss": result.last_progress.loss if result.last_progress else None,
         }

@@ -55,7 +55,7 @@ DATASETS.register_module(module=MiniDriveDataset)
 class FaultInjectionHook(Hook):
     """A test switch for the pipeline's health watch, off unless the config has ``fault_injection``::
 
-        --cfg-options fault_injection.kind=nan_loss fault_injection.epoch=2 fault_injection.iter=5
+        --cfg-options fault_injection.kind=nan_loss fault_injection.epoch=2 fault_injection.iter=5 [fault_injection.once=True]
 
     From that iteration on: ``nan_loss`` makes the loss NaN (a diverged run), ``grad_explosion`` scales it by 1e6,
     ``hang`` blocks rank 0 forever (a stuck collective), ``crash`` kills rank 0 with exit code 134. (Not ``nan``:
@@ -64,14 +64,21 @@ class FaultInjectionHook(Hook):
 
     KINDS = ("nan_loss", "grad_explosion", "hang", "crash")
 
-    def __init__(self, kind: str, epoch: int, iter: int = 1) -> None:
+    def __init__(self, kind: str, epoch: int, iter: int = 1, once: bool = False) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"fault_injection.kind must be one of {self.KINDS}, got {kind!r}")
-        self.kind, self.epoch, self.iter = kind, int(epoch), int(iter)
+        self.kind, self.epoch, self.iter, self.once = kind, int(epoch), int(iter), bool(once)
 
     def before_train_iter(self, runner) -> None:
         if (runner.epoch + 1, runner.inner_iter + 1) < (self.epoch, self.iter):
             return
+        # once=True: only the first attempt is hit, so a retry can show that it recovers.
+        marker = osp.join(runner.work_dir, ".fault_injected")
+        if self.once:
+            if osp.exists(marker):
+                return
+            if runner.rank == 0:
+                open(marker, "w").close()
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
         if self.kind in ("nan_loss", "grad_explosion"):
             model.loss_fault = self.kind

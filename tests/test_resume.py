@@ -1,0 +1,113 @@
+"""Resume on retry with real training: a crash mid-epoch, the retry resumes from the newest valid checkpoint and
+the stage ends with all its epochs; stale checkpoints of another run are never picked up."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import PYTHON, processes_mentioning, run
+from uniad.checkpoints import inspect_checkpoint
+from uniad.launch import StageSpec
+from uniad.resume import MARKER, PREVIOUS, plan_attempt
+
+CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
+WORK = "projects/work_dirs/stage1_track_map/full_track_map"
+
+
+def train(root, run_id, *extra, check=False):
+    return run(
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
+         "--nproc-per-node", "2", "--run-id", run_id, "--stage", "stage1", *extra],
+        check=check, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_crash_then_retry_resumes_and_finishes_all_epochs(tmp_path):
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    crash = ["--cfg-options", "fault_injection.kind=crash", "fault_injection.epoch=3", "fault_injection.iter=15",
+             "fault_injection.once=True"]  # fmt: skip
+    first = train(root, "run-a", *crash)
+    assert first.returncode == 1 and "exited with code" in first.stderr
+    assert processes_mentioning(str(root)) == []
+    work = root / WORK
+    assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth"]
+    # A truncated newer checkpoint, as a crash during a save leaves: the retry must skip it and say why.
+    (work / "epoch_3.pth").write_bytes((work / "epoch_2.pth").read_bytes()[:1000])
+
+    second = train(root, "run-a", *crash)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resuming from {work / 'epoch_2.pth'} (epoch 2)" in second.stdout
+    assert "epoch_3.pth: " in second.stderr and "unreadable or truncated" in second.stderr
+    logs = sorted(work.glob("*.log.json"))
+    resumed = [json.loads(line) for line in logs[-1].read_text().splitlines()[1:]]
+    assert resumed[0]["epoch"] == 3  # really resumed: no restart from epoch 1
+    assert "resumed epoch 2, iter 80" in logs[-1].with_suffix("").read_text()
+    assert inspect_checkpoint(work / "latest.pth", stage="stage1", expect_epoch=3).valid
+
+
+@pytest.mark.slow
+def test_resume_that_silently_restarts_is_stopped(tmp_path):
+    """UniAD ignores a --resume-from it cannot read; the runner notices from the first logged epoch."""
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    assert train(root, "run-a", "--cfg-options", "fault_injection.kind=crash", "fault_injection.epoch=2",
+                 "fault_injection.iter=5").returncode == 1  # fmt: skip
+    work = root / WORK
+    # The checkpoint the attempt was planned with is gone by the time train.py starts (a cleanup job, another
+    # mount): train.py then restarts from epoch 1 without a word, which the runner must catch.
+    spec = StageSpec(uniad_root=str(root), config=CONFIG, work_dir=WORK + "/", max_epochs=3, nproc_per_node=2,
+                     python=PYTHON)  # fmt: skip
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.resumed_epoch == 1
+    os.rename(work / "epoch_1.pth", work / "moved.pth")
+    from uniad.errors import TrainingFailed
+    from uniad.runner import make_stage_run
+
+    stage_run = make_stage_run(attempt.spec, stage="stage1", expect_first_epoch=attempt.expect_first_epoch)
+    with pytest.raises(TrainingFailed, match="not_resumed: training did not resume: its first record is epoch 1"):
+        stage_run.run()
+    assert stage_run.leftover_pids() == []
+
+
+def test_a_new_run_moves_older_artifacts_aside(tmp_path):
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+    (work / MARKER).write_text(json.dumps({"run_id": "old-run"}))
+    (work / "epoch_6.pth").write_bytes(b"stale")
+    (work / "latest.pth").symlink_to("epoch_6.pth")
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6,
+                     resume_from="/somewhere/else.pth")  # fmt: skip
+    attempt = plan_attempt(spec, "stage1", run_id="new-run")
+    assert attempt.spec.resume_from is None and attempt.resumed_from is None
+    assert sorted(p.name for p in work.iterdir()) == [MARKER, PREVIOUS]
+    archived = next((work / PREVIOUS).iterdir())
+    assert archived.name.startswith("old-run-")
+    assert (archived / "epoch_6.pth").read_bytes() == b"stale" and (archived / "latest.pth").is_symlink()
+    assert json.loads((work / MARKER).read_text())["run_id"] == "new-run"
+    # A retry of the new run with no checkpoint yet starts from the beginning.
+    assert plan_attempt(spec, "stage1", run_id="new-run").resumed_from is None
+
+
+def test_changed_gpu_count_is_warned(tmp_path):
+    import torch
+    from test_checkpoints import save_mmcv_checkpoint
+
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+    path = save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["meta"]["env_info"] = "sys.platform: linux\nGPU 0,1,2,3,4,5,6,7: NVIDIA A40\nPyTorch: 1.12.1"
+    torch.save(ckpt, path)
+    (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=4)
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.resumed_epoch == 2 and attempt.spec.resume_from == str(path)
+    assert attempt.warnings == [
+        "epoch_2.pth was trained with 8 GPUs, this attempt uses 4: mmcv rescales the iteration counter on resume, "
+        "so per-iteration schedules (warmup) shift"
+    ]

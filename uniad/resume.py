@@ -1,0 +1,123 @@
+"""Which checkpoint an attempt of a stage starts from, decided by the run's identity.
+
+* A work dir belongs to one pipeline run (``.uniad_run.json``). A fresh run moves an older run's artifacts into
+  ``previous_runs/<run>/``, so neither its training nor its gate can pick up a stale ``latest.pth``.
+* A retry within the same run resumes from the newest ``epoch_N.pth`` that passes ``inspect`` (truncated, corrupt
+  or NaN files are skipped, and said so), passed to train.py as an explicit ``--resume-from``. UniAD ignores a
+  missing ``--resume-from`` and silently restarts from ``load_from``; the runner checks the first logged epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .checkpoints import inspect_checkpoint
+from .errors import CheckpointError
+from .launch import StageSpec
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".uniad_run.json"
+PREVIOUS = "previous_runs"
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+
+
+@dataclass
+class AttemptPlan:
+    spec: StageSpec
+    resumed_from: str | None = None
+    resumed_epoch: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    archived_to: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def expect_first_epoch(self) -> int | None:
+        return self.resumed_epoch + 1 if self.resumed_epoch is not None else None
+
+
+def _work_dir(spec: StageSpec) -> Path:
+    work = Path(spec.work_dir)
+    return work if work.is_absolute() else Path(spec.uniad_root) / work
+
+
+def read_marker(work_dir: Path) -> dict | None:
+    try:
+        return json.loads((work_dir / MARKER).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def epoch_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
+    """``epoch_N.pth`` files, newest epoch first (``latest.pth`` is only a link to one of them)."""
+    found = []
+    for path in work_dir.glob("epoch_*.pth"):
+        match = _EPOCH_FILE.match(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def _archive(work_dir: Path, owner: str) -> Path | None:
+    """Move everything but earlier archives into previous_runs/<owner>/; None when there was nothing."""
+    entries = [p for p in work_dir.iterdir() if p.name != PREVIOUS]
+    if not entries:
+        return None
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", owner).strip("._") or "unknown"
+    target = work_dir / PREVIOUS / f"{safe}-{time.strftime('%Y%m%d_%H%M%S')}"
+    target.mkdir(parents=True)
+    for entry in entries:
+        shutil.move(str(entry), target / entry.name)
+    return target
+
+
+def plan_attempt(spec: StageSpec, stage: str, run_id: str, nproc_per_node: int | None = None) -> AttemptPlan:
+    """Fresh start for a new run (older artifacts archived); resume from the newest valid checkpoint on a retry."""
+    work_dir = _work_dir(spec)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker = read_marker(work_dir)
+    if marker is None or marker.get("run_id") != run_id:
+        owner = marker.get("run_id", "unknown") if marker else "unknown"
+        archived = _archive(work_dir, owner)
+        if archived is not None:
+            logger.warning("%s: moved the artifacts of run %s out of the way, to %s", stage, owner, archived)
+        (work_dir / MARKER).write_text(json.dumps({"run_id": run_id, "stage": stage, "started": time.time()}) + "\n")
+        return AttemptPlan(spec=replace(spec, resume_from=None), archived_to=str(archived) if archived else None)
+
+    plan = AttemptPlan(spec=spec)
+    for epoch, path in epoch_checkpoints(work_dir):
+        try:
+            report = inspect_checkpoint(path, stage=stage)
+        except CheckpointError as exc:
+            plan.skipped.append(f"{path.name}: {exc}")
+            continue
+        if not report.valid:
+            plan.skipped.append(f"{path.name}: {'; '.join(report.problems)}")
+            continue
+        if report.epoch != epoch:
+            plan.skipped.append(f"{path.name}: its meta says epoch {report.epoch}")
+            continue
+        plan.spec = replace(spec, resume_from=str(path))
+        plan.resumed_from, plan.resumed_epoch = str(path), epoch
+        trained_with = report.trained_gpus
+        now = nproc_per_node or spec.nproc_per_node
+        if trained_with is not None and trained_with != now:
+            plan.warnings.append(
+                f"{path.name} was trained with {trained_with} GPUs, this attempt uses {now}: mmcv rescales the "
+                "iteration counter on resume, so per-iteration schedules (warmup) shift"
+            )
+        break
+    for line in plan.skipped:
+        logger.warning("%s: not resuming from %s", stage, line)
+    if plan.resumed_from is None:
+        plan.spec = replace(spec, resume_from=None)
+        logger.warning(
+            "%s: retry of run %s found no valid checkpoint; starting the stage from the beginning", stage, run_id
+        )
+    return plan
