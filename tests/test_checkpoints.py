@@ -175,3 +175,26 @@ def test_cli_promote_refusal_is_exit_1_with_message(ckpts, tmp_path):
     assert done.returncode == 1
     assert "refusing to promote" in done.stderr
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_write_failure_mid_copy_keeps_the_previous_good_file(ckpts, tmp_path):
+    """Disk full during promote, for real: the promote process may not write more than 64 KiB to any file."""
+    import resource
+    import signal
+
+    dst = tmp_path / "ckpts" / "full_track_map.pth"
+    dst.parent.mkdir()
+    dst.write_bytes(b"previous good checkpoint")
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "uniad", "promote", str(ckpts["stage1"]), str(dst), "--stage", "stage1"],
+        capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "could not write" in done.stderr and "File too large" in done.stderr and "left unchanged" in done.stderr
+    assert dst.read_bytes() == b"previous good checkpoint"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["full_track_map.pth"]  # no temp file, no sidecar

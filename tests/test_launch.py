@@ -112,22 +112,40 @@ def test_stage_spec_validation(overrides, message):
 
 
 @pytest.mark.parametrize(
-    ("requested", "gpus", "nproc", "expected"),
+    ("requested", "gpus", "nproc", "nccl_error", "expected", "why"),
     [
-        ("auto", 8, 8, "nccl"),
-        ("auto", 0, 2, "gloo"),
-        ("auto", 4, 8, "gloo"),
-        ("gloo", 8, 8, "gloo"),
-        ("nccl", 8, 8, "nccl"),
+        ("auto", 8, 8, None, "nccl", "NCCL probe all-reduce passed"),
+        ("auto", 0, 2, None, "gloo", "0 usable GPU(s) for 2 process(es)"),
+        ("auto", 4, 8, None, "gloo", "4 usable GPU(s) for 8 process(es)"),
+        ("auto", 8, 8, "NCCL error: unhandled system error", "gloo", "falling back to gloo (NCCL error"),
+        ("gloo", 8, 8, None, "gloo", "requested gloo"),
+        ("nccl", 8, 8, None, "nccl", "probe all-reduce passed"),
     ],
 )
-def test_resolve_backend(requested, gpus, nproc, expected):
-    assert resolve_backend(requested, gpus, nproc) == expected
+def test_resolve_backend(requested, gpus, nproc, nccl_error, expected, why):
+    backend, reason = resolve_backend(requested, gpus, nproc, nccl_error)
+    assert backend == expected and why in reason
 
 
-def test_explicit_nccl_without_gpus_suggests_gloo():
+def test_explicit_nccl_that_cannot_work_suggests_gloo():
     with pytest.raises(LaunchError, match="Use backend=gloo"):
         resolve_backend("nccl", 0, 2)
+    with pytest.raises(LaunchError, match="failed to initialise on this worker .*Use backend=gloo"):
+        resolve_backend("nccl", 8, 8, "NCCL error: unhandled system error")
+
+
+def test_nccl_probe_reports_why_it_failed_on_a_cpu_worker():
+    """A real probe run; on a machine without CUDA it must fail and say why (on a GPU worker it passes)."""
+    import sys
+
+    import torch
+
+    from uniad.runner import probe_nccl
+
+    if torch.cuda.is_available():
+        pytest.skip("this worker has CUDA: the failing path is not reachable here")
+    error = probe_nccl(sys.executable, 1, timeout_s=120)
+    assert error and ("CUDA" in error or "NCCL" in error or "Error" in error), error
 
 
 def test_build_launch_needs_a_resolved_backend_and_sane_port():

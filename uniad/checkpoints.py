@@ -267,7 +267,13 @@ def promote_checkpoint(
                 f"{digest.hexdigest()} during the copy); is training still writing it? {dst} was left unchanged."
             )
 
-    _atomic_write(dst, copy)
+    try:
+        _atomic_write(dst, copy)
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write {dst}: {exc} (disk full, quota, or no write permission in {dst.parent}?). "
+            f"{dst} was left unchanged."
+        ) from exc
     provenance = {
         "path": str(dst.resolve()),
         "source": str(src),

@@ -125,21 +125,33 @@ class LaunchCommand:
     backend: str
 
 
-def resolve_backend(requested: str, visible_gpus: int, nproc_per_node: int) -> str:
-    """``auto`` -> nccl when there is a usable GPU for every rank, else gloo. An explicit nccl is checked too."""
+def resolve_backend(
+    requested: str, visible_gpus: int, nproc_per_node: int, nccl_error: str | None = None
+) -> tuple[str, str]:
+    """The backend to train with, and why. ``auto``: nccl when every rank has a GPU and NCCL's probe all-reduce
+    worked (``nccl_error`` is None), else gloo. An explicit nccl that cannot work is an error suggesting gloo."""
     if requested not in BACKENDS:
         raise LaunchError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
     if requested == "gloo":
-        return "gloo"
+        return "gloo", "requested gloo"
     enough = visible_gpus >= nproc_per_node
     if requested == "auto":
-        return "nccl" if enough else "gloo"
+        if not enough:
+            return "gloo", f"auto: {visible_gpus} usable GPU(s) for {nproc_per_node} process(es)"
+        if nccl_error is not None:
+            return "gloo", f"auto: NCCL failed its probe all-reduce, falling back to gloo ({nccl_error})"
+        return "nccl", f"auto: {visible_gpus} GPU(s), NCCL probe all-reduce passed"
     if not enough:
         raise LaunchError(
             f"backend nccl needs one GPU per process: {nproc_per_node} processes but {visible_gpus} usable GPU(s) "
             "on this worker. Use backend=gloo (or auto), or lower nproc_per_node."
         )
-    return "nccl"
+    if nccl_error is not None:
+        raise LaunchError(
+            f"backend nccl failed to initialise on this worker ({nccl_error}). Use backend=gloo, as the reference "
+            "run did, or backend=auto to fall back automatically."
+        )
+    return "nccl", "requested nccl, probe all-reduce passed"
 
 
 def build_launch(

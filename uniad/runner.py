@@ -10,8 +10,10 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -161,6 +163,7 @@ class StageRun:
         self.command = command
         # A resumed attempt must log its first record in the epoch after the checkpoint's.
         self.expect_first_epoch = expect_first_epoch
+        self.backend_reason: str | None = None
         self.stage = stage
         self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
         # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
@@ -372,6 +375,46 @@ def probe_visible_gpus(python: str, timeout_s: float = 120.0) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+_NCCL_PROBE = """
+import os, torch, torch.distributed as dist
+torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+dist.init_process_group("nccl")
+value = torch.ones(1, device="cuda")
+dist.all_reduce(value)
+torch.cuda.synchronize()
+assert int(value.item()) == dist.get_world_size(), value.item()
+dist.destroy_process_group()
+"""
+
+
+def probe_nccl(python: str, nproc_per_node: int, timeout_s: float = 180.0) -> str | None:
+    """Run a one-element NCCL all-reduce across ``nproc_per_node`` ranks; None if it worked, else why not."""
+    with tempfile.TemporaryDirectory(prefix="uniad-nccl-probe-") as tmp:
+        script = Path(tmp) / "nccl_probe.py"
+        script.write_text(_NCCL_PROBE)
+        argv = [python, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc_per_node}",
+                "--master_addr=127.0.0.1", f"--master_port={find_free_port()}", str(script)]  # fmt: skip
+        proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+            start_new_session=True, env={**os.environ, "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")},
+        )  # fmt: skip
+        try:
+            output, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return f"the probe all-reduce did not finish within {timeout_s:.0f} s"
+    if proc.returncode == 0:
+        return None
+    # The rank's own exception, not torchrun's ChildFailedError summary that follows it.
+    errors = [
+        line.strip()
+        for line in output.splitlines()
+        if re.match(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception|NCCL)\b", line.strip()) and "ChildFailedError" not in line
+    ]
+    return (errors[0] if errors else f"probe exited with code {proc.returncode}")[:500]
+
+
 def make_stage_run(
     spec: StageSpec,
     *,
@@ -385,11 +428,12 @@ def make_stage_run(
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
     gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
-    backend = resolve_backend(spec.backend, gpus, spec.nproc_per_node)
-    logger.info("%s: backend %s (requested %s, %d usable GPU(s))", stage, backend, spec.backend, gpus)
+    nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if gpus >= spec.nproc_per_node else None
+    backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
+    (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
     work_dir = Path(spec.work_dir) if Path(spec.work_dir).is_absolute() else Path(spec.uniad_root) / spec.work_dir
-    return StageRun(
+    stage_run = StageRun(
         command,
         stage=stage,
         total_epochs=spec.max_epochs,
@@ -400,3 +444,5 @@ def make_stage_run(
         later_epochs=later_epochs,
         expect_first_epoch=expect_first_epoch,
     )
+    stage_run.backend_reason = why
+    return stage_run

@@ -130,6 +130,7 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
             "work_dir": str(work_dir),
             "latest_checkpoint": str(latest.resolve()) if latest.exists() else None,
             "backend": self._run.command.backend,
+            "backend_reason": self._run.backend_reason,
             "resumed_from": attempt.resumed_from,
             "skipped_checkpoints": attempt.skipped,
             "duration_s": round(result.duration_s, 1),
