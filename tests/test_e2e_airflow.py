@@ -111,7 +111,7 @@ def scheduler(airflow_home):
                     + (airflow_home / "standalone.log").read_text()[-5000:]
                 )
             time.sleep(2)
-        yield proc
+        yield proc, port
     finally:
         # Stop by process group: SIGTERM to the main pid alone would orphan the scheduler.
         os.killpg(proc.pid, signal.SIGTERM)
@@ -161,3 +161,53 @@ def test_triggered_run_succeeds_under_the_scheduler(scheduler, airflow_home, tmp
     assert inspect_checkpoint(
         root / "projects/work_dirs/stage2_e2e/full_e2e/latest.pth", stage="stage2", expect_epoch=1
     ).valid
+
+
+def api_token(home, port: int) -> str:
+    """A bearer token for the simple auth manager's generated admin user."""
+    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    user, password = next(iter(passwords.items()))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/auth/token",
+        data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["access_token"]
+
+
+def test_marking_a_training_task_failed_kills_its_ranks(scheduler, airflow_home, tmp_path):
+    proc, port = scheduler
+    root = tmp_path / "uniad-mini-killed"
+    run_id = f"kill__{int(time.time())}"
+    airflow = str(BIN / "airflow")
+    deadline = time.monotonic() + 120
+    while run([airflow, "dags", "list", "-o", "json"], check=False).stdout.find(DAG_ID) < 0:
+        assert time.monotonic() < deadline, "the DAG never showed up in the metadata DB"
+        time.sleep(3)
+    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 30}
+    run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
+
+    work = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    deadline = time.monotonic() + 300
+    while not any(len(p.read_text().splitlines()) > 2 for p in work.glob("*.log.json")):
+        assert time.monotonic() < deadline, "stage1_train never started training"
+        time.sleep(1)
+    assert len(processes_mentioning(str(root))) >= 3  # launcher and both ranks
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/stage1_train",
+        data=json.dumps({"new_state": "failed"}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(airflow_home, port)}"},
+        method="PATCH",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    marked = time.monotonic()
+    while processes_mentioning(str(root)) and time.monotonic() - marked < 60:
+        time.sleep(0.5)
+    assert processes_mentioning(str(root)) == [], "ranks kept running after the task was marked failed"
+    print(f"ranks gone {time.monotonic() - marked:.1f} s after the task was marked failed")
+    assert time.monotonic() - marked < 30
+    assert not (work / "epoch_30.pth").exists()
