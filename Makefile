@@ -16,8 +16,9 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-bench: setup  ## log analysis vs the json.loads floor, and the cost of polling a growing log
+bench: setup  ## log analysis vs json.loads, polling cost; checkpoint gate vs sha256sum + cp on 2 GB
 	.venv/bin/python benchmarks/bench_logs.py
+	.venv/bin/python benchmarks/bench_checkpoint_gate.py
 
 clean:
 	rm -rf airflow_home runs .pytest_cache

@@ -10,9 +10,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import mmap
 import os
 import pickle
 import re
@@ -105,13 +107,52 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+_MADV_DONTNEED = 4
+_CHUNK_ELEMENTS = 1 << 20  # isfinite's temporaries stay a few MB
+
+
+def _page_releaser():
+    """``release(ptr, nbytes)``: madvise(MADV_DONTNEED) on the whole pages inside a checked range of an
+    mmap-loaded (file-backed, private, unmodified) storage, so a multi-GB checkpoint never sits in this process's
+    memory whole; dropped pages are read again from the file if touched. None where libc has no madvise."""
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = mmap.PAGESIZE
+
+    def release(ptr: int, nbytes: int) -> None:
+        start = -(-ptr // page) * page  # whole pages only: never a neighbour's bytes
+        end = (ptr + nbytes) // page * page
+        if end > start:
+            madvise(start, end - start, _MADV_DONTNEED)
+
+    return release
+
+
+def _all_finite(tensor, release=None) -> bool:
+    """Chunked isfinite; with ``release``, each checked chunk of an mmap-backed tensor leaves memory again."""
+    import torch
+
+    flat = tensor.reshape(-1)
+    in_place = release is not None and flat.data_ptr() == tensor.data_ptr() and flat.is_contiguous()
+    for i in range(0, flat.numel(), _CHUNK_ELEMENTS):
+        part = flat[i : i + _CHUNK_ELEMENTS]
+        finite = bool(torch.isfinite(part).all())
+        if in_place:
+            release(part.data_ptr(), part.numel() * part.element_size())
+        if not finite:
+            return False
+    return True
+
+
 def _load(path: Path) -> object:
     import torch  # heavy: imported only when a checkpoint is actually read
 
     try:
         # mmap keeps a multi-GB checkpoint out of RAM; only the zip format supports it.
-        mmap = zipfile.is_zipfile(path)
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -139,8 +180,12 @@ def _state_dict(obj: object, path: Path) -> tuple[dict, dict]:
     return state, meta if isinstance(meta, dict) else {}
 
 
-def inspect_checkpoint(path: str | Path, stage: str | None = None, expect_epoch: int | None = None) -> CheckpointReport:
-    """Load ``path`` safely and report what a gate needs; ``report.valid`` says whether it fits ``stage``."""
+def inspect_checkpoint(
+    path: str | Path, stage: str | None = None, expect_epoch: int | None = None, *, sha256: bool = True
+) -> CheckpointReport:
+    """Load ``path`` safely and report what a gate needs; ``report.valid`` says whether it fits ``stage``.
+
+    ``sha256=False`` skips the hashing pass (promotion hashes while it copies)."""
     import torch
 
     if stage is not None and stage not in STAGES:
@@ -153,7 +198,7 @@ def inspect_checkpoint(path: str | Path, stage: str | None = None, expect_epoch:
         path=str(original),
         resolved_path=str(resolved),
         size_bytes=resolved.stat().st_size,
-        sha256=sha256_file(resolved),
+        sha256=sha256_file(resolved) if sha256 else "",
         stage=stage,
     )
     try:
@@ -166,12 +211,13 @@ def inspect_checkpoint(path: str | Path, stage: str | None = None, expect_epoch:
     report.iter = meta.get("iter") if isinstance(meta.get("iter"), int) else None
     report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
     report.trained_gpus = gpus_of(meta.get("env_info"))
+    release = _page_releaser() if zipfile.is_zipfile(resolved) else None
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):
             continue
         report.tensor_count += 1
         report.parameter_count += tensor.numel()
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor, release):
             report.non_finite_tensors.append(name)
     if report.tensor_count == 0:
         report.problems.append("the state_dict holds no tensors")
@@ -237,6 +283,13 @@ def _atomic_write(target: Path, write) -> None:
         raise
 
 
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    """What changes when a checkpoint is rewritten or replaced: where the link points, inode, size, mtime."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return str(resolved), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def provenance_path(dst: str | Path) -> Path:
     dst = Path(dst)
     return dst.with_name(dst.name + ".provenance.json")
@@ -247,7 +300,9 @@ def promote_checkpoint(
 ) -> dict:
     """Verify ``src`` for ``stage`` and publish it atomically at ``dst`` with a provenance sidecar."""
     src, dst = Path(src), Path(dst)
-    report = inspect_checkpoint(src, stage=stage, expect_epoch=expect_epoch)
+    # Two passes over the file, like `sha256sum && cp`: the verifying load, then the copy, hashed as it goes.
+    before = _identity(src)
+    report = inspect_checkpoint(src, stage=stage, expect_epoch=expect_epoch, sha256=False)
     if not report.valid:
         raise CheckpointError(
             f"refusing to promote {src}: " + "; ".join(report.problems) + f". {dst} was left unchanged."
@@ -261,10 +316,10 @@ def promote_checkpoint(
             while chunk := source.read(CHUNK):
                 digest.update(chunk)
                 handle.write(chunk)
-        if digest.hexdigest() != report.sha256:
+        if _identity(src) != before:
             raise CheckpointError(
-                f"{resolved} changed while it was being promoted (sha256 {report.sha256} before, "
-                f"{digest.hexdigest()} during the copy); is training still writing it? {dst} was left unchanged."
+                f"{resolved} changed while it was being verified and promoted (size or modification time moved); "
+                f"is training still writing it? {dst} was left unchanged."
             )
 
     try:
@@ -274,6 +329,7 @@ def promote_checkpoint(
             f"could not write {dst}: {exc} (disk full, quota, or no write permission in {dst.parent}?). "
             f"{dst} was left unchanged."
         ) from exc
+    report.sha256 = digest.hexdigest()
     provenance = {
         "path": str(dst.resolve()),
         "source": str(src),
