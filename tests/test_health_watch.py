@@ -25,18 +25,24 @@ CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
 def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
     root = tmp_path / "root"
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    marker = tmp_path / "shell-ran"
+    # Shell metacharacters in a cfg option reach train.py as one literal argv item; no shell ever sees them.
+    nasty = f"note=$(touch {marker}); touch {marker} `touch {marker}` | touch {marker}"
     started = time.monotonic()
     done = run(
         [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
          "--nproc-per-node", "2", *extra, "--cfg-options", f"fault_injection.kind={kind}",
-         f"fault_injection.epoch={epoch}", f"fault_injection.iter={iter}"],
+         f"fault_injection.epoch={epoch}", f"fault_injection.iter={iter}", nasty],
         check=False, timeout=300,
     )  # fmt: skip
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stdout + done.stderr
     assert "stopped by the health watch" in done.stderr and signal in done.stderr, done.stderr[-3000:]
     assert processes_mentioning(str(root)) == []
+    assert not marker.exists()
     log = next((root / "projects/work_dirs/stage1_track_map/full_track_map").glob("*.log.json"))
+    # mmcv's DictAction drops the spaces; the text itself arrived unexpanded.
+    assert f"note = '$(touch{marker});touch{marker}`touch{marker}`|" in json.loads(log.read_text().splitlines()[0])["config"]
     records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     last = (records[-1]["epoch"], records[-1]["iter"])
     # Within two log intervals (20 iterations) of the fault.
