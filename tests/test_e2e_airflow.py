@@ -133,16 +133,20 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def wait_for_dag(airflow: str) -> None:
+    """The dag-processor must have serialized the DAG before it can be triggered."""
+    deadline = time.monotonic() + 120
+    while run([airflow, "dags", "list", "-o", "json"], check=False).stdout.find(DAG_ID) < 0:
+        assert time.monotonic() < deadline, "the DAG never showed up in the metadata DB"
+        time.sleep(3)
+
+
 def test_triggered_run_succeeds_under_the_scheduler(scheduler, airflow_home, tmp_path):
     root = tmp_path / "uniad-mini-scheduled"
     conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 1, "stage2_epochs": 1}
     run_id = f"ci__{int(time.time())}"
     airflow = str(BIN / "airflow")
-    # The dag-processor must have serialized the DAG before it can be triggered.
-    deadline = time.monotonic() + 120
-    while run([airflow, "dags", "list", "-o", "json"], check=False).stdout.find(DAG_ID) < 0:
-        assert time.monotonic() < deadline, "the DAG never showed up in the metadata DB"
-        time.sleep(3)
+    wait_for_dag(airflow)
     run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
 
     deadline = time.monotonic() + 600
@@ -182,10 +186,7 @@ def test_marking_a_training_task_failed_kills_its_ranks(scheduler, airflow_home,
     root = tmp_path / "uniad-mini-killed"
     run_id = f"kill__{int(time.time())}"
     airflow = str(BIN / "airflow")
-    deadline = time.monotonic() + 120
-    while run([airflow, "dags", "list", "-o", "json"], check=False).stdout.find(DAG_ID) < 0:
-        assert time.monotonic() < deadline, "the DAG never showed up in the metadata DB"
-        time.sleep(3)
+    wait_for_dag(airflow)
     conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 30}
     run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
 

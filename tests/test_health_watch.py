@@ -42,7 +42,10 @@ def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
     assert not marker.exists()
     log = next((root / "projects/work_dirs/stage1_track_map/full_track_map").glob("*.log.json"))
     # mmcv's DictAction drops the spaces; the text itself arrived unexpanded.
-    assert f"note = '$(touch{marker});touch{marker}`touch{marker}`|" in json.loads(log.read_text().splitlines()[0])["config"]
+    assert (
+        f"note = '$(touch{marker});touch{marker}`touch{marker}`|"
+        in json.loads(log.read_text().splitlines()[0])["config"]
+    )
     records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
     last = (records[-1]["epoch"], records[-1]["iter"])
     # Within two log intervals (20 iterations) of the fault.

@@ -110,26 +110,23 @@ class HealthMonitor:
                     "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
                     epoch, it,
                 )))  # fmt: skip
-        if loss is not None and math.isfinite(loss):
-            median = self._running_median(self._losses)
-            if median is not None and median > 0 and loss > self.t.spike_factor * median:
+        outliers = (
+            (loss, self._losses, self.t.spike_factor, WARNING, "loss_spike", "loss", ""),
+            (grad, self._grads, self.t.explosion_factor, ERROR, "grad_norm_explosion", "grad_norm",
+             ": gradients are exploding; lower the lr or check grad_clip"),
+        )  # fmt: skip
+        for value, history, factor, severity, code, name, advice in outliers:
+            if value is None or not math.isfinite(value):
+                continue
+            median = self._running_median(history)
+            if median is not None and median > 0 and value > factor * median:
                 new.append(self.add(Finding(
-                    WARNING, "loss_spike",
-                    f"loss {loss:.4g} at epoch {epoch} iter {it} is {loss / median:.1f}x the running median "
-                    f"{median:.4g}",
+                    severity, code,
+                    f"{name} {value:.4g} at epoch {epoch} iter {it} is {value / median:.1f}x its running median "
+                    f"{median:.4g}{advice}",
                     epoch, it,
                 )))  # fmt: skip
-            self._losses.append(loss)
-        if grad is not None and math.isfinite(grad):
-            median = self._running_median(self._grads)
-            if median is not None and median > 0 and grad > self.t.explosion_factor * median:
-                new.append(self.add(Finding(
-                    ERROR, "grad_norm_explosion",
-                    f"grad_norm {grad:.4g} at epoch {epoch} iter {it} is {grad / median:.1f}x its running median "
-                    f"{median:.4g}: gradients are exploding; lower the lr or check grad_clip",
-                    epoch, it,
-                )))  # fmt: skip
-            self._grads.append(grad)
+            history.append(value)
         return new
 
     def _running_median(self, history: list[float]) -> float | None:
