@@ -141,30 +141,44 @@ def wait_for_dag(airflow: str) -> None:
         time.sleep(3)
 
 
-def test_triggered_run_succeeds_under_the_scheduler(scheduler, airflow_home, tmp_path):
-    root = tmp_path / "uniad-mini-scheduled"
-    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 1, "stage2_epochs": 1}
-    run_id = f"ci__{int(time.time())}"
+def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home, tmp_path):
+    """Two triggers at once: both runs succeed, and their training tasks never overlap in time (max_active_runs=1,
+    and each training task takes a whole worker's gpu pool slots)."""
     airflow = str(BIN / "airflow")
     wait_for_dag(airflow)
-    run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
+    runs = {}
+    for name in ("a", "b"):
+        root = tmp_path / f"uniad-mini-{name}"
+        run_id = f"ci_{name}__{int(time.time())}"
+        conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 1, "stage2_epochs": 1}
+        run([airflow, "dags", "trigger", DAG_ID, "-r", run_id, "-c", json.dumps(conf)])
+        runs[run_id] = root
 
     deadline = time.monotonic() + 600
-    state = None
+    states: dict[str, str | None] = {}
     while time.monotonic() < deadline:
-        runs = cli_json([airflow, "dags", "list-runs", DAG_ID, "-o", "json"])
-        state = next((r["state"] for r in runs if r["run_id"] == run_id), None)
-        if state in ("success", "failed"):
+        listed = cli_json([airflow, "dags", "list-runs", DAG_ID, "-o", "json"])
+        states = {r["run_id"]: r["state"] for r in listed if r["run_id"] in runs}
+        if len(states) == 2 and set(states.values()) <= {"success", "failed"}:
             break
         time.sleep(5)
-    tasks = cli_json([airflow, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"])
-    states = {t["task_id"]: t["state"] for t in tasks}
-    assert state == "success", (state, states, (airflow_home / "standalone.log").read_text()[-3000:])
-    assert set(states.values()) == {"success"} and len(states) == 6
-    assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
-    assert inspect_checkpoint(
-        root / "projects/work_dirs/stage2_e2e/full_e2e/latest.pth", stage="stage2", expect_epoch=1
-    ).valid
+    assert set(states.values()) == {"success"}, (states, (airflow_home / "standalone.log").read_text()[-3000:])
+
+    training = []
+    for run_id, root in runs.items():
+        tasks = cli_json([airflow, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"])
+        assert {t["task_id"]: t["state"] for t in tasks} == dict.fromkeys(
+            ["preflight", "stage1_train", "validate_stage1", "promote_checkpoint", "stage2_train", "validate_stage2"],
+            "success",
+        )
+        training += [(t["start_date"], t["end_date"], run_id) for t in tasks if t["task_id"].endswith("_train")]
+        assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
+        assert inspect_checkpoint(
+            root / "projects/work_dirs/stage2_e2e/full_e2e/latest.pth", stage="stage2", expect_epoch=1
+        ).valid
+    training.sort()
+    for (_, end, first), (start, _, second) in zip(training, training[1:]):
+        assert end <= start, f"training of {first} and {second} overlapped: {training}"
 
 
 def api_token(home, port: int) -> str:

@@ -111,3 +111,36 @@ def test_changed_gpu_count_is_warned(tmp_path):
         "epoch_2.pth was trained with 8 GPUs, this attempt uses 4: mmcv rescales the iteration counter on resume, "
         "so per-iteration schedules (warmup) shift"
     ]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_rank_fails_the_attempt_and_the_retry_finishes(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
+         "--nproc-per-node", "2", "--run-id", "run-k", "--stage", "stage1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.startswith("[full_track_map] epoch 2/3 iter 20/40"):
+            break
+    ranks = [p for p in processes_mentioning(str(root)) if "tools/train.py" in p and "torch.distributed" not in p]
+    assert len(ranks) == 2, ranks
+    os.kill(int(ranks[1].split()[0]), signal.SIGKILL)
+    started = time.monotonic()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "training exited with code" in stderr, stderr[-2000:]
+    assert time.monotonic() - started < 60
+    assert processes_mentioning(str(root)) == []
+
+    work = root / WORK
+    retry = train(root, "run-k")
+    assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-2000:]
+    assert f"resuming from {work / 'epoch_1.pth'} (epoch 1)" in retry.stdout
+    assert inspect_checkpoint(work / "latest.pth", stage="stage1", expect_epoch=3).valid
+    assert sorted(p.name for p in work.glob("epoch_*.pth")) == ["epoch_1.pth", "epoch_2.pth", "epoch_3.pth"]
