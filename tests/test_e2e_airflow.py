@@ -36,7 +36,7 @@ def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
     output = done.stdout + done.stderr
     assert "[stage1] epoch 6/6 iter 40/40 | 100.0%" in output
     assert "[stage2] epoch 20/20 iter 40/40 | 100.0%" in output
-    assert "backend gloo (requested auto, 0 usable GPU(s))" in output
+    assert "backend gloo (auto: 0 usable GPU(s) for 2 process(es))" in output
 
     ckpt = root / "ckpts/full_track_map.pth"
     stage1 = root / "projects/work_dirs/stage1_track_map/full_track_map"
@@ -195,7 +195,7 @@ def api_token(home, port: int) -> str:
         return json.load(response)["access_token"]
 
 
-def test_marking_a_training_task_failed_kills_its_ranks(scheduler, airflow_home, tmp_path):
+def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, airflow_home, tmp_path):
     proc, port = scheduler
     root = tmp_path / "uniad-mini-killed"
     run_id = f"kill__{int(time.time())}"
@@ -211,18 +211,49 @@ def test_marking_a_training_task_failed_kills_its_ranks(scheduler, airflow_home,
         time.sleep(1)
     assert len(processes_mentioning(str(root))) >= 3  # launcher and both ranks
 
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/stage1_train",
-        data=json.dumps({"new_state": "failed"}).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(airflow_home, port)}"},
-        method="PATCH",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 200
-    marked = time.monotonic()
-    while processes_mentioning(str(root)) and time.monotonic() - marked < 60:
-        time.sleep(0.5)
-    assert processes_mentioning(str(root)) == [], "ranks kept running after the task was marked failed"
-    print(f"ranks gone {time.monotonic() - marked:.1f} s after the task was marked failed")
-    assert time.monotonic() - marked < 30
+    token = api_token(airflow_home, port)
+
+    def api(method: str, path: str, body: dict) -> None:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+            method=method,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200
+
+    def gone_within(pids: set[str], seconds: float) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < 60:
+            alive = {p.split()[0] for p in processes_mentioning(str(root))} & pids
+            if not alive:
+                return time.monotonic() - start
+            time.sleep(0.5)
+        raise AssertionError(f"processes {alive} kept running")
+
+    # 1. Mark the running task failed.
+    pids = {p.split()[0] for p in processes_mentioning(str(root))}
+    api("PATCH", f"dagRuns/{run_id}/taskInstances/stage1_train", {"new_state": "failed"})
+    seconds = gone_within(pids, 30)
+    print(f"ranks gone {seconds:.1f} s after the task was marked failed")
+    assert seconds < 30
+
+    # 2. Clear it: it runs again in the same run (a retry); then clear it while it trains.
+    logs_before = len(list(work.glob("*.log.json")))
+    clear = {"dry_run": False, "only_failed": False, "task_ids": ["stage1_train"], "dag_run_id": run_id}
+    api("POST", "clearTaskInstances", clear)
+    deadline = time.monotonic() + 300
+    while not (
+        len(logs := sorted(work.glob("*.log.json"))) > logs_before and len(logs[-1].read_text().splitlines()) > 2
+    ):
+        assert time.monotonic() < deadline, "the cleared task never trained again"
+        time.sleep(1)
+    pids = {p.split()[0] for p in processes_mentioning(str(root))}
+    assert len(pids) >= 3
+    api("POST", "clearTaskInstances", clear)
+    seconds = gone_within(pids, 30)
+    print(f"ranks gone {seconds:.1f} s after the running task was cleared")
+    assert seconds < 30
+    api("PATCH", f"dagRuns/{run_id}/taskInstances/stage1_train", {"new_state": "failed"})  # stop the next try
     assert not (work / "epoch_30.pth").exists()
