@@ -300,20 +300,9 @@ class Rows:
         return rows
 
 
-def analyze(
-    records: list[dict],
-    meta: dict | None = None,
-    *,
-    total_epochs: int | None = None,
-    iters_per_epoch: int | None = None,
-    thresholds: Thresholds | None = None,
-    silence_s: float | None = None,
-) -> Analysis:
-    """Analyse one stage's parsed records. ``silence_s``: seconds since the log last changed (for the stall check)."""
-    return analyze_rows(
-        Rows.from_records(records), meta, total_epochs=total_epochs, iters_per_epoch=iters_per_epoch,
-        thresholds=thresholds, silence_s=silence_s,
-    )  # fmt: skip
+def analyze(records: list[dict], meta: dict | None = None, **options) -> Analysis:
+    """Analyse one stage's parsed records; ``options`` as for ``analyze_rows``."""
+    return analyze_rows(Rows.from_records(records), meta, **options)
 
 
 def analyze_rows(
@@ -325,6 +314,8 @@ def analyze_rows(
     thresholds: Thresholds | None = None,
     silence_s: float | None = None,
 ) -> Analysis:
+    """The analysis. ``total_epochs`` when the log's config does not say; ``iters_per_epoch`` when the log does
+    not (json logs); ``silence_s``: seconds since the log last changed, for the stall check."""
     t = thresholds or Thresholds()
     schedule = ScheduleConfig.from_text((meta or {}).get("config"))
     n = len(rows)
