@@ -159,11 +159,12 @@ class StageRun:
         thresholds: Thresholds | None = None,
         later_epochs: int | None = None,
         expect_first_epoch: int | None = None,
+        backend_reason: str | None = None,
     ) -> None:
         self.command = command
         # A resumed attempt must log its first record in the epoch after the checkpoint's.
         self.expect_first_epoch = expect_first_epoch
-        self.backend_reason: str | None = None
+        self.backend_reason = backend_reason
         self.stage = stage
         self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
         # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
@@ -179,10 +180,7 @@ class StageRun:
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._lock = threading.Lock()
         self._terminated_by: str | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        self._token = ""
 
     def start(self) -> None:
         # torchrun starts every rank in a session of its own, so the launcher's process group does not reach them
@@ -433,7 +431,7 @@ def make_stage_run(
     (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
     work_dir = Path(spec.work_dir) if Path(spec.work_dir).is_absolute() else Path(spec.uniad_root) / spec.work_dir
-    stage_run = StageRun(
+    return StageRun(
         command,
         stage=stage,
         total_epochs=spec.max_epochs,
@@ -443,6 +441,5 @@ def make_stage_run(
         thresholds=thresholds,
         later_epochs=later_epochs,
         expect_first_epoch=expect_first_epoch,
+        backend_reason=why,
     )
-    stage_run.backend_reason = why
-    return stage_run
