@@ -23,7 +23,7 @@ CONF=$(.venv/bin/python -c 'import json, sys; print(json.dumps({"profile": "mini
 echo "==> airflow dags test uniad_e2e_training -c '$CONF'  (full log: $LOG)"
 set +e
 .venv/bin/airflow dags test uniad_e2e_training -c "$CONF" 2>&1 | tee "$LOG" \
-  | grep --line-buffered -E '\[stage[12]\] epoch [0-9]+/[0-9]+ iter [0-9]+/[0-9]+|promoted .* to |verdict|Marking run|ERROR|error' \
+  | grep --line-buffered -E '\[stage[12]\] epoch [0-9]+/[0-9]+ iter [0-9]+/[0-9]+|promoted .* to |health: |verdict|Marking run|ERROR|error' \
   | sed -u -E 's/^[0-9TZ:.-]+ \[[a-z]+ *\] //; s/ +\[(airflow|uniad)[^]]*\] loc=.*$//'
 status=${PIPESTATUS[0]}
 set -e
@@ -39,6 +39,7 @@ cat <<MSG
   promoted checkpoint      $ROOT/ckpts/full_track_map.pth  (+ .provenance.json)
   stage 1 work dir         $ROOT/projects/work_dirs/stage1_track_map/full_track_map/
   stage 2 work dir         $ROOT/projects/work_dirs/stage2_e2e/full_e2e/
+  health reports           <each work dir>/health/report.md (+ loss, loss_by_task, grad_norm, lr plots)
   Airflow log of the run   $LOG
 
 MSG
