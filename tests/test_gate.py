@@ -63,3 +63,22 @@ def test_healthy_log_but_wrong_checkpoint_fails(tmp_path, healthy):
 def test_missing_log_says_what_is_missing(tmp_path):
     with pytest.raises(GateFailed, match="no \\*.log.json in"):
         validate_stage(tmp_path, "stage2", expect_epoch=20)
+
+
+def test_a_resumed_stage_is_judged_on_all_its_attempts(tmp_path, healthy):
+    """Attempt 1 crashed in epoch 2 (after iter 200); attempt 2 resumed from epoch_1.pth and logged epoch 2 again."""
+    work = tmp_path / "work"
+    work.mkdir()
+    first = [r for r in healthy if (r["epoch"], r["iter"]) <= (2, 200)]
+    second = [dict(r, loss=r["loss"] * 0.99) for r in healthy if r["epoch"] == 2]
+    write_json_log(work / "20240101_000000.log.json", first, config=reference_config(2))
+    write_json_log(work / "20240101_010000.log.json", second, config=reference_config(2))
+    save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    (work / "latest.pth").symlink_to("epoch_2.pth")
+    result = validate_stage(work, "stage1", expect_epoch=2)
+    assert result["verdict"] == "healthy" and result["progress"] == 1.0
+    assert len(result["logs"]) == 2
+    report = (work / "health/report.md").read_text()
+    assert "2 attempts" in report.splitlines()[0]
+    assert "- records: 80" in report  # epoch 1 from attempt 1, epoch 2 from attempt 2; the lost part is dropped
+    assert "| end of epoch 1 | 1 | 400 |" in report

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import PYTHON, processes_mentioning, run
 from uniad.checkpoints import inspect_checkpoint
+from uniad.gate import validate_stage
 from uniad.launch import StageSpec
 from uniad.resume import MARKER, PREVIOUS, plan_attempt
 
@@ -48,6 +49,10 @@ def test_crash_then_retry_resumes_and_finishes_all_epochs(tmp_path):
     assert resumed[0]["epoch"] == 3  # really resumed: no restart from epoch 1
     assert "resumed epoch 2, iter 80" in logs[-1].with_suffix("").read_text()
     assert inspect_checkpoint(work / "latest.pth", stage="stage1", expect_epoch=3).valid
+    # The gate judges the whole stage across both attempts: epochs 1-2 from the first, epoch 3 from the second.
+    gate = validate_stage(work, "stage1", expect_epoch=3)
+    assert gate["verdict"] == "healthy" and gate["progress"] == 1.0 and len(gate["logs"]) == 2
+    assert "- records: 12" in (work / "health/report.md").read_text()
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .checkpoints import inspect_checkpoint
 from .errors import GateFailed
-from .health import INFO, analyze_log
-from .logs import latest_json_log, read_log
+from .health import INFO, analyze_rows, load_rows
+from .logs import iters_per_epoch_of
 from .report import write_report
 
 logger = logging.getLogger(__name__)
@@ -21,11 +21,16 @@ logger = logging.getLogger(__name__)
 
 def validate_stage(work_dir: str | Path, stage: str, expect_epoch: int, strict: bool = False) -> dict:
     work_dir = Path(work_dir)
-    log = latest_json_log(work_dir)
-    if log is None:
+    # mmcv names logs by start time; a fresh run moved older runs' files aside, so these are this run's attempts.
+    logs = sorted(work_dir.glob("*.log.json"))
+    if not logs:
         raise GateFailed(f"no *.log.json in {work_dir}: did the {stage} training run write its logs there?")
-    analysis, _ = analyze_log(log, total_epochs=expect_epoch)
-    report = write_report(analysis, read_log(log)[0], work_dir / "health", title=f"{stage} ({log.name})")
+    log = logs[-1]
+    rows, meta = load_rows(logs)
+    analysis = analyze_rows(rows, meta, total_epochs=expect_epoch, iters_per_epoch=iters_per_epoch_of(logs[0]))
+    records = [rows.record(i) for i in range(len(rows))]  # what the analysis kept, superseded attempts excluded
+    attempts = f", {len(logs)} attempts" if len(logs) > 1 else ""
+    report = write_report(analysis, records, work_dir / "health", title=f"{stage} ({log.name}{attempts})")
     logger.info("%s health: %s; report %s", stage, analysis.verdict, report)
     for finding in analysis.findings:
         where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
@@ -43,7 +48,7 @@ def validate_stage(work_dir: str | Path, stage: str, expect_epoch: int, strict: 
         "stage": stage,
         "verdict": analysis.verdict,
         "report": str(report),
-        "log": str(log),
+        "logs": [str(path) for path in logs],
         "progress": analysis.progress,
         "findings": analysis.to_dict()["findings"],
         "checkpoint": checkpoint.to_dict(),

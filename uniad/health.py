@@ -15,7 +15,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -291,6 +291,11 @@ class Rows:
     def __len__(self) -> int:
         return len(self.epoch)
 
+    def drop(self, start: int, stop: int) -> None:
+        """Remove rows ``start:stop`` (an earlier attempt's rows that a resumed attempt did again)."""
+        for column in (self.epoch, self.iter, self.loss, self.lr, self.grad, self.time):
+            del column[start:stop]
+
     @classmethod
     def from_records(cls, records: list[dict]) -> Rows:
         train = [r for r in records if r.get("mode") == "train"]
@@ -516,32 +521,61 @@ def milestones(rows: Rows, warmup_iters: int, iters_per_epoch: int | None) -> li
     return table
 
 
-def load_rows(path: str | Path) -> tuple[Rows, dict | None]:
-    """Rows of a log file and its json meta line. For json logs each record's dict is dropped once its row is
-    taken (the few full records the analysis needs are parsed again from their line)."""
-    path = Path(path)
-    if not is_json_log(path):
-        records, meta = read_log(path)
-        return Rows.from_records(records), meta
-    with open(path, "rb") as handle:
-        lines = handle.read().split(b"\n")
-    index: list[int] = []
-    rows = Rows(lambda i: json.loads(lines[index[i]]))
-    meta = parse_json_meta(lines[0]) if lines and lines[0].strip() else None
-    loads, add = json.loads, rows.add
-    for n in range(1 if meta is not None else 0, len(lines)):
-        try:
-            obj = loads(lines[n])
-        except ValueError:  # blank, or a truncated last line
-            continue
-        if type(obj) is dict and obj.get("mode") == "train" and "epoch" in obj:
-            add(obj)
-            index.append(n)
+def load_rows(paths: str | Path | Sequence[str | Path]) -> tuple[Rows, dict | None]:
+    """Rows of one log, or of a stage's logs in order (one per attempt), and the newest json meta line.
+
+    For json logs each record's dict is dropped once its row is taken (the few full records the analysis needs are
+    parsed again from their line). Where an attempt resumed at or before a point an earlier attempt had already
+    logged (work lost to a crash and done again), the earlier attempt's rows from that point on are dropped: what
+    remains is the history the final weights went through."""
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    sources: list[list[bytes] | list[dict]] = []
+    index: list[tuple[int, int]] = []
+
+    def record(i: int) -> dict:
+        source, n = index[i]
+        item = sources[source][n]
+        return item if isinstance(item, dict) else json.loads(item)
+
+    rows = Rows(record)
+    meta = None
+    for path in paths:
+        source = len(sources)
+        start = len(rows)
+        if is_json_log(path):
+            with open(path, "rb") as handle:
+                lines = handle.read().split(b"\n")
+            sources.append(lines)
+            file_meta = parse_json_meta(lines[0]) if lines and lines[0].strip() else None
+            meta = file_meta or meta
+            loads, add = json.loads, rows.add
+            for n in range(1 if file_meta is not None else 0, len(lines)):
+                try:
+                    obj = loads(lines[n])
+                except ValueError:  # blank, or a truncated last line
+                    continue
+                if type(obj) is dict and obj.get("mode") == "train" and "epoch" in obj:
+                    add(obj)
+                    index.append((source, n))
+        else:
+            records, _ = read_log(path)
+            train = [r for r in records if r.get("mode") == "train"]
+            sources.append(train)
+            for n, r in enumerate(train):
+                rows.add(r)
+                index.append((source, n))
+        if start and len(rows) > start:
+            resumed_at = (rows.epoch[start], rows.iter[start])
+            keep = next((i for i in range(start) if (rows.epoch[i], rows.iter[i]) >= resumed_at), start)
+            rows.drop(keep, start)
+            del index[keep:start]
     return rows, meta
 
 
-def analyze_log(path: str | Path, **kwargs) -> tuple[Analysis, dict | None]:
-    """``analyze`` for a log file, streaming (see ``load_rows``); the epoch length comes from the text log."""
-    rows, meta = load_rows(path)
-    kwargs.setdefault("iters_per_epoch", iters_per_epoch_of(path))
+def analyze_log(paths: str | Path | Sequence[str | Path], **kwargs) -> tuple[Analysis, dict | None]:
+    """``analyze`` for one log or a stage's logs in order, streaming (see ``load_rows``); the epoch length comes
+    from the text log."""
+    rows, meta = load_rows(paths)
+    first = Path(paths) if isinstance(paths, (str, Path)) else Path(paths[0])
+    kwargs.setdefault("iters_per_epoch", iters_per_epoch_of(first))
     return analyze_rows(rows, meta, **kwargs), meta
