@@ -100,7 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         expect_first_epoch=expect_first_epoch,
     )
     result = run.run()
-    work_dir = Path(spec.uniad_root) / spec.work_dir
+    work_dir = spec.work_dir_path
     print(f"{result.stage} finished in {result.duration_s:.0f} s; work dir {work_dir}")
     if (work_dir / "latest.pth").exists():
         print(f"  latest checkpoint: {(work_dir / 'latest.pth').resolve()}")

@@ -19,7 +19,7 @@ import re
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .errors import LaunchError
 
@@ -115,6 +115,12 @@ class StageSpec:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise LaunchError(f"seed must be a non-negative integer or null, got {self.seed!r}; e.g. 0")
         object.__setattr__(self, "cfg_options", parse_cfg_options(self.cfg_options))
+
+    @property
+    def work_dir_path(self) -> Path:
+        """The work dir as an absolute path; a relative one lies under the UniAD root, where train.py runs."""
+        work_dir = Path(self.work_dir)
+        return work_dir if work_dir.is_absolute() else Path(self.uniad_root) / work_dir
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,4 @@ def later_epochs(plan: dict, stage: str) -> int:
 
 
 def stage_work_dir(plan: dict, stage: str) -> Path:
-    spec = stage_spec(plan, stage)
-    work_dir = Path(spec.work_dir)
-    return work_dir if work_dir.is_absolute() else Path(spec.uniad_root) / work_dir
+    return stage_spec(plan, stage).work_dir_path

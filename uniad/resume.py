@@ -20,6 +20,7 @@ from pathlib import Path
 from .checkpoints import inspect_checkpoint
 from .errors import CheckpointError
 from .launch import StageSpec
+from .pipeline import sanitize_run_id
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,11 @@ class AttemptPlan:
     resumed_from: str | None = None
     resumed_epoch: int | None = None
     skipped: list[str] = field(default_factory=list)
-    archived_to: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     @property
     def expect_first_epoch(self) -> int | None:
         return self.resumed_epoch + 1 if self.resumed_epoch is not None else None
-
-
-def _work_dir(spec: StageSpec) -> Path:
-    work = Path(spec.work_dir)
-    return work if work.is_absolute() else Path(spec.uniad_root) / work
 
 
 def read_marker(work_dir: Path) -> dict | None:
@@ -69,17 +64,16 @@ def _archive(work_dir: Path, owner: str) -> Path | None:
     entries = [p for p in work_dir.iterdir() if p.name != PREVIOUS]
     if not entries:
         return None
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", owner).strip("._") or "unknown"
-    target = work_dir / PREVIOUS / f"{safe}-{time.strftime('%Y%m%d_%H%M%S')}"
+    target = work_dir / PREVIOUS / f"{sanitize_run_id(owner)}-{time.strftime('%Y%m%d_%H%M%S')}"
     target.mkdir(parents=True)
     for entry in entries:
         shutil.move(str(entry), target / entry.name)
     return target
 
 
-def plan_attempt(spec: StageSpec, stage: str, run_id: str, nproc_per_node: int | None = None) -> AttemptPlan:
+def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
     """Fresh start for a new run (older artifacts archived); resume from the newest valid checkpoint on a retry."""
-    work_dir = _work_dir(spec)
+    work_dir = spec.work_dir_path
     work_dir.mkdir(parents=True, exist_ok=True)
     marker = read_marker(work_dir)
     if marker is None or marker.get("run_id") != run_id:
@@ -88,7 +82,7 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str, nproc_per_node: int |
         if archived is not None:
             logger.warning("%s: moved the artifacts of run %s out of the way, to %s", stage, owner, archived)
         (work_dir / MARKER).write_text(json.dumps({"run_id": run_id, "stage": stage, "started": time.time()}) + "\n")
-        return AttemptPlan(spec=replace(spec, resume_from=None), archived_to=str(archived) if archived else None)
+        return AttemptPlan(spec=replace(spec, resume_from=None))
 
     plan = AttemptPlan(spec=spec)
     for epoch, path in epoch_checkpoints(work_dir):
@@ -106,11 +100,10 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str, nproc_per_node: int |
         plan.spec = replace(spec, resume_from=str(path))
         plan.resumed_from, plan.resumed_epoch = str(path), epoch
         trained_with = report.trained_gpus
-        now = nproc_per_node or spec.nproc_per_node
-        if trained_with is not None and trained_with != now:
+        if trained_with is not None and trained_with != spec.nproc_per_node:
             plan.warnings.append(
-                f"{path.name} was trained with {trained_with} GPUs, this attempt uses {now}: mmcv rescales the "
-                "iteration counter on resume, so per-iteration schedules (warmup) shift"
+                f"{path.name} was trained with {trained_with} GPUs, this attempt uses {spec.nproc_per_node}: mmcv "
+                "rescales the iteration counter on resume, so per-iteration schedules (warmup) shift"
             )
         break
     for line in plan.skipped:

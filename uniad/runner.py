@@ -430,14 +430,13 @@ def make_stage_run(
     backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
     (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
-    work_dir = Path(spec.work_dir) if Path(spec.work_dir).is_absolute() else Path(spec.uniad_root) / spec.work_dir
     return StageRun(
         command,
         stage=stage,
         total_epochs=spec.max_epochs,
         emit_output=emit_output,
         emit_progress=emit_progress,
-        work_dir=work_dir if watch else None,
+        work_dir=spec.work_dir_path if watch else None,
         thresholds=thresholds,
         later_epochs=later_epochs,
         expect_first_epoch=expect_first_epoch,
