@@ -19,6 +19,7 @@ import os
 import sys
 from pathlib import Path
 
+from .checkpoints import STAGES
 from .errors import PipelineError, TrainingFailed
 from .health import Thresholds
 from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="load a checkpoint safely and check it for a stage")
     p.add_argument("checkpoint")
-    p.add_argument("--stage", choices=["stage1", "stage2"])
+    p.add_argument("--stage", choices=STAGES)
     p.add_argument("--expect-epoch", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_inspect)
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="verify a checkpoint and publish it atomically with provenance")
     p.add_argument("src", help="e.g. .../latest.pth (symlinks are resolved)")
     p.add_argument("dst", help="e.g. ckpts/full_track_map.pth")
-    p.add_argument("--stage", choices=["stage1", "stage2"], default="stage1")
+    p.add_argument("--stage", choices=STAGES, default="stage1")
     p.add_argument("--expect-epoch", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_promote)
@@ -204,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pipeline run this attempt belongs to: the same id resumes from the newest valid checkpoint, a new "
         "id moves an older run's artifacts to previous_runs/ and starts fresh",
     )
-    p.add_argument("--stage", choices=["stage1", "stage2"], help="checkpoint layout to resume from (with --run-id)")
+    p.add_argument("--stage", choices=STAGES, help="checkpoint layout to resume from (with --run-id)")
     p.add_argument(
         "--stall-timeout", type=float, default=Thresholds().stall_min_s, metavar="S",
         help="stop when the log is silent this long (and 5x the usual interval); default %(default)s",

@@ -11,12 +11,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .checkpoints import STAGES
 from .errors import PipelineError
 from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir, parse_cfg_options
 from .mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG, init_mini_root, is_mini_root
 
 PROFILES = ("uniad", "mini")
-STAGES = ("stage1", "stage2")
 DEFAULT_NPROC = {"uniad": 8, "mini": 2}
 DEFAULT_CKPT = "ckpts/full_track_map.pth"
 
