@@ -1,4 +1,4 @@
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo ui test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -6,7 +6,11 @@ setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 demo:  ## setup, then the whole pipeline on the mini UniAD under Airflow
 	bash scripts/demo.sh
 
-test: setup  ## the full suite, slow end-to-end runs included (what CI runs)
+ui: setup  ## Airflow's UI and API on http://localhost:8080 (SQLite home of make demo); the dashboard is at /uniad/
+	AIRFLOW_HOME=$(CURDIR)/airflow_home PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/airflow api-server --port 8080
+
+test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium for the browser test
+	bash scripts/setup.sh --browser
 	.venv/bin/python -m pytest
 
 test-fast: setup  ## unit tests only

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from pathlib import Path
 
 import pendulum
 from airflow.sdk import DAG, Param, chain
 
 from uniad_airflow.operators import (
+    DAG_ID,
     PromoteCheckpointOperator,
     UniADPreflightOperator,
     UniADTrainOperator,
@@ -36,7 +36,7 @@ DEFAULT_ROOT = os.environ.get("UNIAD_ROOT") or None
 CFG_OPTION = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.+$"}
 
 with DAG(
-    dag_id=Path(__file__).stem,
+    dag_id=DAG_ID,
     doc_md=__doc__,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),

@@ -46,3 +46,10 @@ MSG
 .venv/bin/python -m uniad inspect "$ROOT/ckpts/full_track_map.pth" --stage stage1 --expect-epoch 6
 echo
 .venv/bin/python -m uniad inspect "$ROOT/projects/work_dirs/stage2_e2e/full_e2e/latest.pth" --stage stage2 --expect-epoch 20
+
+cat <<MSG
+
+==> See the run in Airflow's UI, with its curves and findings:
+  make ui     then open http://localhost:8080/uniad/ (or the "UniAD training" entry in Airflow's menu)
+              user admin, password in airflow_home/simple_auth_manager_passwords.json.generated
+MSG

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything for the embedded default, idempotently:
 #   .venv/ (torch CPU, Airflow, mmcv, this project), an Airflow home with SQLite in airflow_home/, the gpu pool.
+# --browser also installs Debian's chromium and chromedriver, for the dashboard's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -18,11 +19,18 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch alone first: exactly 2.13.0 takes the CPU wheel; anything else would pull several GB of CUDA.
   "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
   "${PIP[@]}" "$(grep '^setuptools' requirements.txt)" wheel
-  "${PIP[@]}" $(grep -E "^(apache-airflow|matplotlib)" requirements.txt) -r requirements-dev.txt
+  "${PIP[@]}" $(grep -E "^(apache-airflow|matplotlib|psycopg2)" requirements.txt) -r requirements-dev.txt
   # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
   "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
   echo "$want" > "$stamp"
+fi
+
+if [ "${1:-}" = "--browser" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  echo "==> installing chromium and chromedriver (Debian packages)"
+  SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  $SUDO apt-get install -y -q chromium chromium-driver > /dev/null \
+    || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q chromium chromium-driver > /dev/null; }
 fi
 
 export AIRFLOW_HOME="$ROOT/airflow_home"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
 import time
-import urllib.request
 
 import pytest
 
 from conftest import BIN, processes_mentioning, run
+from services import api_healthy, api_token, http, service_group
 from uniad.checkpoints import inspect_checkpoint, provenance_path, sha256_file
 from uniad.launch import find_free_port
 
@@ -91,46 +89,9 @@ def scheduler(airflow_home):
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
     }
-    log = open(airflow_home / "standalone.log", "w")
-    proc = subprocess.Popen(
-        [str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as response:
-                    health = json.load(response)
-                if health["scheduler"]["status"] == "healthy":
-                    break
-            except (OSError, KeyError, ValueError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(
-                    "airflow standalone did not become healthy:\n"
-                    + (airflow_home / "standalone.log").read_text()[-5000:]
-                )
-            time.sleep(2)
+    argv = [str(BIN / "airflow"), "standalone"]
+    with service_group(argv, airflow_home / "standalone.log", env, api_healthy(port, "scheduler")) as proc:
         yield proc, port
-    finally:
-        # Stop by process group: SIGTERM to the main pid alone would orphan the scheduler.
-        os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while group_alive(proc.pid) and time.monotonic() < deadline:
-            proc.poll()
-            time.sleep(0.5)
-        if group_alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def wait_for_dag(airflow: str) -> None:
@@ -181,20 +142,6 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
         assert end <= start, f"training of {first} and {second} overlapped: {training}"
 
 
-def api_token(home, port: int) -> str:
-    """A bearer token for the simple auth manager's generated admin user."""
-    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
-    user, password = next(iter(passwords.items()))
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/auth/token",
-        data=json.dumps({"username": user, "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)["access_token"]
-
-
 def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, airflow_home, tmp_path):
     proc, port = scheduler
     root = tmp_path / "uniad-mini-killed"
@@ -214,14 +161,8 @@ def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, a
     token = api_token(airflow_home, port)
 
     def api(method: str, path: str, body: dict) -> None:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-            method=method,
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.status == 200
+        status, answer = http(method, f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/{path}", token=token, body=body)
+        assert status == 200, answer
 
     def gone_within(pids: set[str], seconds: float) -> float:
         start = time.monotonic()

@@ -10,14 +10,31 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
 
+DAG_ID = "uniad_e2e_training"
 PLAN_TASK_ID = "preflight"
+DASHBOARD_PREFIX = "/uniad"  # where the training dashboard (uniad_airflow.dashboard) is mounted in the api-server
+
+
+def dashboard_url(run_id: str) -> str:
+    return f"{DASHBOARD_PREFIX}/runs/{quote(run_id, safe='')}"
+
+
+class TrainingDashboardLink(BaseOperatorLink):
+    """The run's page in the training dashboard: curves, findings and progress of both stages."""
+
+    name = "Training dashboard"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return dashboard_url(ti_key.run_id)
 
 
 def _gpus_per_worker() -> int:
@@ -83,6 +100,7 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
     """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
 
     ui_color = "#fde8e8"
+    operator_extra_links = (TrainingDashboardLink(),)
 
     def __init__(self, *, stage: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -96,6 +114,9 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
         from uniad.resume import plan_attempt
         from uniad.runner import make_stage_run
 
+        # Airflow stores extra links when a task ends; push this one now so it works while the stage trains.
+        link = TrainingDashboardLink()
+        context["ti"].xcom_push(key=link.xcom_key, value=dashboard_url(context["run_id"]))
         plan = self._plan(context)
         attempt = plan_attempt(stage_spec(plan, self.stage), self.stage, run_id=context["run_id"])
         if attempt.resumed_from:

@@ -1,0 +1,161 @@
+"""The training dashboard: a FastAPI app inside Airflow's api-server, behind Airflow's own auth.
+
+    /uniad/                     the runs of uniad_e2e_training
+    /uniad/runs/{run_id}        one run: progress, ETA, GPU-hours, curves, findings, the promoted checkpoint
+    /uniad/api/runs             JSON list
+    /uniad/api/runs/{run_id}    JSON: the run and ``uniad.dashboard.run_view``
+
+Everything shown comes from what the pipeline already wrote: the run and its task states from the metadata
+database, preflight's plan and the gate/promote results from XCom, and each stage's mmcv logs from its work dir
+(read again on every request, so a run that is still training shows its latest record).
+"""
+
+from __future__ import annotations
+
+import html
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from uniad_airflow.operators import DAG_ID, DASHBOARD_PREFIX
+
+GATE_TASKS = {"stage1": "validate_stage1", "stage2": "validate_stage2"}
+RUN_LIMIT = 100
+
+
+def _requires_read_access():
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    return Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _run_summary(run: Any) -> dict:
+    return {
+        "run_id": run.run_id,
+        "state": str(run.state) if run.state is not None else None,
+        "run_type": str(run.run_type),
+        "run_after": _iso(run.run_after),
+        "start_date": _iso(run.start_date),
+        "end_date": _iso(run.end_date),
+        "conf": run.conf or {},
+    }
+
+
+def list_runs(limit: int = RUN_LIMIT) -> list[dict]:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        runs = session.scalars(
+            select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.run_after.desc()).limit(limit)
+        )
+        return [_run_summary(run) for run in runs]
+
+
+def run_detail(run_id: str) -> dict:
+    """The run, its task states and the dashboard view of its artifacts; 404 for a run this DAG does not have."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    from uniad.dashboard import run_view
+    from uniad.errors import PipelineError
+
+    with create_session() as session:
+        run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
+        if run is None:
+            raise HTTPException(status_code=404, detail=f"{DAG_ID} has no run {run_id!r}")
+        summary = _run_summary(run)
+        tasks = {
+            task_id: {"state": str(state) if state is not None else None, "try_number": tries}
+            for task_id, state, tries in session.execute(
+                select(TaskInstance.task_id, TaskInstance.state, TaskInstance.try_number).where(
+                    TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run_id
+                )
+            )
+        }
+        results = {
+            xcom.task_id: XComModel.deserialize_value(xcom)
+            for xcom in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value"))
+        }
+    plan = results.get("preflight")
+    detail = {"run": summary, "tasks": tasks, "view": None, "message": None}
+    if not isinstance(plan, dict):
+        state = tasks.get("preflight", {}).get("state")
+        detail["message"] = (
+            "preflight failed: the parameters were refused (see the preflight task's log)"
+            if state == "failed"
+            else "waiting for preflight to validate the parameters and write the plan"
+        )
+        return detail
+    gates = {}
+    for stage, task_id in GATE_TASKS.items():
+        result = results.get(task_id)
+        if isinstance(result, dict):
+            gates[stage] = {"verdict": result.get("verdict"), "report": result.get("report")}
+    try:
+        detail["view"] = run_view(
+            plan,
+            run_id,
+            task_states={task_id: info["state"] for task_id, info in tasks.items()},
+            promoted=results.get("promote_checkpoint"),
+            gates=gates,
+        )
+    except (OSError, PipelineError) as exc:
+        detail["message"] = f"could not read this run's artifacts: {exc}"
+    return detail
+
+
+def _static(name: str) -> str:
+    return resources.files("uniad_airflow").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def _page(request: Request) -> str:
+    # The mount point (and any proxy prefix) is where the script and the API are, whatever the page's depth.
+    base = html.escape(request.scope.get("root_path", DASHBOARD_PREFIX).rstrip("/"), quote=True)
+    return _static("dashboard.html").replace("{{BASE}}", base)
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="UniAD training dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    auth = _requires_read_access()
+
+    @app.exception_handler(HTTPException)
+    async def _login_for_pages(request: Request, exc: HTTPException) -> Response:
+        # A person opening a page without a session goes to Airflow's login and comes back; the API answers JSON.
+        if exc.status_code in (401, 403) and not request.url.path.startswith(f"{DASHBOARD_PREFIX}/api/"):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    @app.get("/api/runs", dependencies=[auth])
+    def api_runs() -> list[dict]:
+        return list_runs()
+
+    @app.get("/api/runs/{run_id:path}", dependencies=[auth])
+    def api_run(run_id: str) -> dict:
+        return run_detail(run_id)
+
+    @app.get("/dashboard.js", dependencies=[auth])
+    def script() -> Response:
+        return Response(_static("dashboard.js"), media_type="text/javascript")
+
+    @app.get("/", dependencies=[auth], response_class=HTMLResponse)
+    def index(request: Request) -> str:
+        return _page(request)
+
+    @app.get("/runs/{run_id:path}", dependencies=[auth], response_class=HTMLResponse)
+    def run_page(request: Request, run_id: str) -> str:
+        return _page(request)
+
+    return app

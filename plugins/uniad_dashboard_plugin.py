@@ -1,0 +1,20 @@
+"""Registers the UniAD training dashboard with Airflow 3: the FastAPI app at /uniad, a "UniAD training" entry in
+the navigation, a tab on every run of uniad_e2e_training, and the training tasks' "Training dashboard" link."""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+
+from uniad_airflow.dashboard import create_app
+from uniad_airflow.operators import DASHBOARD_PREFIX, TrainingDashboardLink
+
+
+class UniADDashboardPlugin(AirflowPlugin):
+    name = "uniad_dashboard"
+    fastapi_apps = [{"app": create_app(), "url_prefix": DASHBOARD_PREFIX, "name": "UniAD training dashboard"}]
+    external_views = [
+        {"name": "UniAD training", "href": f"{DASHBOARD_PREFIX}/", "destination": "nav", "url_route": "uniad-training"},
+        {"name": "Training curves", "href": f"{DASHBOARD_PREFIX}/runs/{{RUN_ID}}", "destination": "dag_run",
+         "url_route": "uniad-training-run"},
+    ]  # fmt: skip
+    operator_extra_links = [TrainingDashboardLink()]

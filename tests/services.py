@@ -1,0 +1,105 @@
+"""Airflow services for the end-to-end tests: started in a process group of their own, stopped by group."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """SIGTERM to the whole group (to the main pid alone would orphan its children), then SIGKILL."""
+    if group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        proc.poll()
+        time.sleep(0.5)
+    if group_alive(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextmanager
+def service_group(argv: list[str], log: Path, env: dict[str, str], ready: Callable[[], bool], timeout_s: float = 180):
+    """Start ``argv`` in a new session, wait until ``ready()`` is true, stop the group on exit."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not ready():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"{argv} did not become ready:\n" + log.read_text()[-5000:])
+                time.sleep(1)
+            yield proc
+        finally:
+            stop_group(proc)
+
+
+def http(method: str, url: str, *, token: str | None = None, body: dict | None = None, timeout: float = 30):
+    """(status, parsed JSON or text); HTTP errors are returned, not raised. Redirects are not followed."""
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else None, headers=headers, method=method
+    )
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        status, raw, kind = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+        if 300 <= status < 400:
+            return status, exc.headers.get("Location")
+    return status, json.loads(raw) if "json" in kind else raw.decode(errors="replace")
+
+
+def api_healthy(port: int, component: str | None = None) -> Callable[[], bool]:
+    """Ready check: the api-server answers its health endpoint (and ``component`` reports healthy)."""
+
+    def check() -> bool:
+        try:
+            status, health = http("GET", f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5)
+        except OSError:
+            return False
+        if status != 200:
+            return False
+        return component is None or health.get(component, {}).get("status") == "healthy"
+
+    return check
+
+
+def admin_credentials(home: Path) -> tuple[str, str]:
+    """The simple auth manager's generated admin user."""
+    passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+    return next(iter(passwords.items()))
+
+
+def api_token(home: Path, port: int) -> str:
+    user, password = admin_credentials(home)
+    status, answer = http(
+        "POST", f"http://127.0.0.1:{port}/auth/token", body={"username": user, "password": password}, timeout=10
+    )
+    assert status in (200, 201), answer
+    return answer["access_token"]

@@ -1,0 +1,135 @@
+"""The training dashboard's view of a run, computed from real mini-UniAD logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON
+from uniad.dashboard import find_stage_dir, run_view, stage_view
+from uniad.pipeline import PipelineParams, build_plan
+from uniad.resume import MARKER, PREVIOUS
+
+
+def copy_logs(src: Path, dst: Path, keep_lines: int | None = None) -> Path:
+    """The stage's mmcv logs (text and json) in ``dst``; ``keep_lines``: the json log cut as if still training."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for log in src.glob("*.log*"):
+        shutil.copy2(log, dst / log.name)
+        if keep_lines and log.name.endswith(".log.json"):
+            lines = log.read_text().splitlines(keepends=True)[:keep_lines]
+            (dst / log.name).write_text("".join(lines))
+    return dst
+
+
+def mark(directory: Path, run_id: str, stage: str) -> None:
+    (directory / MARKER).write_text(json.dumps({"run_id": run_id, "stage": stage, "started": time.time() - 60}))
+
+
+def test_a_finished_stage(trained_root, tmp_path):
+    view = stage_view(copy_logs(trained_root["stage1_dir"], tmp_path / "s1"), "stage1", max_epochs=2, nproc=2)
+    assert view["started"] and view["verdict"] == "healthy"
+    assert (view["epoch"], view["iter"], view["iters_per_epoch"]) == (2, 40, 40)
+    assert view["progress"] == 1.0 and view["done_iters"] == view["total_iters"] == 80
+    assert view["eta_s"] is None  # not running
+    assert view["elapsed_s"] > 0 and view["gpu_hours"] == pytest.approx(view["elapsed_s"] * 2 / 3600, abs=1e-4)
+    series = view["series"]
+    assert series["x"] == [10, 20, 30, 40, 50, 60, 70, 80]
+    assert series["epoch_starts"] == [40]
+    assert list(series["groups"]) == ["track", "map"]
+    assert series["loss"][0] > series["loss"][-1]  # it learned
+    assert all(len(series[k]) == 8 for k in ("loss", "grad_norm", "lr", "epoch", "iter"))
+    codes = {f["code"]: f["severity"] for f in view["findings"]}
+    assert codes == {"zero_by_design": "info"}
+
+
+def test_a_stage_still_training(trained_root, tmp_path):
+    directory = copy_logs(trained_root["stage1_dir"], tmp_path / "s1", keep_lines=4)  # meta + 3 records
+    log = next(directory.glob("*.log.json"))
+    now = log.stat().st_mtime + 5
+    view = stage_view(directory, "stage1", max_epochs=2, nproc=2, active=True, now=now)
+    assert (view["epoch"], view["iter"]) == (1, 30)
+    assert view["progress"] == pytest.approx(30 / 80)
+    # The ETA is the remaining iterations at the logged seconds per iteration.
+    assert view["eta_s"] == pytest.approx(50 * view["seconds_per_iter"], abs=0.1)
+    assert view["series"]["epoch_starts"] == []
+    assert "stall" not in {f["code"] for f in view["findings"]}
+    # Silent far longer than its log interval while its task runs: the page shows a stall warning.
+    silent = stage_view(directory, "stage1", max_epochs=2, nproc=2, active=True, now=now + 3600)
+    assert "stall" in {f["code"] for f in silent["findings"]} and silent["verdict"] == "warning"
+
+
+def test_a_stage_not_started_or_just_launched(trained_root, tmp_path):
+    assert stage_view(None, "stage2", max_epochs=20, nproc=8)["started"] is False
+    (tmp_path / "empty").mkdir()
+    view = stage_view(tmp_path / "empty", "stage2", max_epochs=20, nproc=8)
+    assert view["started"] is False and view["series"] is None
+    # mmcv has written the meta line but no record yet.
+    launched = stage_view(copy_logs(trained_root["stage1_dir"], tmp_path / "s1", keep_lines=1), "stage1",
+                          max_epochs=2, nproc=2, active=True)  # fmt: skip
+    assert launched["started"] and launched["records"] == 0 and launched["series"] is None
+
+
+def test_find_stage_dir_follows_the_run_into_previous_runs(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    assert find_stage_dir(work, "run-a") is None
+    mark(work, "run-a", "stage1")
+    assert find_stage_dir(work, "run-a") == work
+    # A newer run took the work dir over and archived run-a's files.
+    archived = work / PREVIOUS / "run-a-20261124_100000"
+    archived.mkdir(parents=True)
+    shutil.move(str(work / MARKER), archived / MARKER)
+    mark(work, "run-b", "stage1")
+    assert find_stage_dir(work, "run-a") == archived
+    assert find_stage_dir(work, "run-b") == work
+    assert find_stage_dir(work, "run-c") is None
+
+
+def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
+    root = tmp_path / "root"
+    params = PipelineParams(profile="mini", uniad_root=str(root), stage1_epochs=2, stage2_epochs=1)
+    plan = build_plan(params, root, python=PYTHON)
+    for stage, src in (("stage1", trained_root["stage1_dir"]), ("stage2", trained_root["stage2_dir"])):
+        mark(copy_logs(src, Path(plan["uniad_root"]) / plan["stages"][stage]["work_dir"]), "r1", stage)
+    promoted = {"path": plan["ckpt_path"], "sha256": "ab" * 32, "epoch": 2}
+    view = run_view(plan, "r1", task_states={"stage1_train": "success", "stage2_train": "success"}, promoted=promoted)
+    first, second = view["stages"]
+    assert first["started"] and second["started"]
+    assert (first["x_offset"], second["x_offset"], view["handoff_x"]) == (0, 80, 80)
+    assert set(second["series"]["groups"]) >= {"track", "map", "motion", "occ", "planning"}
+    assert view["promoted"] == promoted and view["eta_s"] is None
+    assert view["gpu_hours"] == pytest.approx(first["gpu_hours"] + second["gpu_hours"], abs=1e-3)
+
+    # The same run while stage 1 trains: stage 2 not started, the ETA covers both stages.
+    shutil.rmtree(Path(plan["uniad_root"]) / plan["stages"]["stage2"]["work_dir"])
+    stage1 = Path(plan["uniad_root"]) / plan["stages"]["stage1"]["work_dir"]
+    copy_logs(trained_root["stage1_dir"], stage1, keep_lines=4)
+    now = next(stage1.glob("*.log.json")).stat().st_mtime + 1
+    live = run_view(plan, "r1", task_states={"stage1_train": "running"}, now=now)
+    first, second = live["stages"]
+    assert first["task_state"] == "running" and first["progress"] < 1 and not second["started"]
+    per_iter = first["seconds_per_iter"]
+    assert live["eta_s"] == pytest.approx(first["eta_s"] + 1 * 40 * per_iter, abs=0.2)
+    assert live["promoted"] is None
+
+
+def test_the_api_is_json_serialisable_without_nan(trained_root, tmp_path):
+    """JSON has no NaN: a non-finite loss is sent as null (a gap in the curve) and the finding says what it was."""
+    directory = copy_logs(trained_root["stage1_dir"], tmp_path / "s1")
+    log = next(directory.glob("*.log.json"))
+    lines = log.read_text().splitlines()
+    record = json.loads(lines[3])
+    record["loss"] = float("nan")
+    lines[3] = json.dumps(record)
+    log.write_text("\n".join(lines) + "\n")
+    view = stage_view(directory, "stage1", max_epochs=2, nproc=2)
+    text = json.dumps(view, allow_nan=False)
+    assert view["series"]["loss"][2] is None
+    assert view["verdict"] == "unhealthy" and "non_finite_loss" in text
+    assert os.fspath(directory) in text

@@ -1,0 +1,224 @@
+"""What the training dashboard shows for one pipeline run, computed from the artifacts the pipeline writes.
+
+    run_view(plan, run_id, task_states={"stage1_train": "running"}, promoted=None, gates={})
+
+``plan`` is preflight's plan; each stage's work dir (or, once a newer run took it over, the run's archive in
+``previous_runs/``) holds its mmcv logs, which give the progress, the curves and the health findings. Nothing here
+keeps state of its own: a refresh reads the logs again, so a stage that is still training shows its latest record.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .checkpoints import STAGES
+from .health import analyze_rows, load_rows
+from .logs import iters_per_epoch_of
+from .pipeline import sanitize_run_id, stage_spec
+from .report import TASK_GROUPS, group_losses
+from .resume import PREVIOUS, read_marker
+
+MAX_POINTS = 1500  # per series: enough for a chart, small enough to refresh every few seconds
+
+
+def find_stage_dir(work_dir: Path, run_id: str) -> Path | None:
+    """This run's folder of a stage: the work dir while the run owns it, else its archive in previous_runs/."""
+    marker = read_marker(work_dir)
+    if marker is not None and marker.get("run_id") == run_id:
+        return work_dir
+    for archived in sorted((work_dir / PREVIOUS).glob(f"{sanitize_run_id(run_id)}-*"), reverse=True):
+        marker = read_marker(archived)
+        if marker is not None and marker.get("run_id") == run_id:
+            return archived
+    return None
+
+
+def _log_start(log: Path) -> float | None:
+    """mmcv names a log by its start time in local time: 20261124_101500.log.json."""
+    try:
+        return time.mktime(time.strptime(log.name.split(".", 1)[0], "%Y%m%d_%H%M%S"))
+    except ValueError:
+        return None
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def stage_view(
+    directory: Path | None,
+    stage: str,
+    *,
+    max_epochs: int,
+    nproc: int,
+    active: bool = False,
+    now: float | None = None,
+    max_points: int = MAX_POINTS,
+) -> dict:
+    """Progress, timing, curves and health of one stage. ``active``: its training task is running now (its last
+    attempt is still using GPUs, and silence in its log counts as a possible stall)."""
+    now = time.time() if now is None else now
+    view: dict = {
+        "stage": stage,
+        "max_epochs": max_epochs,
+        "nproc": nproc,
+        "dir": str(directory) if directory else None,
+    }
+    logs = sorted(directory.glob("*.log.json")) if directory is not None else []
+    if not logs:
+        view.update(started=False, records=0, findings=[], verdict=None, series=None)
+        return view
+    rows, meta = load_rows(logs)
+    last_change = max(log.stat().st_mtime for log in logs)
+    if not len(rows):  # launched: mmcv wrote the meta line, no train record yet
+        view.update(started=True, records=0, attempts=len(logs), logs=[str(log) for log in logs], progress=0.0,
+                    last_log_update=last_change, findings=[], verdict=None, series=None)  # fmt: skip
+        return view
+    analysis = analyze_rows(
+        rows,
+        meta,
+        total_epochs=max_epochs,
+        iters_per_epoch=iters_per_epoch_of(logs[0]),
+        silence_s=max(now - last_change, 0.0) if active else None,
+    )
+    n = len(rows)
+    per_epoch = analysis.latest.get("iters_per_epoch") or (max(rows.iter) if n else None)
+    total_iters = max_epochs * per_epoch if per_epoch else None
+    done_iters = (rows.epoch[-1] - 1) * per_epoch + rows.iter[-1] if n and per_epoch else None
+
+    # GPUs are held from an attempt's start (its log's name) to its last write, or to now for a running attempt.
+    held_s = 0.0
+    for i, log in enumerate(logs):
+        start = _log_start(log)
+        if start is None:
+            marker = read_marker(directory)
+            start = marker.get("started") if marker else None
+        end = now if active and i == len(logs) - 1 else log.stat().st_mtime
+        if start is not None:
+            held_s += max(end - start, 0.0)
+    recent = [t for t in rows.time[-10:] if _finite(t)]
+    seconds_per_iter = statistics.median(recent) if recent else None
+    eta_s = None
+    if seconds_per_iter is not None and total_iters and done_iters is not None:
+        eta_s = max(total_iters - done_iters, 0) * seconds_per_iter
+
+    view.update(
+        started=True,
+        records=n,
+        attempts=len(logs),
+        logs=[str(log) for log in logs],
+        epoch=rows.epoch[-1] if n else None,
+        iter=rows.iter[-1] if n else None,
+        iters_per_epoch=per_epoch,
+        total_iters=total_iters,
+        done_iters=done_iters,
+        progress=analysis.progress,
+        loss=analysis.loss,
+        seconds_per_iter=seconds_per_iter,
+        elapsed_s=round(held_s, 1),
+        gpu_hours=round(held_s * nproc / 3600, 4),
+        eta_s=round(eta_s, 1) if eta_s is not None and active else None,
+        last_log_update=last_change,
+        verdict=analysis.verdict,
+        findings=[asdict(f) for f in analysis.findings],
+        series=_series(rows, per_epoch, max_points),
+    )
+    return view
+
+
+def _series(rows, per_epoch: int | None, max_points: int) -> dict:
+    """Sampled curves against the stage's global iteration, and where each epoch starts."""
+    n = len(rows)
+    step = max(1, math.ceil(n / max_points))
+    picked = list(range(0, n, step))
+    if picked and picked[-1] != n - 1:
+        picked.append(n - 1)
+
+    def x_of(i: int) -> int:
+        return (rows.epoch[i] - 1) * per_epoch + rows.iter[i] if per_epoch else i
+
+    def clean(value: object) -> float | None:
+        return value if _finite(value) else None  # JSON has no NaN; a gap in the line marks it
+
+    groups: dict[str, list[float | None]] = {}
+    epochs = []
+    for slot, i in enumerate(picked):
+        epochs.append(rows.epoch[i])
+        for name, value in group_losses(rows.record(i)).items():
+            groups.setdefault(name, [None] * len(picked))[slot] = clean(value)
+    order = [g for g in TASK_GROUPS if g in groups] + sorted(set(groups) - set(TASK_GROUPS))
+    boundaries = sorted(
+        {
+            (rows.epoch[i + 1] - 1) * per_epoch if per_epoch else i + 1
+            for i in range(n - 1)
+            if rows.epoch[i + 1] != rows.epoch[i]
+        }
+    )
+    return {
+        "x": [x_of(i) for i in picked],
+        "epoch": epochs,
+        "iter": [rows.iter[i] for i in picked],
+        "loss": [clean(rows.loss[i]) for i in picked],
+        "grad_norm": [clean(rows.grad[i]) for i in picked],
+        "lr": [clean(rows.lr[i]) for i in picked],
+        "groups": {name: groups[name] for name in order},
+        "epoch_starts": boundaries,
+    }
+
+
+def run_view(
+    plan: dict,
+    run_id: str,
+    *,
+    task_states: dict[str, str | None] | None = None,
+    promoted: dict | None = None,
+    gates: dict[str, dict | None] | None = None,
+    now: float | None = None,
+) -> dict:
+    """Both stages of a run on one iteration axis (stage 2 starts where stage 1's planned iterations end: the
+    hand-off), the promoted checkpoint, and totals. ``task_states`` maps task ids to Airflow states, ``gates``
+    stage -> the validate task's result, ``promoted`` the promote task's provenance."""
+    task_states = task_states or {}
+    gates = gates or {}
+    now = time.time() if now is None else now
+    stages = []
+    offset = 0
+    for stage in STAGES:
+        spec = stage_spec(plan, stage)
+        state = task_states.get(f"{stage}_train")
+        view = stage_view(
+            find_stage_dir(spec.work_dir_path, run_id),
+            stage,
+            max_epochs=spec.max_epochs,
+            nproc=spec.nproc_per_node,
+            active=state in ("running", "restarting"),
+            now=now,
+        )
+        view.update(task_state=state, gate=gates.get(stage), config=spec.config, x_offset=offset)
+        stages.append(view)
+        offset += view.get("total_iters") or (view["series"]["x"][-1] if view.get("series") else 0)
+    first, second = stages
+    # Pipeline ETA: what is left of the running stage, plus stage 2 at stage 1's seconds per epoch if not started.
+    eta = None
+    if first.get("eta_s") is not None:
+        eta = first["eta_s"]
+        if not second["started"] and first.get("seconds_per_iter") and first.get("iters_per_epoch"):
+            eta += second["max_epochs"] * first["iters_per_epoch"] * first["seconds_per_iter"]
+    elif second.get("eta_s") is not None:
+        eta = second["eta_s"]
+    return {
+        "run_id": run_id,
+        "profile": plan.get("profile"),
+        "uniad_root": plan.get("uniad_root"),
+        "ckpt_path": plan.get("ckpt_path"),
+        "stages": stages,
+        "handoff_x": second["x_offset"] if first["started"] else None,
+        "promoted": promoted,
+        "eta_s": round(eta, 1) if eta is not None else None,
+        "gpu_hours": round(sum(s.get("gpu_hours") or 0.0 for s in stages), 4),
+        "generated_at": now,
+    }
