@@ -19,7 +19,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch alone first: exactly 2.13.0 takes the CPU wheel; anything else would pull several GB of CUDA.
   "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
   "${PIP[@]}" "$(grep '^setuptools' requirements.txt)" wheel
-  "${PIP[@]}" $(grep -E "^(apache-airflow|matplotlib|psycopg2)" requirements.txt) -r requirements-dev.txt
+  "${PIP[@]}" $(grep -E "^(apache-airflow|celery|matplotlib|psycopg2|asyncpg)" requirements.txt) -r requirements-dev.txt
   # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
   "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .

@@ -14,6 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def cli_json(output: str):
+    """The JSON of an Airflow CLI command's output; the CLI may print warnings on stdout before it."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
+    return json.loads("\n".join(lines[start:]))
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -33,6 +40,9 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 60) -> None:
     if group_alive(proc.pid):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 10
+    while group_alive(proc.pid) and time.monotonic() < deadline:  # orphans being reaped by init
+        time.sleep(0.2)
 
 
 @contextmanager

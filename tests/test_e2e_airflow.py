@@ -10,19 +10,12 @@ import time
 import pytest
 
 from conftest import BIN, processes_mentioning, run
-from services import api_healthy, api_token, http, service_group
+from services import api_healthy, api_token, cli_json, http, service_group
 from uniad.checkpoints import inspect_checkpoint, provenance_path, sha256_file
 from uniad.launch import find_free_port
 
 pytestmark = pytest.mark.slow
 DAG_ID = "uniad_e2e_training"
-
-
-def cli_json(argv: list[str]):
-    """Airflow's CLI may log warnings on stdout before its JSON output."""
-    lines = run(argv).stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(("[", "{")))
-    return json.loads("\n".join(lines[start:]))
 
 
 def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
@@ -118,7 +111,7 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
     deadline = time.monotonic() + 600
     states: dict[str, str | None] = {}
     while time.monotonic() < deadline:
-        listed = cli_json([airflow, "dags", "list-runs", DAG_ID, "-o", "json"])
+        listed = cli_json(run([airflow, "dags", "list-runs", DAG_ID, "-o", "json"]).stdout)
         states = {r["run_id"]: r["state"] for r in listed if r["run_id"] in runs}
         if len(states) == 2 and set(states.values()) <= {"success", "failed"}:
             break
@@ -127,7 +120,7 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
 
     training = []
     for run_id, root in runs.items():
-        tasks = cli_json([airflow, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"])
+        tasks = cli_json(run([airflow, "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"]).stdout)
         assert {t["task_id"]: t["state"] for t in tasks} == dict.fromkeys(
             ["preflight", "stage1_train", "validate_stage1", "promote_checkpoint", "stage2_train", "validate_stage2"],
             "success",

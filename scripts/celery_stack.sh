@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The production shape on one machine: CeleryExecutor on PostgreSQL + Redis, with api-server, scheduler,
+# dag-processor, triggerer, a Celery worker for the default queue and one that consumes only the gpu queue.
+# Runs in the foreground; Ctrl-C or SIGTERM to its process group stops every part.
+#
+#   bash scripts/celery_stack.sh            # after `bash scripts/setup.sh`
+#
+# Settings (environment):
+#   UNIAD_DB_URL          metadata DB     (default postgresql+psycopg2://postgres@127.0.0.1:5432/uniad_airflow;
+#                                          the database is created when missing)
+#   UNIAD_BROKER_URL      Celery broker   (default redis://127.0.0.1:6379/0)
+#   UNIAD_API_PORT        api-server port (default 8080)
+#   UNIAD_GPU_WORKERS     GPU workers that will consume the gpu queue (default 1; this script starts one)
+#   UNIAD_GPUS_PER_WORKER GPUs per worker (default: nvidia-smi's count, else 8); gpu pool = workers x GPUs
+#   AIRFLOW_HOME          default ./airflow_home_celery
+#   AIRFLOW__API_AUTH__JWT_SECRET  shared by every part (generated into $AIRFLOW_HOME/jwt_secret when unset)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=$ROOT/.venv/bin
+[ -x "$BIN/airflow" ] || { echo "run 'bash scripts/setup.sh' first (no $BIN/airflow)" >&2; exit 1; }
+
+DB_URL=${UNIAD_DB_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/uniad_airflow}
+BROKER_URL=${UNIAD_BROKER_URL:-redis://127.0.0.1:6379/0}
+PORT=${UNIAD_API_PORT:-8080}
+if [ -z "${UNIAD_GPUS_PER_WORKER:-}" ]; then
+  UNIAD_GPUS_PER_WORKER=$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)
+  [ "$UNIAD_GPUS_PER_WORKER" -gt 0 ] || UNIAD_GPUS_PER_WORKER=8
+fi
+GPU_WORKERS=${UNIAD_GPU_WORKERS:-1}
+export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/airflow_home_celery}
+mkdir -p "$AIRFLOW_HOME/logs"
+
+# The database, when the server lets us create it (trust auth on loopback here; managed databases exist already).
+DB_NAME=${DB_URL##*/}
+DB_NAME=${DB_NAME%%\?*}
+"$BIN/python" - "$DB_URL" "$DB_NAME" <<'PY'
+import sys
+from sqlalchemy import create_engine, text
+url, name = sys.argv[1], sys.argv[2]
+admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+with admin.connect() as conn:
+    if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        print(f"==> created database {name}")
+PY
+
+if [ -z "${AIRFLOW__API_AUTH__JWT_SECRET:-}" ]; then
+  [ -s "$AIRFLOW_HOME/jwt_secret" ] || "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$AIRFLOW_HOME/jwt_secret"
+  AIRFLOW__API_AUTH__JWT_SECRET=$(cat "$AIRFLOW_HOME/jwt_secret")
+fi
+export AIRFLOW__API_AUTH__JWT_SECRET
+export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$DB_URL
+export AIRFLOW__CELERY__BROKER_URL=$BROKER_URL
+export AIRFLOW__CELERY__RESULT_BACKEND=db+$DB_URL
+export AIRFLOW__CORE__DAGS_FOLDER=$ROOT/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$PORT/execution/
+export AIRFLOW__API__PORT=$PORT
+export AIRFLOW__OPERATORS__DEFAULT_QUEUE=default
+export UNIAD_GPUS_PER_WORKER
+export PATH=$BIN:$PATH
+
+echo "==> airflow db migrate ($DB_URL)"
+airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1 || { tail -30 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
+SLOTS=$((GPU_WORKERS * UNIAD_GPUS_PER_WORKER))
+airflow pools set gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs" > /dev/null
+echo "==> gpu pool: $SLOTS slots ($GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs; one training task takes a worker)"
+
+trap 'trap - TERM INT; echo "==> stopping"; kill -TERM 0; wait' TERM INT
+start() {  # name, argv...
+  local name=$1
+  shift
+  "$@" > "$AIRFLOW_HOME/logs/$name.log" 2>&1 &
+  echo "==> $name (pid $!): $* (log $AIRFLOW_HOME/logs/$name.log)"
+}
+start api-server airflow api-server --port "$PORT"
+start scheduler airflow scheduler
+start dag-processor airflow dag-processor
+start triggerer airflow triggerer
+start worker-default airflow celery worker --queues default --concurrency 4 --celery-hostname "default@%h"
+# One training task at a time per GPU worker: it uses all of the worker's GPUs.
+start worker-gpu airflow celery worker --queues gpu --concurrency 1 --celery-hostname "gpu@%h"
+echo "==> UI and API on http://127.0.0.1:$PORT (user admin, password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
+wait

@@ -1,0 +1,124 @@
+"""The production shape: scripts/celery_stack.sh (CeleryExecutor on PostgreSQL + Redis, a default-queue worker and a
+gpu-queue worker), triggered once with `airflow dags trigger` and once through the REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, REPO, run
+from services import api_healthy, api_token, cli_json, group_alive, http, service_group
+from uniad.checkpoints import inspect_checkpoint
+from uniad.launch import find_free_port
+
+pytestmark = pytest.mark.slow
+DAG_ID = "uniad_e2e_training"
+TASKS = ["preflight", "stage1_train", "validate_stage1", "promote_checkpoint", "stage2_train", "validate_stage2"]
+TRAINING = {"stage1_train", "stage2_train"}
+PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
+REDIS_DB = 7
+
+
+def _admin(statement: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(statement))
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def celery_stack(tmp_path_factory):
+    import redis
+
+    home = tmp_path_factory.mktemp("airflow-celery")
+    database = f"uniad_ci_{uuid.uuid4().hex[:10]}"
+    port = find_free_port()
+    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "UNIAD_DB_URL": f"{PG}/{database}",
+        "UNIAD_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+        "UNIAD_API_PORT": str(port),
+        "UNIAD_GPUS_PER_WORKER": "2",  # the mini profile's 2 processes: one training task fills the worker's pool
+        "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+    }
+    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__EXECUTOR"):
+        env.pop(key, None)  # the script sets them for its own services
+    cli_env = {
+        **env,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{database}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    }
+    argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
+    try:
+        with service_group(argv, home / "stack.log", env, api_healthy(port, "scheduler"), timeout_s=240) as proc:
+            yield {"home": home, "port": port, "cli_env": cli_env, "proc": proc, "database": database}
+        assert not group_alive(proc.pid), "a part of the stack outlived its process group's shutdown"
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def wait_for_success(airflow: str, env: dict, run_ids: list[str], timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    states: dict = {}
+    while time.monotonic() < deadline:
+        listed = cli_json(run([airflow, "dags", "list-runs", DAG_ID, "-o", "json"], env=env).stdout)
+        states = {r["run_id"]: r["state"] for r in listed if r["run_id"] in run_ids}
+        if len(states) == len(run_ids) and set(states.values()) <= {"success", "failed"}:
+            break
+        time.sleep(3)
+    assert set(states.values()) == {"success"} and len(states) == len(run_ids), states
+
+
+def test_runs_on_celery_with_training_on_the_gpu_worker(celery_stack, tmp_path):
+    home, port, env = celery_stack["home"], celery_stack["port"], celery_stack["cli_env"]
+    airflow = str(BIN / "airflow")
+    deadline = time.monotonic() + 120
+    while DAG_ID not in run([airflow, "dags", "list", "-o", "json"], env=env, check=False).stdout:
+        assert time.monotonic() < deadline, "the dag-processor never registered the DAG"
+        time.sleep(3)
+    pools = cli_json(run([airflow, "pools", "get", "gpu", "-o", "json"], env=env).stdout)
+    assert int(pools[0]["slots"]) == 2  # 1 worker x 2 GPUs
+
+    roots = {"cli_run": tmp_path / "root-cli", "rest_run": tmp_path / "root-rest"}
+    conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
+    run([airflow, "dags", "trigger", DAG_ID, "-r", "cli_run", "-c", json.dumps({**conf, "uniad_root": str(roots["cli_run"])})], env=env)  # fmt: skip
+    token = api_token(home, port)
+    status, answer = http(
+        "POST",
+        f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns",
+        token=token,
+        body={"dag_run_id": "rest_run", "logical_date": None, "conf": {**conf, "uniad_root": str(roots["rest_run"])}},
+    )
+    assert status == 200, answer
+    wait_for_success(airflow, env, list(roots))
+
+    for run_id, root in roots.items():
+        status, tis = http(
+            "GET", f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", token=token
+        )
+        assert status == 200, tis
+        by_task = {t["task_id"]: t for t in tis["task_instances"]}
+        assert {t: by_task[t]["state"] for t in TASKS} == dict.fromkeys(TASKS, "success")
+        for task in TASKS:
+            expected = ("gpu", "gpu", 2) if task in TRAINING else ("default", "default_pool", 1)
+            assert (by_task[task]["queue"], by_task[task]["pool"], by_task[task]["pool_slots"]) == expected, task
+        assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
+
+    # Routing, from the workers' own logs: the gpu worker ran the training tasks of both runs and nothing else.
+    executed = {}
+    for worker in ("worker-gpu", "worker-default"):
+        text = (Path(home) / "logs" / f"{worker}.log").read_text()
+        executed[worker] = sorted(re.findall(r"Executing workload in Celery: .*? task_id='([a-z0-9_]+)'", text))
+    assert executed["worker-gpu"] == sorted([t for t in TASKS if t in TRAINING] * 2), executed
+    assert executed["worker-default"] == sorted([t for t in TASKS if t not in TRAINING] * 2), executed
