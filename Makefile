@@ -9,8 +9,8 @@ demo:  ## setup, then the whole pipeline on the mini UniAD under Airflow
 ui: setup  ## Airflow's UI and API on http://localhost:8080 (SQLite home of make demo); the dashboard is at /uniad/
 	AIRFLOW_HOME=$(CURDIR)/airflow_home PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/airflow api-server --port 8080
 
-test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium for the browser test
-	bash scripts/setup.sh --browser
+test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium and docker-compose for tests
+	bash scripts/setup.sh --test-tools
 	.venv/bin/python -m pytest
 
 test-fast: setup  ## unit tests only

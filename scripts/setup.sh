@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything for the embedded default, idempotently:
 #   .venv/ (torch CPU, Airflow, mmcv, this project), an Airflow home with SQLite in airflow_home/, the gpu pool.
-# --browser also installs Debian's chromium and chromedriver, for the dashboard's browser test.
+# --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test) and docker-compose
+# (which validates docker/compose.yaml offline).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -13,24 +14,27 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-airflow.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing requirements (about 2 minutes on a fresh machine)"
   # torch alone first: exactly 2.13.0 takes the CPU wheel; anything else would pull several GB of CUDA.
   "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
   "${PIP[@]}" "$(grep '^setuptools' requirements.txt)" wheel
-  "${PIP[@]}" $(grep -E "^(apache-airflow|celery|matplotlib|psycopg2|asyncpg)" requirements.txt) -r requirements-dev.txt
+  "${PIP[@]}" -r requirements-airflow.txt -r requirements-dev.txt
   # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
   "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
   echo "$want" > "$stamp"
 fi
 
-if [ "${1:-}" = "--browser" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
-  echo "==> installing chromium and chromedriver (Debian packages)"
+TOOLS=(chromium chromium-driver docker-compose)
+missing=0
+for tool in chromium chromedriver docker-compose; do command -v "$tool" > /dev/null || missing=1; done
+if [ "${1:-}" = "--test-tools" ] && [ "$missing" = 1 ]; then
+  echo "==> installing ${TOOLS[*]} (Debian packages)"
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-  $SUDO apt-get install -y -q chromium chromium-driver > /dev/null \
-    || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q chromium chromium-driver > /dev/null; }
+  $SUDO apt-get install -y -q "${TOOLS[@]}" > /dev/null \
+    || { $SUDO apt-get update -q > /dev/null && $SUDO apt-get install -y -q "${TOOLS[@]}" > /dev/null; }
 fi
 
 export AIRFLOW_HOME="$ROOT/airflow_home"

@@ -88,7 +88,7 @@ def test_everything_is_behind_airflows_auth(server):
 def test_the_page_in_chromium(server):
     """Log in through Airflow's form, open the run's page, check the curves and findings, keep a screenshot."""
     for binary in (CHROMIUM, CHROMEDRIVER):
-        assert binary.is_file(), f"{binary} is missing: `bash scripts/setup.sh --browser` installs Debian's chromium"
+        assert binary.is_file(), f"{binary} is missing: `bash scripts/setup.sh --test-tools` installs Debian's chromium"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
