@@ -134,3 +134,23 @@ def processes_mentioning(text: str) -> list[str]:
         if (text in cmdline or text in cwd) and state != "Z":
             found.append(f"{proc.name} (cwd {cwd}): {cmdline}")
     return found
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server on loopback (moto's standalone server) in its own process group: its URL."""
+    from services import http, service_group
+    from uniad.launch import find_free_port
+
+    port = find_free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return http("GET", url, timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with service_group([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log, dict(os.environ), ready):
+        yield url

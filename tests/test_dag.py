@@ -45,10 +45,17 @@ def test_dag_shape(dag):
     assert dag.max_active_runs == 1
     assert dag.tags and {"uniad", "training"} <= set(dag.tags)
     assert dag.doc_md and "preflight" in dag.doc_md
-    order = ["preflight", "stage1_train", "validate_stage1", "promote_checkpoint", "stage2_train", "validate_stage2"]
-    assert [t.task_id for t in dag.topological_sort()] == order
+    order = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint",
+             "stage2_train", "validate_stage2", "upload_stage2"]  # fmt: skip
+    assert [t.task_id for t in dag.topological_sort() if t.task_id != "upload_stage1"] == order
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    # Stage 1's upload runs beside stage 2 (a skipped upload must not skip training), after the promotion.
+    assert dag.get_task("upload_stage1").upstream_task_ids == {"promote_checkpoint"}
+    assert dag.get_task("upload_stage1").downstream_task_ids == set()
+    assert [a.name for a in dag.get_task("promote_checkpoint").outlets] == ["uniad_stage1_checkpoint"]
+    assert dag.catchup is False and dag.schedule is None  # UNIAD_SCHEDULE unset
+    assert dag.on_success_callback and dag.on_failure_callback
 
 
 def test_training_tasks_take_the_gpu_pool_and_queue(dag):
@@ -56,8 +63,9 @@ def test_training_tasks_take_the_gpu_pool_and_queue(dag):
         task = dag.get_task(task_id)
         assert (task.pool, task.pool_slots, task.queue) == ("gpu", 8, "gpu")
         assert task.retries == 1
-    for task_id in ("preflight", "validate_stage1", "promote_checkpoint", "validate_stage2"):
-        assert dag.get_task(task_id).pool != "gpu"
+    for task in dag.tasks:
+        if task.task_id not in ("stage1_train", "stage2_train"):
+            assert task.pool != "gpu" and task.queue != "gpu", task.task_id
 
 
 def test_every_task_sets_retries_explicitly(dag):
@@ -78,7 +86,8 @@ def test_trigger_form_schema(dag):
     assert set(schema) == {
         "profile", "uniad_root", "stage1_config", "stage2_config", "stage1_epochs", "stage2_epochs",
         "nproc_per_node", "backend", "launcher", "deterministic", "seed", "stage1_cfg_options",
-        "stage2_cfg_options", "ckpt_path", "strict", "stall_timeout_s",
+        "stage2_cfg_options", "ckpt_path", "strict", "stall_timeout_s", "s3_uri", "aws_conn_id",
+        "pretrained_s3_uris",
     }  # fmt: skip
     for name, s in schema.items():
         assert s.get("type") and s.get("title"), name
@@ -101,8 +110,27 @@ def test_defaults_validate_and_bad_values_are_refused_by_the_form(dag):
         ("stage1_cfg_options", ["workers_per_gpu"]),
         ("stage2_cfg_options", ["a.b=1", "; rm -rf /"]),
         ("nproc_per_node", 0),
+        ("s3_uri", "https://bucket/x"),
+        ("pretrained_s3_uris", ["s3://bucket"]),
+        ("aws_conn_id", "a b"),
     ]:
         params = copy.deepcopy(dag.params)
         with pytest.raises(ParamValidationError):  # ParamsDict validates on assignment
             params[name] = value
             params.validate()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0 2 * * 0", "CronTriggerTimetable"), ("asset:file:///data/nuscenes/infos_train.pkl", "AssetTriggeredTimetable")],
+)
+def test_retraining_schedule_from_the_environment(airflow_home, value, expected):
+    """UNIAD_SCHEDULE: a cron expression or an Asset; still no catchup and one run at a time."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIAD_SCHEDULE", value)
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+    dag = bag.dags["uniad_e2e_training"]
+    assert type(dag.timetable).__name__ == expected
+    assert dag.catchup is False and dag.max_active_runs == 1

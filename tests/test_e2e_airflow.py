@@ -47,6 +47,9 @@ def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
         assert report.splitlines()[0].endswith("HEALTHY"), report[:2000]
         assert (work / "health/loss.png").stat().st_size > 10_000
     assert "pipeline ETA" in output and "stage1 health: healthy" in output and "stage2 health: healthy" in output
+    # No s3_uri: the uploads are skipped; no uniad_notify connection: no email, and the log says so.
+    assert "no s3_uri for this run" in output
+    assert "no connection 'uniad_notify': no notification sent" in output
 
 
 def test_nan_in_stage1_fails_stage1_train_fast(airflow_home, tmp_path):

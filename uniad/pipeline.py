@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .checkpoints import STAGES
 from .errors import PipelineError
 from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir, parse_cfg_options
 from .mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG, init_mini_root, is_mini_root
+from .storage import parse_s3_uri
 
 PROFILES = ("uniad", "mini")
 DEFAULT_NPROC = {"uniad": 8, "mini": 2}
@@ -43,6 +44,9 @@ class PipelineParams:
     ckpt_path: str = DEFAULT_CKPT
     strict: bool = False
     stall_timeout_s: int = 600
+    s3_uri: str | None = None
+    aws_conn_id: str = "aws_default"
+    pretrained_s3_uris: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -85,6 +89,21 @@ class PipelineParams:
                     f"{name} must be a path inside the UniAD root (no '..'), got {value!r}; "
                     f"e.g. {STAGE1_CONFIG if name != 'ckpt_path' else DEFAULT_CKPT}"
                 )
+        if self.s3_uri is not None:
+            parse_s3_uri(self.s3_uri)
+        if not isinstance(self.aws_conn_id, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,250}", self.aws_conn_id):
+            raise PipelineError(
+                f"aws_conn_id must be an Airflow connection id, got {self.aws_conn_id!r}; e.g. aws_default"
+            )
+        if isinstance(self.pretrained_s3_uris, str) or not all(isinstance(u, str) for u in self.pretrained_s3_uris):
+            raise PipelineError(
+                f"pretrained_s3_uris must be a list of s3:// object URIs, got {self.pretrained_s3_uris!r}; "
+                'e.g. ["s3://my-bucket/pretrained/bevformer_r101_dcn_24ep.pth"]'
+            )
+        names = [PurePosixPath(parse_s3_uri(u, need_key=True).key).name for u in self.pretrained_s3_uris]
+        if len(set(names)) != len(names):
+            raise PipelineError(f"pretrained_s3_uris would write the same file in ckpts/ twice: {names}")
+        object.__setattr__(self, "pretrained_s3_uris", tuple(self.pretrained_s3_uris))
         for name in ("stage1_cfg_options", "stage2_cfg_options"):
             try:
                 object.__setattr__(self, name, parse_cfg_options(getattr(self, name)))
@@ -171,6 +190,13 @@ def build_plan(params: PipelineParams, root: Path, python: str) -> dict:
         "ckpt_path": str(ckpt),
         "strict": params.strict,
         "stall_timeout_s": params.stall_timeout_s,
+        "s3": {
+            "uri": params.s3_uri,
+            "aws_conn_id": params.aws_conn_id,
+            "pretrained": [
+                {"uri": uri, "path": str(root / "ckpts" / PurePosixPath(uri).name)} for uri in params.pretrained_s3_uris
+            ],
+        },
         "stages": {"stage1": _spec_to_dict(stage1), "stage2": _spec_to_dict(stage2)},
     }
 

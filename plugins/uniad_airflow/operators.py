@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
+
+from uniad_airflow.settings import gpus_per_worker
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,10 +37,6 @@ class TrainingDashboardLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return dashboard_url(ti_key.run_id)
-
-
-def _gpus_per_worker() -> int:
-    return int(os.environ.get("UNIAD_GPUS_PER_WORKER", "8"))
 
 
 def _runs_dir() -> Path:
@@ -71,9 +69,9 @@ class UniADPreflightOperator(BaseOperator):
 
         try:
             params = PipelineParams.from_mapping(dict(context["params"]))
-            if params.nproc > _gpus_per_worker():
+            if params.nproc > gpus_per_worker():
                 raise PipelineError(
-                    f"nproc_per_node={params.nproc} is more than the {_gpus_per_worker()} GPU slots a training task "
+                    f"nproc_per_node={params.nproc} is more than the {gpus_per_worker()} GPU slots a training task "
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
                 )
             run_dir = _runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
@@ -191,8 +189,66 @@ class ValidateStageOperator(_PlanMixin, BaseOperator):
             raise AirflowFailException(str(exc)) from exc
 
 
+def _s3_client(aws_conn_id: str):
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=aws_conn_id).get_conn()
+
+
+class FetchPretrainedOperator(_PlanMixin, BaseOperator):
+    """Download the run's ``pretrained_s3_uris`` into ``<root>/ckpts/`` (verified, atomic) before stage 1."""
+
+    ui_color = "#f0e8fd"
+
+    def execute(self, context: Context) -> list[dict]:
+        from uniad.storage import StorageError, download_file, parse_s3_uri
+
+        s3 = self._plan(context)["s3"]
+        if not s3["pretrained"]:
+            self.log.info("no pretrained_s3_uris: nothing to fetch")
+            return []
+        client = _s3_client(s3["aws_conn_id"])
+        fetched = []
+        for item in s3["pretrained"]:
+            try:
+                fetched.append(download_file(client, parse_s3_uri(item["uri"], need_key=True), Path(item["path"])))
+            except StorageError as exc:
+                raise AirflowException(str(exc)) from exc
+            self.log.info("fetched %s -> %s (sha256 %s)", item["uri"], item["path"], fetched[-1]["sha256"])
+        return fetched
+
+
+class UploadArtifactsOperator(_PlanMixin, BaseOperator):
+    """Upload a finished stage's checkpoint(s), logs and health report to ``<s3_uri>/<run_id>/`` through the
+    amazon provider's S3 hook (``aws_conn_id``). Skipped when the run has no ``s3_uri``."""
+
+    ui_color = "#f0e8fd"
+
+    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+
+    def execute(self, context: Context) -> list[dict]:
+        from uniad.pipeline import sanitize_run_id
+        from uniad.storage import S3Location, StorageError, parse_s3_uri, stage_artifacts, upload_artifacts
+
+        plan = self._plan(context)
+        if not plan["s3"]["uri"]:
+            raise AirflowSkipException("no s3_uri for this run: artifacts stay in the UniAD root only")
+        base = parse_s3_uri(plan["s3"]["uri"])
+        run_key = sanitize_run_id(context["run_id"])
+        prefix = S3Location(base.bucket, f"{base.key}/{run_key}" if base.key else run_key)
+        files = stage_artifacts(plan, self.stage)
+        self.log.info("uploading %d file(s) of %s to %s/", len(files), self.stage, prefix.uri)
+        try:
+            return upload_artifacts(_s3_client(plan["s3"]["aws_conn_id"]), files, prefix)
+        except StorageError as exc:
+            raise AirflowException(str(exc)) from exc
+
+
 class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
-    """Publish the verified stage-1 checkpoint at the plan's ckpt_path (atomic, with provenance)."""
+    """Publish the verified stage-1 checkpoint at the plan's ckpt_path (atomic, with provenance). With an
+    outlet Asset, its event carries the checkpoint's path, epoch and sha256."""
 
     ui_color = "#fdf6e8"
 
@@ -216,4 +272,11 @@ class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
             provenance["sha256"],
             provenance["path"],
         )
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = {
+                "path": provenance["path"],
+                "epoch": provenance["epoch"],
+                "sha256": provenance["sha256"],
+                "run_id": context["run_id"],
+            }
         return provenance
