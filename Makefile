@@ -1,4 +1,4 @@
-.PHONY: setup demo ui test test-fast lint bench clean
+.PHONY: setup demo ui celery test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -8,6 +8,9 @@ demo:  ## setup, then the whole pipeline on the mini UniAD under Airflow
 
 ui: setup  ## Airflow's UI and API on http://localhost:8080 (SQLite home of make demo); the dashboard is at /uniad/
 	AIRFLOW_HOME=$(CURDIR)/airflow_home PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/airflow api-server --port 8080
+
+celery: setup  ## the production shape on this machine: CeleryExecutor on PostgreSQL + Redis (scripts/celery_stack.sh)
+	bash scripts/celery_stack.sh
 
 test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium and docker-compose for tests
 	bash scripts/setup.sh --test-tools
@@ -20,9 +23,10 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-bench: setup  ## log analysis vs json.loads, polling cost; checkpoint gate vs sha256sum + cp on 2 GB
+bench: setup  ## log analysis vs json.loads; polling; checkpoint gate vs sha256sum + cp; orchestration overhead on Celery
 	.venv/bin/python benchmarks/bench_logs.py
 	.venv/bin/python benchmarks/bench_checkpoint_gate.py
+	.venv/bin/python benchmarks/bench_orchestration.py
 
 clean:
 	rm -rf airflow_home runs .pytest_cache

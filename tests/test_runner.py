@@ -126,3 +126,13 @@ def test_terminate_kills_the_whole_process_group(tmp_path):
     assert time.monotonic() - started < 10
     assert "the Airflow task was stopped" in str(outcome["error"])
     assert outcome["error"].returncode == -15
+
+
+def test_gpu_probe_needs_no_interpreter_where_there_are_no_nvidia_devices():
+    from uniad.runner import probe_visible_gpus
+
+    if any(Path("/dev").glob("nvidia[0-9]*")):  # a GPU machine: the interpreter is asked, and a missing one is named
+        with pytest.raises(TrainingFailed, match="UNIAD_PYTHON"):
+            probe_visible_gpus("/nonexistent/python")
+    else:
+        assert probe_visible_gpus("/nonexistent/python") == 0

@@ -352,7 +352,10 @@ def processes_with_token(token: str) -> list[int]:
 
 
 def probe_visible_gpus(python: str, timeout_s: float = 120.0) -> int:
-    """How many CUDA devices the training interpreter sees (it may not be this process's interpreter)."""
+    """How many CUDA devices the training interpreter sees (it may not be this process's interpreter). A machine
+    without NVIDIA device files has none, which is known without starting an interpreter and importing torch."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return 0
     code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
     try:
         done = subprocess.run(
