@@ -101,12 +101,12 @@ def test_pretrained_from_s3_artifacts_to_s3_asset_event_and_success_email(
     expected = {
         "ckpts/full_track_map.pth": root / "ckpts/full_track_map.pth",
         "ckpts/full_track_map.pth.provenance.json": provenance_path(root / "ckpts/full_track_map.pth"),
-        "stage1/epoch_1.pth": stage1 / "epoch_1.pth",
         "stage1/health/report.md": stage1 / "health/report.md",
         "stage2/epoch_1.pth": stage2 / "epoch_1.pth",
         "stage2/health/loss.png": stage2 / "health/loss.png",
     }
     assert set(expected) <= keys, keys
+    assert not {k for k in keys if k.startswith("stage1/") and k.endswith(".pth")}  # promoted copy only, once
     assert {k for k in keys if k.endswith(".log.json")} == {
         f"stage{n}/{p.name}" for n, d in ((1, stage1), (2, stage2)) for p in d.glob("*.log.json")
     }

@@ -55,24 +55,23 @@ def parse_s3_uri(uri: str, *, need_key: bool = False) -> S3Location:
 
 
 def stage_artifacts(plan: dict, stage: str) -> list[tuple[Path, str]]:
-    """(local file, key below the run's prefix) of what a finished stage leaves: its final checkpoint (the file
-    ``latest.pth`` points to), its logs and health report; for stage 1 also the promoted checkpoint and provenance."""
+    """(local file, key below the run's prefix) of what a finished stage leaves: its logs and health report; for
+    stage 1 the promoted checkpoint and its provenance (the same bytes as its last epoch, uploaded once), for stage 2
+    its final checkpoint (the file ``latest.pth`` points to)."""
     from .pipeline import stage_work_dir  # pipeline validates S3 URIs with this module
 
     work_dir = stage_work_dir(plan, stage)
     root = Path(plan["uniad_root"])
     files: list[tuple[Path, str]] = []
-    latest = work_dir / "latest.pth"
-    if latest.exists():
-        final = latest.resolve()
-        files.append((final, f"{stage}/{final.name}"))
-    for pattern in ("*.log", "*.log.json", "health/*"):
-        files += [(p, f"{stage}/{p.relative_to(work_dir).as_posix()}") for p in sorted(work_dir.glob(pattern))]
     if stage == "stage1":
         promoted = Path(plan["ckpt_path"])
         for path in (promoted, provenance_path(promoted)):
-            if path.exists():
-                files.append((path, path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name))
+            files.append((path, path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name))
+    elif (work_dir / "latest.pth").exists():
+        final = (work_dir / "latest.pth").resolve()
+        files.append((final, f"{stage}/{final.name}"))
+    for pattern in ("*.log", "*.log.json", "health/*"):
+        files += [(p, f"{stage}/{p.relative_to(work_dir).as_posix()}") for p in sorted(work_dir.glob(pattern))]
     return [(path, key) for path, key in files if path.is_file()]
 
 

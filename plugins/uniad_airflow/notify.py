@@ -64,7 +64,10 @@ class RunOutcomeNotifier(BaseNotifier):
             lines.append(f"Failed task: <b>{html.escape(ti.task_id)}</b> (try {ti.try_number}).")
         if context.get("reason"):
             lines.append(f"Reason: {html.escape(str(context['reason']))}.")
-        lines.append(f"Curves, findings and checkpoints: {html.escape(dashboard_url(run_id))} on the Airflow UI.")
+        from airflow.configuration import conf
+
+        link = conf.get("api", "base_url", fallback="").rstrip("/") + dashboard_url(run_id)
+        lines.append(f'Curves, findings and checkpoints: <a href="{html.escape(link)}">{html.escape(link)}</a>')
         SmtpNotifier(
             to=to,
             from_email=conn.extra_dejson.get("from_email") or conn.login or "uniad-pipeline@localhost",
