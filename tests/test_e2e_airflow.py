@@ -74,9 +74,10 @@ def test_nan_in_stage1_fails_stage1_train_fast(airflow_home, tmp_path):
     assert processes_mentioning(str(root)) == []
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scheduler(airflow_home):
-    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in its own group."""
+    """`airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in its own group,
+    shared by this module's tests (it takes a while to start on 2 cores)."""
     port = find_free_port()
     env = {
         **os.environ,
