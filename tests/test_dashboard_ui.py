@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -141,6 +142,10 @@ def test_the_page_in_chromium(server):
     assert (ARTIFACTS / "dashboard_run.png").stat().st_size > 50_000
 
 
+def training_processes(root: Path) -> list[str]:
+    return [p for p in processes_mentioning(str(root)) if "dags test" not in p]
+
+
 def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
     """While stage 1 trains: progress below 100 %, an ETA for the pipeline, stage 2 and the promotion pending."""
     root = tmp_path / "uniad-mini-live"
@@ -172,10 +177,13 @@ def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
         assert 0 < first["progress"] < 1 and first["eta_s"] > 0 and view["eta_s"] > first["eta_s"]
         assert first["gate"] is None and not second["started"] and view["promoted"] is None
     finally:
-        stop_group(proc)
+        # SIGTERM: the task's on_kill stops the ranks. `dags test` itself would go on to retry the task, so once
+        # the training processes are gone the rest of its group is killed.
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while training_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop_group(proc, grace_s=0)
         out.close()
-    deadline = time.monotonic() + 30
-    while processes_mentioning(str(root)) and time.monotonic() < deadline:
-        time.sleep(0.5)
     assert processes_mentioning(str(root)) == []
     shutil.rmtree(root, ignore_errors=True)
