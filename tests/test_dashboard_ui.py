@@ -150,6 +150,8 @@ def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
     """While stage 1 trains: progress below 100 %, an ETA for the pipeline, stage 2 and the promotion pending."""
     root = tmp_path / "uniad-mini-live"
     conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 40, "stage2_epochs": 1}
+    base, token = server["base"], server["token"]
+    live: list[dict] = []
     out = open(tmp_path / "dags-test.log", "w")
     proc = subprocess.Popen(
         [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
@@ -158,7 +160,6 @@ def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
         start_new_session=True,
     )
     try:
-        base, token = server["base"], server["token"]
         deadline = time.monotonic() + 300
         view = None
         while time.monotonic() < deadline:
@@ -185,5 +186,8 @@ def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
             time.sleep(0.5)
         stop_group(proc, grace_s=0)
         out.close()
+        if live:  # the killed run would stay "running" in the DB and, with max_active_runs=1, block later runs
+            run_path = f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{quote(live[0]['run_id'], safe='')}"
+            assert http("PATCH", run_path, token=token, body={"state": "failed"})[0] == 200
     assert processes_mentioning(str(root)) == []
     shutil.rmtree(root, ignore_errors=True)
