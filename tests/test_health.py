@@ -174,7 +174,7 @@ def test_streaming_log_analysis_matches_in_memory(reference, tmp_path):
     path = write_json_log(tmp_path / "x.log.json", records)
     with open(path, "a") as handle:
         handle.write('{"mode": "train", "epoch": 4, "iter": 550, "lo')  # a half-written last line
-    streamed, meta = analyze_log(path, iters_per_epoch=N)
+    streamed, _, meta = analyze_log(path, iters_per_epoch=N)
     in_memory = analyze(records, meta, iters_per_epoch=N)
     assert streamed.to_dict() == in_memory.to_dict()
     assert "component_became_zero" in codes(streamed)

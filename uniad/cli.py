@@ -129,7 +129,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     path = Path(args.log)
     if not path.is_file():
         raise PipelineError(f"no log at {path}; give a <work_dir>/<timestamp>.log.json or .log file")
-    analysis, _ = analyze_log(path, total_epochs=args.total_epochs, silence_s=time.time() - path.stat().st_mtime)
+    analysis, _, _ = analyze_log(path, total_epochs=args.total_epochs, silence_s=time.time() - path.stat().st_mtime)
     if args.report:
         report = write_report(analysis, read_log(path)[0], args.report, title=path.name)
         print(f"report: {report}", file=sys.stderr)

@@ -16,8 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .checkpoints import STAGES
-from .health import analyze_rows, load_rows
-from .logs import iters_per_epoch_of
+from .health import analyze_log
 from .pipeline import sanitize_run_id, stage_spec
 from .report import TASK_GROUPS, group_losses
 from .resume import PREVIOUS, read_marker
@@ -72,23 +71,18 @@ def stage_view(
     if not logs:
         view.update(started=False, records=0, findings=[], verdict=None, series=None)
         return view
-    rows, meta = load_rows(logs)
     last_change = max(log.stat().st_mtime for log in logs)
-    if not len(rows):  # launched: mmcv wrote the meta line, no train record yet
+    analysis, rows, _ = analyze_log(
+        logs, total_epochs=max_epochs, silence_s=max(now - last_change, 0.0) if active else None
+    )
+    n = len(rows)
+    if not n:  # launched: mmcv wrote the meta line, no train record yet
         view.update(started=True, records=0, attempts=len(logs), logs=[str(log) for log in logs], progress=0.0,
                     last_log_update=last_change, findings=[], verdict=None, series=None)  # fmt: skip
         return view
-    analysis = analyze_rows(
-        rows,
-        meta,
-        total_epochs=max_epochs,
-        iters_per_epoch=iters_per_epoch_of(logs[0]),
-        silence_s=max(now - last_change, 0.0) if active else None,
-    )
-    n = len(rows)
-    per_epoch = analysis.latest.get("iters_per_epoch") or (max(rows.iter) if n else None)
-    total_iters = max_epochs * per_epoch if per_epoch else None
-    done_iters = (rows.epoch[-1] - 1) * per_epoch + rows.iter[-1] if n and per_epoch else None
+    per_epoch = analysis.latest["iters_per_epoch"] or max(rows.iter)
+    total_iters = max_epochs * per_epoch
+    done_iters = (rows.epoch[-1] - 1) * per_epoch + rows.iter[-1]
 
     # GPUs are held from an attempt's start (its log's name) to its last write, or to now for a running attempt.
     held_s = 0.0
@@ -103,7 +97,7 @@ def stage_view(
     recent = [t for t in rows.time[-10:] if _finite(t)]
     seconds_per_iter = statistics.median(recent) if recent else None
     eta_s = None
-    if seconds_per_iter is not None and total_iters and done_iters is not None:
+    if seconds_per_iter is not None:
         eta_s = max(total_iters - done_iters, 0) * seconds_per_iter
 
     view.update(
@@ -111,8 +105,8 @@ def stage_view(
         records=n,
         attempts=len(logs),
         logs=[str(log) for log in logs],
-        epoch=rows.epoch[-1] if n else None,
-        iter=rows.iter[-1] if n else None,
+        epoch=rows.epoch[-1],
+        iter=rows.iter[-1],
         iters_per_epoch=per_epoch,
         total_iters=total_iters,
         done_iters=done_iters,
@@ -130,7 +124,7 @@ def stage_view(
     return view
 
 
-def _series(rows, per_epoch: int | None, max_points: int) -> dict:
+def _series(rows, per_epoch: int, max_points: int) -> dict:
     """Sampled curves against the stage's global iteration, and where each epoch starts."""
     n = len(rows)
     step = max(1, math.ceil(n / max_points))
@@ -139,7 +133,7 @@ def _series(rows, per_epoch: int | None, max_points: int) -> dict:
         picked.append(n - 1)
 
     def x_of(i: int) -> int:
-        return (rows.epoch[i] - 1) * per_epoch + rows.iter[i] if per_epoch else i
+        return (rows.epoch[i] - 1) * per_epoch + rows.iter[i]
 
     def clean(value: object) -> float | None:
         return value if _finite(value) else None  # JSON has no NaN; a gap in the line marks it
@@ -152,11 +146,7 @@ def _series(rows, per_epoch: int | None, max_points: int) -> dict:
             groups.setdefault(name, [None] * len(picked))[slot] = clean(value)
     order = [g for g in TASK_GROUPS if g in groups] + sorted(set(groups) - set(TASK_GROUPS))
     boundaries = sorted(
-        {
-            (rows.epoch[i + 1] - 1) * per_epoch if per_epoch else i + 1
-            for i in range(n - 1)
-            if rows.epoch[i + 1] != rows.epoch[i]
-        }
+        {(rows.epoch[i + 1] - 1) * per_epoch for i in range(n - 1) if rows.epoch[i + 1] != rows.epoch[i]}
     )
     return {
         "x": [x_of(i) for i in picked],
@@ -200,7 +190,7 @@ def run_view(
         )
         view.update(task_state=state, gate=gates.get(stage), config=spec.config, x_offset=offset)
         stages.append(view)
-        offset += view.get("total_iters") or (view["series"]["x"][-1] if view.get("series") else 0)
+        offset += view.get("total_iters") or 0  # planned iterations; 0 until the stage has logged
     first, second = stages
     # Pipeline ETA: what is left of the running stage, plus stage 2 at stage 1's seconds per epoch if not started.
     eta = None

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from .checkpoints import inspect_checkpoint
 from .errors import GateFailed
-from .health import INFO, analyze_rows, load_rows
-from .logs import iters_per_epoch_of
+from .health import INFO, analyze_log
 from .report import write_report
 
 logger = logging.getLogger(__name__)
@@ -26,8 +25,7 @@ def validate_stage(work_dir: str | Path, stage: str, expect_epoch: int, strict: 
     if not logs:
         raise GateFailed(f"no *.log.json in {work_dir}: did the {stage} training run write its logs there?")
     log = logs[-1]
-    rows, meta = load_rows(logs)
-    analysis = analyze_rows(rows, meta, total_epochs=expect_epoch, iters_per_epoch=iters_per_epoch_of(logs[0]))
+    analysis, rows, _ = analyze_log(logs, total_epochs=expect_epoch)
     records = [rows.record(i) for i in range(len(rows))]  # what the analysis kept, superseded attempts excluded
     attempts = f", {len(logs)} attempts" if len(logs) > 1 else ""
     report = write_report(analysis, records, work_dir / "health", title=f"{stage} ({log.name}{attempts})")

@@ -572,10 +572,10 @@ def load_rows(paths: str | Path | Sequence[str | Path]) -> tuple[Rows, dict | No
     return rows, meta
 
 
-def analyze_log(paths: str | Path | Sequence[str | Path], **kwargs) -> tuple[Analysis, dict | None]:
+def analyze_log(paths: str | Path | Sequence[str | Path], **kwargs) -> tuple[Analysis, Rows, dict | None]:
     """``analyze`` for one log or a stage's logs in order, streaming (see ``load_rows``); the epoch length comes
-    from the text log."""
+    from the (first) text log. Returns the analysis, the rows it was made from, and the json meta line."""
     rows, meta = load_rows(paths)
     first = Path(paths) if isinstance(paths, (str, Path)) else Path(paths[0])
     kwargs.setdefault("iters_per_epoch", iters_per_epoch_of(first))
-    return analyze_rows(rows, meta, **kwargs), meta
+    return analyze_rows(rows, meta, **kwargs), rows, meta
