@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -29,10 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from services import api_healthy, api_token, http, service_group  # noqa: E402
-from uniad.launch import find_free_port  # noqa: E402
+from services import api_token, celery_stack, http  # noqa: E402
 
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 DAG_FILE = REPO / "dags/uniad_e2e_training.py"
 
 
@@ -59,23 +55,15 @@ def _seconds(start: str, end: str) -> float:
 
 
 def orchestration() -> dict:
-    from sqlalchemy import create_engine, text
-
     home = Path(tempfile.mkdtemp(prefix="uniad-bench-celery-"))
     dags = home / "dags"
     dags.mkdir()
     shutil.copy(DAG_FILE, dags)
     shutil.copy(REPO / "benchmarks/dags/bench_empty_chain.py", dags)
-    database = f"uniad_bench_{uuid.uuid4().hex[:8]}"
-    port = find_free_port()
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "UNIAD_DB_URL": f"{PG}/{database}",
-           "UNIAD_BROKER_URL": "redis://127.0.0.1:6379/8", "UNIAD_API_PORT": str(port), "UNIAD_GPUS_PER_WORKER": "2",
-           "UNIAD_DAGS_FOLDER": str(dags), "UNIAD_RUNS_DIR": str(home / "runs"),
-           "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5"}  # fmt: skip
-    base = f"http://127.0.0.1:{port}/api/v2/dags"
     try:
-        with service_group(["bash", str(REPO / "scripts/celery_stack.sh")], home / "stack.log", env,
-                           api_healthy(port, "scheduler"), timeout_s=240):  # fmt: skip
+        with celery_stack(home, redis_db=8, dags_folder=dags) as stack:
+            port = stack.port
+            base = f"http://127.0.0.1:{port}/api/v2/dags"
             token = api_token(home, port)
             deadline = time.monotonic() + 180
             while not {"uniad_e2e_training", "bench_empty_chain"} <= {
@@ -117,10 +105,6 @@ def orchestration() -> dict:
             return {"empty_s": empty["wall_s"], "real_s": real["wall_s"], "training_s": training,
                     "empty_tasks": empty["tasks"], "real_tasks": real["tasks"]}  # fmt: skip
     finally:
-        engine = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
-        engine.dispose()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -154,3 +154,13 @@ def s3_server(tmp_path_factory):
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with service_group([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log, dict(os.environ), ready):
         yield url
+
+
+@pytest.fixture
+def s3_client(s3_server):
+    """A boto3 S3 client of the loopback server (any credentials do)."""
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    )

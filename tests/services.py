@@ -9,9 +9,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
 
 def cli_json(output: str):
@@ -113,3 +118,45 @@ def api_token(home: Path, port: int) -> str:
     )
     assert status in (200, 201), answer
     return answer["access_token"]
+
+
+@dataclass(frozen=True)
+class CeleryStack:
+    proc: subprocess.Popen
+    port: int
+    db_url: str
+
+
+@contextmanager
+def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, gpus_per_worker: int = 2):
+    """scripts/celery_stack.sh on a PostgreSQL database of its own (dropped afterwards) and Redis database
+    ``redis_db`` (flushed first), ready once the scheduler is healthy. ``gpus_per_worker`` 2: the mini profile's two
+    processes fill a worker's share of the gpu pool."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    from uniad.launch import find_free_port
+
+    db_url = f"{POSTGRES}/uniad_test_{uuid.uuid4().hex[:10]}"
+    port = find_free_port()
+    redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "UNIAD_DB_URL": db_url,
+        "UNIAD_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
+        "UNIAD_API_PORT": str(port),
+        "UNIAD_GPUS_PER_WORKER": str(gpus_per_worker),
+        "UNIAD_DAGS_FOLDER": str(dags_folder or REPO / "dags"),
+        "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+    }
+    argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
+    try:
+        with service_group(argv, home / "stack.log", env, api_healthy(port, "scheduler"), timeout_s=240) as proc:
+            yield CeleryStack(proc, port, db_url)
+    finally:
+        engine = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+        engine.dispose()

@@ -7,66 +7,33 @@ import json
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from conftest import BIN, REPO, run
-from services import api_healthy, api_token, cli_json, group_alive, http, service_group
+from services import api_token, celery_stack, cli_json, group_alive, http
 from uniad.checkpoints import inspect_checkpoint
-from uniad.launch import find_free_port
 
 pytestmark = pytest.mark.slow
 DAG_ID = "uniad_e2e_training"
 TASKS = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint", "upload_stage1",
          "stage2_train", "validate_stage2", "upload_stage2"]  # fmt: skip
 TRAINING = {"stage1_train", "stage2_train"}
-PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
-REDIS_DB = 7
-
-
-def _admin(statement: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(statement))
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
-def celery_stack(tmp_path_factory):
-    import redis
-
+def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow-celery")
-    database = f"uniad_ci_{uuid.uuid4().hex[:10]}"
-    port = find_free_port()
-    redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB).flushdb()
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "UNIAD_DB_URL": f"{PG}/{database}",
-        "UNIAD_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
-        "UNIAD_API_PORT": str(port),
-        "UNIAD_GPUS_PER_WORKER": "2",  # the mini profile's 2 processes: one training task fills the worker's pool
-        "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-    }
-    for key in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__EXECUTOR"):
-        env.pop(key, None)  # the script sets them for its own services
-    cli_env = {
-        **env,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{database}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    }
-    argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
-    try:
-        with service_group(argv, home / "stack.log", env, api_healthy(port, "scheduler"), timeout_s=240) as proc:
-            yield {"home": home, "port": port, "cli_env": cli_env, "proc": proc, "database": database}
-        assert not group_alive(proc.pid), "a part of the stack outlived its process group's shutdown"
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with celery_stack(home, redis_db=7) as running:
+        cli_env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": running.db_url,
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        }
+        yield {"home": home, "port": running.port, "cli_env": cli_env}
+    assert not group_alive(running.proc.pid), "a part of the stack outlived its process group's shutdown"
 
 
 def wait_for_success(airflow: str, env: dict, run_ids: list[str], timeout_s: float = 600) -> None:
@@ -81,8 +48,8 @@ def wait_for_success(airflow: str, env: dict, run_ids: list[str], timeout_s: flo
     assert set(states.values()) == {"success"} and len(states) == len(run_ids), states
 
 
-def test_runs_on_celery_with_training_on_the_gpu_worker(celery_stack, tmp_path):
-    home, port, env = celery_stack["home"], celery_stack["port"], celery_stack["cli_env"]
+def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
+    home, port, env = stack["home"], stack["port"], stack["cli_env"]
     airflow = str(BIN / "airflow")
     deadline = time.monotonic() + 120
     while DAG_ID not in run([airflow, "dags", "list", "-o", "json"], env=env, check=False).stdout:

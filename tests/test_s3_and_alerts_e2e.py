@@ -43,14 +43,9 @@ def smtp_receiver():
 
 
 @pytest.fixture
-def bucket(s3_server):
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-    )
-    client.create_bucket(Bucket=BUCKET)
-    return client
+def bucket(s3_client):
+    s3_client.create_bucket(Bucket=BUCKET)
+    return s3_client
 
 
 def connections(s3_server: str, smtp_port: int) -> dict[str, str]:

@@ -16,12 +16,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def s3(s3_server):
-    import boto3
-
-    client = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
-    )
+def s3(s3_client):
+    client = s3_client
     client.create_bucket(Bucket=BUCKET)
     yield client
     for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
