@@ -6,8 +6,6 @@ checkpoints fail without retry (a retry cannot fix them); a crashed training pro
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,7 +13,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from uniad_airflow.settings import gpus_per_worker
+from uniad_airflow.settings import gpus_per_worker, runs_dir, training_python
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,15 +35,6 @@ class TrainingDashboardLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return dashboard_url(ti_key.run_id)
-
-
-def _runs_dir() -> Path:
-    default = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "uniad_runs"
-    return Path(os.environ.get("UNIAD_RUNS_DIR", default))
-
-
-def _training_python() -> str:
-    return os.environ.get("UNIAD_PYTHON", sys.executable)
 
 
 class _PlanMixin:
@@ -74,9 +63,9 @@ class UniADPreflightOperator(BaseOperator):
                     f"nproc_per_node={params.nproc} is more than the {gpus_per_worker()} GPU slots a training task "
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
                 )
-            run_dir = _runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
+            run_dir = runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
             root = prepare_root(params, mini_run_dir=run_dir)
-            plan = build_plan(params, root, python=_training_python())
+            plan = build_plan(params, root, python=training_python())
         except PipelineError as exc:
             raise AirflowFailException(f"invalid parameters: {exc}") from exc
         self.log.info("profile %s, UniAD root %s", plan["profile"], plan["uniad_root"])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from airflow.sdk import Asset
 
@@ -13,6 +15,18 @@ PROMOTED_ASSET = Asset(name="uniad_stage1_checkpoint", group="uniad")
 def gpus_per_worker() -> int:
     """``UNIAD_GPUS_PER_WORKER`` (default 8): the gpu pool slots one training task takes, a whole worker."""
     return int(os.environ.get("UNIAD_GPUS_PER_WORKER", "8"))
+
+
+def runs_dir() -> Path:
+    """``UNIAD_RUNS_DIR`` (default ``$AIRFLOW_HOME/uniad_runs``): where a mini run without ``uniad_root`` gets its
+    folder."""
+    default = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "uniad_runs"
+    return Path(os.environ.get("UNIAD_RUNS_DIR", default))
+
+
+def training_python() -> str:
+    """``UNIAD_PYTHON`` (default: the worker's own): the interpreter with the UniAD stack that runs train.py."""
+    return os.environ.get("UNIAD_PYTHON", sys.executable)
 
 
 def default_root() -> str | None:
