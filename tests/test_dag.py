@@ -86,8 +86,8 @@ def test_trigger_form_schema(dag):
     assert set(schema) == {
         "profile", "uniad_root", "stage1_config", "stage2_config", "stage1_epochs", "stage2_epochs",
         "nproc_per_node", "backend", "launcher", "deterministic", "seed", "stage1_cfg_options",
-        "stage2_cfg_options", "ckpt_path", "strict", "stall_timeout_s", "s3_uri", "aws_conn_id",
-        "pretrained_s3_uris",
+        "stage2_cfg_options", "ckpt_path", "strict", "stall_timeout_s", "checkpoint_interval_iters", "s3_uri",
+        "aws_conn_id", "pretrained_s3_uris",
     }  # fmt: skip
     for name, s in schema.items():
         assert s.get("type") and s.get("title"), name

@@ -20,14 +20,17 @@ DAG_ID = "uniad_e2e_training"
 
 def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
     root = tmp_path / "uniad-mini"
-    done = run(
-        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps({"profile": "mini", "uniad_root": str(root)})],
-        timeout=900,
-    )
+    conf = {"profile": "mini", "uniad_root": str(root), "checkpoint_interval_iters": 15}
+    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=900)
     output = done.stdout + done.stderr
     assert "[stage1] epoch 6/6 iter 40/40 | 100.0%" in output
     assert "[stage2] epoch 20/20 iter 40/40 | 100.0%" in output
     assert "backend gloo (auto: 0 usable GPU(s) for 2 process(es))" in output
+    # Mid-epoch checkpoints were written in both stages and went once their epoch's file existed.
+    assert "'runner.type=IterCheckpointEpochBasedRunner', 'runner.checkpoint_interval_iters=15'" in output
+    assert "saved epoch_6_iter_30.pth (epoch 6, iteration 30 of 40)" in output
+    assert "saved epoch_20_iter_30.pth (epoch 20, iteration 30 of 40)" in output
+    assert not list(root.glob("projects/work_dirs/*/*/epoch_*_iter_*.pth"))
 
     ckpt = root / "ckpts/full_track_map.pth"
     stage1 = root / "projects/work_dirs/stage1_track_map/full_track_map"

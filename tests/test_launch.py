@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -104,11 +105,32 @@ def test_cfg_option_values_may_contain_equals_and_brackets():
         ({"config": "projects/configs/x.yaml"}, "not a python config"),
         ({"seed": -1}, "seed"),
         ({"uniad_root": ""}, "uniad_root is empty"),
+        ({"checkpoint_interval_iters": 0}, "checkpoint_interval_iters must be an integer >= 1"),
+        ({"checkpoint_interval_iters": 500, "cfg_options": ("runner.type=IterBasedRunner",)}, "clash with"),
+        ({"checkpoint_interval_iters": 500, "cfg_options": ("custom_imports.imports=[x]",)}, "clash with"),
     ],
 )
 def test_stage_spec_validation(overrides, message):
     with pytest.raises(LaunchError, match=message):
         spec(**overrides)
+
+
+def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits():
+    cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599,
+                       base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
+    options = cmd.argv[cmd.argv.index("--cfg-options") + 1 :]
+    assert options[3:7] == [
+        "custom_imports.imports=[uniad_iter_checkpoint]",
+        "custom_imports.allow_failed_imports=False",
+        "runner.type=IterCheckpointEpochBasedRunner",
+        "runner.checkpoint_interval_iters=500",
+    ]
+    root, trainside, inherited = cmd.env["PYTHONPATH"].split(":")
+    assert (root, inherited) == ("/workspace/UniAD", "/opt/extra")
+    assert (Path(trainside) / "uniad_iter_checkpoint.py").is_file()
+    # Without the option the launch is the reference one: no extra module on the path, no runner override.
+    plain = build_launch(spec(), backend="gloo", master_port=28599)
+    assert plain.env["PYTHONPATH"] == "/workspace/UniAD" and not any("runner.type" in a for a in plain.argv)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,8 @@ from uniad.pipeline import PipelineParams, build_plan, prepare_root, sanitize_ru
         ({"profile": "mini", "stage1_cfg_options": ["workers"]}, "stage1_cfg_options: cfg option 'workers'"),
         ({"profile": "mini", "stage2_cfg_options": ["load_from=/tmp/x.pth"]}, "set by the pipeline"),
         ({"profile": "mini", "gpus": 8}, "unknown parameter"),
+        ({"profile": "mini", "checkpoint_interval_iters": 0}, "checkpoint_interval_iters must be an integer >= 1"),
+        ({"profile": "mini", "stage1_cfg_options": ["runner.checkpoint_interval_iters=5"]}, "set by the pipeline"),
     ],
 )
 def test_bad_params_are_refused_with_how_to_fix(values, message):

@@ -18,9 +18,9 @@ CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
 WORK = "projects/work_dirs/stage1_track_map/full_track_map"
 
 
-def train(root, run_id, *extra, check=False):
+def train(root, run_id, *extra, check=False, epochs=3):
     return run(
-        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", str(epochs),
          "--nproc-per-node", "2", "--run-id", run_id, "--stage", "stage1", *extra],
         check=check, timeout=300,
     )  # fmt: skip
@@ -55,6 +55,80 @@ def test_crash_then_retry_resumes_and_finishes_all_epochs(tmp_path):
     assert "- records: 12" in (work / "health/report.md").read_text()
 
 
+def records(log):
+    return [json.loads(line) for line in log.read_text().splitlines()[1:]]
+
+
+@pytest.mark.slow
+def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path, trained_root):
+    """checkpoint_interval_iters: a crash at iteration 26 of epoch 2 loses 6 iterations, not the epoch, and the
+    resumed stage is the same computation as trained_root's uninterrupted one (same seed, 2 epochs, 2 ranks)."""
+    import torch
+
+    root = tmp_path / "root"
+    run([PYTHON, "-m", "uniad", "init-mini", str(root)])
+    options = ["--checkpoint-interval-iters", "10", "--cfg-options", "fault_injection.kind=crash",
+               "fault_injection.epoch=2", "fault_injection.iter=26", "fault_injection.once=True"]  # fmt: skip
+    first = train(root, "run-m", *options, epochs=2)
+    assert first.returncode == 1 and "exited with code" in first.stderr
+    assert processes_mentioning(str(root)) == []
+    work = root / WORK
+    # Epoch 1's iteration checkpoints went once epoch_1.pth existed; of epoch 2's only the newest is kept.
+    assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_1.pth", "epoch_2_iter_20.pth", "latest.pth"]
+    assert (work / "latest.pth").resolve().name == "epoch_1.pth" and not list(work.glob(".*.part"))
+    report = inspect_checkpoint(work / "epoch_2_iter_20.pth", stage="stage1")
+    assert report.valid and (report.epoch, report.iter, report.inner_iter) == (1, 60, 20)
+
+    second = train(root, "run-m", *options, epochs=2)
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert f"resuming from {work / 'epoch_2_iter_20.pth'} (epoch 2, after iteration 20)" in second.stdout
+    first_log, resumed_log = sorted(work.glob("*.log.json"))
+    assert "skipping its first 20 iterations" in resumed_log.with_suffix("").read_text()
+    # Iterations 21-26 were redone; the logged ones carry the uninterrupted run's numbers and losses.
+    got = [(r["epoch"], r["iter"], r["loss"]) for r in records(first_log)[:6] + records(resumed_log)]
+    reference_log = sorted(trained_root["stage1_dir"].glob("*.log.json"))[-1]
+    assert got == [(r["epoch"], r["iter"], r["loss"]) for r in records(reference_log)]
+    assert [(r["epoch"], r["iter"]) for r in records(resumed_log)] == [(2, 30), (2, 40)]
+    assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth", "latest.pth"]
+    ours = torch.load(work / "epoch_2.pth", weights_only=True)
+    reference = torch.load(trained_root["stage1_dir"] / "epoch_2.pth", weights_only=True)
+    assert ours["state_dict"].keys() == reference["state_dict"].keys()
+    assert all(torch.equal(ours["state_dict"][k], reference["state_dict"][k]) for k in reference["state_dict"])
+    assert (ours["meta"]["epoch"], ours["meta"]["iter"]) == (2, 80) and "mid_epoch" not in ours["meta"]
+
+
+def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_path):
+    import torch
+    from test_checkpoints import save_mmcv_checkpoint
+
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+
+    def mid_epoch(path, done_epochs, inner_iter):
+        save_mmcv_checkpoint(path, "stage1", done_epochs)
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["meta"]["mid_epoch"] = {"inner_iter": inner_iter, "world_size": 2}
+        torch.save(ckpt, path)
+        return path
+
+    save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    good = mid_epoch(work / "epoch_3_iter_10.pth", 2, 10)
+    mid_epoch(work / "epoch_3_iter_30.pth", 2, 20)  # renamed by hand: its name and its meta disagree
+    (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=2,
+                     checkpoint_interval_iters=10)  # fmt: skip
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.skipped == [
+        "epoch_3_iter_30.pth: its meta says 2 epoch(s) complete and 20 iteration(s) of the next, which its name "
+        "does not"
+    ]
+    assert attempt.spec.resume_from == str(good) and attempt.resume_point == (3, 10)
+    assert attempt.describe() == f"resuming from {good} (epoch 3, after iteration 10)"
+    # Once epoch 3 is complete its file is newer than any iteration checkpoint inside it.
+    save_mmcv_checkpoint(work / "epoch_3.pth", "stage1", 3)
+    assert plan_attempt(spec, "stage1", run_id="run-a").resume_point == (4, 0)
+
+
 @pytest.mark.slow
 def test_resume_that_silently_restarts_is_stopped(tmp_path):
     """UniAD ignores a --resume-from it cannot read; the runner notices from the first logged epoch."""
@@ -73,8 +147,11 @@ def test_resume_that_silently_restarts_is_stopped(tmp_path):
     from uniad.errors import TrainingFailed
     from uniad.runner import make_stage_run
 
-    stage_run = make_stage_run(attempt.spec, stage="stage1", expect_first_epoch=attempt.expect_first_epoch)
-    with pytest.raises(TrainingFailed, match="not_resumed: training did not resume: its first record is epoch 1"):
+    stage_run = make_stage_run(attempt.spec, stage="stage1", resume_point=attempt.resume_point)
+    with pytest.raises(
+        TrainingFailed,
+        match="not_resumed: training did not resume: its first record is epoch 1 iteration 10, expected epoch 2",
+    ):
         stage_run.run()
     assert stage_run.leftover_pids() == []
 

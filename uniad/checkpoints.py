@@ -55,6 +55,7 @@ class CheckpointReport:
     stage: str | None
     epoch: int | None = None
     iter: int | None = None
+    inner_iter: int | None = None  # iterations into the next epoch, for an iteration checkpoint
     mmcv_version: str | None = None
     trained_gpus: int | None = None
     tensor_count: int = 0
@@ -76,7 +77,8 @@ class CheckpointReport:
             f"checkpoint   {self.path}" + (f" -> {self.resolved_path}" if self.resolved_path != self.path else ""),
             f"size         {self.size_bytes} bytes",
             f"sha256       {self.sha256}",
-            f"epoch/iter   {self.epoch}/{self.iter}",
+            f"epoch/iter   {self.epoch}/{self.iter}"
+            + (f" (mid-epoch: {self.inner_iter} iterations into epoch {self.epoch + 1})" if self.inner_iter else ""),
             f"tensors      {self.tensor_count} ({self.parameter_count} values)",
             f"non-finite   {len(self.non_finite_tensors)} tensor(s)"
             + (f": {', '.join(self.non_finite_tensors[:MAX_LISTED])}" if self.non_finite_tensors else ""),
@@ -209,6 +211,9 @@ def inspect_checkpoint(
 
     report.epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) else None
     report.iter = meta.get("iter") if isinstance(meta.get("iter"), int) else None
+    mid_epoch = meta.get("mid_epoch")
+    if isinstance(mid_epoch, dict) and isinstance(mid_epoch.get("inner_iter"), int):
+        report.inner_iter = mid_epoch["inner_iter"]
     report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
     report.trained_gpus = gpus_of(meta.get("env_info"))
     release = _page_releaser() if zipfile.is_zipfile(resolved) else None

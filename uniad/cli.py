@@ -73,6 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume_from=args.resume_from,
         cfg_options=tuple(args.cfg_options or ()),
         python=args.python,
+        checkpoint_interval_iters=args.checkpoint_interval_iters,
     )
 
     def show_output(line: str) -> None:
@@ -81,16 +82,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     stage_name = args.stage_name or Path(args.config).stem
-    expect_first_epoch = None
+    resume_point = None
     if args.run_id:
         from .resume import plan_attempt
 
         attempt = plan_attempt(spec, args.stage or "stage1", run_id=args.run_id)
-        spec, expect_first_epoch = attempt.spec, attempt.expect_first_epoch
+        spec, resume_point = attempt.spec, attempt.resume_point
         for line in attempt.skipped + attempt.warnings:
             print(f"warning: {line}", file=sys.stderr)
         if attempt.resumed_from:
-            print(f"resuming from {attempt.resumed_from} (epoch {attempt.resumed_epoch})", flush=True)
+            print(attempt.describe(), flush=True)
     run = make_stage_run(
         spec,
         stage=stage_name,
@@ -98,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         emit_progress=lambda progress: print(progress.line(), flush=True),
         thresholds=Thresholds(stall_min_s=args.stall_timeout),
         watch=args.watch,
-        expect_first_epoch=expect_first_epoch,
+        resume_point=resume_point,
     )
     result = run.run()
     work_dir = spec.work_dir_path
@@ -197,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-from")
     p.add_argument("--resume-from")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    p.add_argument(
+        "--checkpoint-interval-iters", type=int, metavar="N", help="also checkpoint every N iterations of an epoch"
+    )
     p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
     p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
     p.add_argument("--no-watch", dest="watch", action="store_false", help="do not stop on NaN/explosion/stall")

@@ -32,7 +32,13 @@ _MANAGED_KEYS = {
     "runner.max_epochs": "stage1_epochs / stage2_epochs",
     "total_epochs": "stage1_epochs / stage2_epochs",
     "load_from": "the promoted checkpoint (ckpt_path)",
+    "runner.checkpoint_interval_iters": "checkpoint_interval_iters",
 }
+# The training-side module that adds iteration checkpoints, and the config keys that select it.
+TRAINSIDE_DIR = Path(__file__).resolve().parent / "trainside"
+ITER_CHECKPOINT_MODULE = "uniad_iter_checkpoint"
+ITER_CHECKPOINT_RUNNER = "IterCheckpointEpochBasedRunner"
+_ITER_CHECKPOINT_KEYS = ("runner.type", "custom_imports")
 
 
 def parse_cfg_options(items: Iterable[str] | None) -> tuple[str, ...]:
@@ -87,6 +93,8 @@ class StageSpec:
     resume_from: str | None = None
     cfg_options: tuple[str, ...] = field(default_factory=tuple)
     python: str = "python"
+    # Also checkpoint every N iterations inside an epoch (trainside/uniad_iter_checkpoint.py); None: per epoch only.
+    checkpoint_interval_iters: int | None = None
 
     def __post_init__(self) -> None:
         if not self.uniad_root:
@@ -115,6 +123,19 @@ class StageSpec:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0):
             raise LaunchError(f"seed must be a non-negative integer or null, got {self.seed!r}; e.g. 0")
         object.__setattr__(self, "cfg_options", parse_cfg_options(self.cfg_options))
+        interval = self.checkpoint_interval_iters
+        if interval is not None:
+            if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+                raise LaunchError(
+                    f"checkpoint_interval_iters must be an integer >= 1 or null (epoch checkpoints only), got "
+                    f"{interval!r}; e.g. 500 (about 70 minutes of UniAD stage 1 on 8 GPUs)"
+                )
+            clashing = [o for o in self.cfg_options if o.split("=", 1)[0].startswith(_ITER_CHECKPOINT_KEYS)]
+            if clashing:
+                raise LaunchError(
+                    f"cfg options {clashing} clash with checkpoint_interval_iters, which sets runner.type and "
+                    "custom_imports itself; drop them or leave checkpoint_interval_iters unset"
+                )
 
     @property
     def work_dir_path(self) -> Path:
@@ -193,11 +214,20 @@ def build_launch(
     options = [f"dist_params.backend={backend}", f"runner.max_epochs={spec.max_epochs}"]
     if spec.load_from:
         options.append(f"load_from={spec.load_from}")
+    path = [spec.uniad_root]
+    if spec.checkpoint_interval_iters:
+        options += [
+            f"custom_imports.imports=[{ITER_CHECKPOINT_MODULE}]",
+            "custom_imports.allow_failed_imports=False",
+            f"runner.type={ITER_CHECKPOINT_RUNNER}",
+            f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}",
+        ]
+        path.append(str(TRAINSIDE_DIR))
     argv += ["--cfg-options", *options, *spec.cfg_options]
 
     inherited = (base_env or {}).get("PYTHONPATH", "")
     env = {
-        "PYTHONPATH": spec.uniad_root + (f":{inherited}" if inherited else ""),
+        "PYTHONPATH": ":".join(path + ([inherited] if inherited else [])),
         "PYTHONUNBUFFERED": "1",
     }
     return LaunchCommand(argv=argv, env=env, cwd=spec.uniad_root, backend=backend)

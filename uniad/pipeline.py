@@ -44,6 +44,7 @@ class PipelineParams:
     ckpt_path: str = DEFAULT_CKPT
     strict: bool = False
     stall_timeout_s: int = 600
+    checkpoint_interval_iters: int | None = None
     s3_uri: str | None = None
     aws_conn_id: str = "aws_default"
     pretrained_s3_uris: tuple[str, ...] = field(default_factory=tuple)
@@ -79,6 +80,12 @@ class PipelineParams:
         if not _is_int(self.stall_timeout_s) or self.stall_timeout_s < 30:
             raise PipelineError(
                 f"stall_timeout_s must be an integer >= 30, got {self.stall_timeout_s!r}; e.g. 600 (10 minutes)"
+            )
+        interval = self.checkpoint_interval_iters
+        if interval is not None and (not _is_int(interval) or interval < 1):
+            raise PipelineError(
+                f"checkpoint_interval_iters must be an integer >= 1 or null (once per epoch), got {interval!r}; "
+                "e.g. 500"
             )
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise PipelineError(f"seed must be a non-negative integer or null, got {self.seed!r}; e.g. 0")
@@ -168,6 +175,7 @@ def build_plan(params: PipelineParams, root: Path, python: str) -> dict:
         deterministic=params.deterministic,
         seed=params.seed,
         python=python,
+        checkpoint_interval_iters=params.checkpoint_interval_iters,
     )
     stage1 = StageSpec(
         config=params.stage1_config,

@@ -2,9 +2,10 @@
 
 * A work dir belongs to one pipeline run (``.uniad_run.json``). A fresh run moves an older run's artifacts into
   ``previous_runs/<run>/``, so neither its training nor its gate can pick up a stale ``latest.pth``.
-* A retry within the same run resumes from the newest ``epoch_N.pth`` that passes ``inspect`` (truncated, corrupt
-  or NaN files are skipped, and said so), passed to train.py as an explicit ``--resume-from``. UniAD ignores a
-  missing ``--resume-from`` and silently restarts from ``load_from``; the runner checks the first logged epoch.
+* A retry within the same run resumes from the newest checkpoint that passes ``inspect`` (truncated, corrupt or NaN
+  files are skipped, and said so), passed to train.py as an explicit ``--resume-from``: an ``epoch_N.pth``, or,
+  with ``checkpoint_interval_iters``, an ``epoch_E_iter_K.pth`` from inside epoch E. UniAD ignores a missing
+  ``--resume-from`` and silently restarts from ``load_from``; the runner checks where the first logged record is.
 """
 
 from __future__ import annotations
@@ -27,19 +28,28 @@ logger = logging.getLogger(__name__)
 MARKER = ".uniad_run.json"
 PREVIOUS = "previous_runs"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
+_ITER_FILE = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")
 
 
 @dataclass
 class AttemptPlan:
     spec: StageSpec
     resumed_from: str | None = None
-    resumed_epoch: int | None = None
+    resumed_epoch: int | None = None  # epochs complete in the checkpoint
+    resumed_inner_iter: int = 0  # iterations of the next epoch in it (iteration checkpoints)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
-    def expect_first_epoch(self) -> int | None:
-        return self.resumed_epoch + 1 if self.resumed_epoch is not None else None
+    def resume_point(self) -> tuple[int, int] | None:
+        """(epoch, iterations of it already trained): the first record of the attempt must come after it."""
+        return (self.resumed_epoch + 1, self.resumed_inner_iter) if self.resumed_epoch is not None else None
+
+    def describe(self) -> str:
+        where = f"epoch {self.resumed_epoch}"
+        if self.resumed_inner_iter:
+            where = f"epoch {self.resumed_epoch + 1}, after iteration {self.resumed_inner_iter}"
+        return f"resuming from {self.resumed_from} ({where})"
 
 
 def read_marker(work_dir: Path) -> dict | None:
@@ -49,13 +59,17 @@ def read_marker(work_dir: Path) -> dict | None:
         return None
 
 
-def epoch_checkpoints(work_dir: Path) -> list[tuple[int, Path]]:
-    """``epoch_N.pth`` files, newest epoch first (``latest.pth`` is only a link to one of them)."""
+def resume_candidates(work_dir: Path) -> list[tuple[tuple[int, int], Path]]:
+    """Checkpoints with their position (epochs complete, iterations of the next epoch), newest first:
+    ``epoch_N.pth`` is (N, 0), ``epoch_E_iter_K.pth`` is (E - 1, K). ``latest.pth`` is only a link to one."""
     found = []
     for path in work_dir.glob("epoch_*.pth"):
-        match = _EPOCH_FILE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
+        if not path.is_file():
+            continue
+        if match := _EPOCH_FILE.match(path.name):
+            found.append(((int(match.group(1)), 0), path))
+        elif match := _ITER_FILE.match(path.name):
+            found.append(((int(match.group(1)) - 1, int(match.group(2))), path))
     return sorted(found, reverse=True)
 
 
@@ -85,7 +99,7 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
         return AttemptPlan(spec=replace(spec, resume_from=None))
 
     plan = AttemptPlan(spec=spec)
-    for epoch, path in epoch_checkpoints(work_dir):
+    for (epoch, inner_iter), path in resume_candidates(work_dir):
         try:
             report = inspect_checkpoint(path, stage=stage)
         except CheckpointError as exc:
@@ -94,11 +108,14 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
         if not report.valid:
             plan.skipped.append(f"{path.name}: {'; '.join(report.problems)}")
             continue
-        if report.epoch != epoch:
-            plan.skipped.append(f"{path.name}: its meta says epoch {report.epoch}")
+        if (report.epoch, report.inner_iter or 0) != (epoch, inner_iter):
+            plan.skipped.append(
+                f"{path.name}: its meta says {report.epoch} epoch(s) complete and {report.inner_iter or 0} "
+                "iteration(s) of the next, which its name does not"
+            )
             continue
         plan.spec = replace(spec, resume_from=str(path))
-        plan.resumed_from, plan.resumed_epoch = str(path), epoch
+        plan.resumed_from, plan.resumed_epoch, plan.resumed_inner_iter = str(path), epoch, inner_iter
         trained_with = report.trained_gpus
         if trained_with is not None and trained_with != spec.nproc_per_node:
             plan.warnings.append(

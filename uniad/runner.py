@@ -158,12 +158,13 @@ class StageRun:
         work_dir: str | Path | None = None,
         thresholds: Thresholds | None = None,
         later_epochs: int | None = None,
-        expect_first_epoch: int | None = None,
+        resume_point: tuple[int, int] | None = None,
         backend_reason: str | None = None,
     ) -> None:
         self.command = command
-        # A resumed attempt must log its first record in the epoch after the checkpoint's.
-        self.expect_first_epoch = expect_first_epoch
+        # (epoch, iterations of it in the checkpoint): a resumed attempt's first record must be in that epoch, after
+        # those iterations.
+        self.resume_point = resume_point
         self.backend_reason = backend_reason
         self.stage = stage
         self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
@@ -247,13 +248,15 @@ class StageRun:
             self._log = LogReader(path)
             logger.info("%s: health watch follows %s", self.stage, path)
         for record in self._log.poll():
-            if record.get("mode") == "train" and not self._last_record and self.expect_first_epoch is not None:
-                if record.get("epoch") != self.expect_first_epoch:
+            if record.get("mode") == "train" and not self._last_record and self.resume_point is not None:
+                epoch, done = self.resume_point
+                if record.get("epoch") != epoch or (record.get("iter") or 0) <= done:
+                    expected = f"epoch {epoch}" + (f" after iteration {done}" if done else "")
                     self.monitor.add(Finding(
                         ERROR, "not_resumed",
-                        f"training did not resume: its first record is epoch {record.get('epoch')}, expected epoch "
-                        f"{self.expect_first_epoch} (train.py ignores a --resume-from it cannot read and restarts "
-                        "from load_from)",
+                        f"training did not resume: its first record is epoch {record.get('epoch')} iteration "
+                        f"{record.get('iter')}, expected {expected} (train.py ignores a --resume-from it cannot "
+                        "read and restarts from load_from)",
                         record.get("epoch"), record.get("iter"),
                     ))  # fmt: skip
             self.monitor.feed(record, now)
@@ -425,7 +428,7 @@ def make_stage_run(
     thresholds: Thresholds | None = None,
     watch: bool = True,
     later_epochs: int | None = None,
-    expect_first_epoch: int | None = None,
+    resume_point: tuple[int, int] | None = None,
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
     gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
@@ -442,6 +445,6 @@ def make_stage_run(
         work_dir=spec.work_dir_path if watch else None,
         thresholds=thresholds,
         later_epochs=later_epochs,
-        expect_first_epoch=expect_first_epoch,
+        resume_point=resume_point,
         backend_reason=why,
     )

@@ -107,8 +107,7 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
         plan = self._plan(context)
         attempt = plan_attempt(stage_spec(plan, self.stage), self.stage, run_id=context["run_id"])
         if attempt.resumed_from:
-            self.log.info("attempt %s resumes from %s (epoch %s)", context["ti"].try_number, attempt.resumed_from,
-                          attempt.resumed_epoch)  # fmt: skip
+            self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
         for line in attempt.skipped + attempt.warnings:
             self.log.warning("%s", line)
         try:
@@ -119,7 +118,7 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
                 emit_progress=lambda progress: self.log.info("%s", progress.line()),
                 thresholds=Thresholds(stall_min_s=plan["stall_timeout_s"]),
                 later_epochs=later_epochs(plan, self.stage),
-                expect_first_epoch=attempt.expect_first_epoch,
+                resume_point=attempt.resume_point,
             )
         except LaunchError as exc:
             raise AirflowFailException(str(exc)) from exc

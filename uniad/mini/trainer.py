@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    # As UniAD's train.py: modules named on the command line (custom_imports.imports=[...]) are imported after the
+    # merge, so a runner or hook can be selected without editing the config.
+    if cfg.get("custom_imports", None):
+        from mmcv.utils import import_modules_from_strings
+
+        import_modules_from_strings(**cfg["custom_imports"])
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get("work_dir", None) is None:

@@ -1,0 +1,183 @@
+"""Checkpoints every N iterations inside an epoch, and a resume that continues from the middle of that epoch.
+
+mmcv 1.x's EpochBasedRunner can only resume at an epoch boundary: its CheckpointHook with ``by_epoch=False``
+writes a file whose meta says the epoch is complete, and a resume from it skips the rest of the epoch. A UniAD
+stage-1 epoch is ~8 hours on 8 GPUs, so a crash loses up to that much. This runner, selected from the command line
+(no config edits)::
+
+    --cfg-options custom_imports.imports=[uniad_iter_checkpoint] custom_imports.allow_failed_imports=False \\
+        runner.type=IterCheckpointEpochBasedRunner runner.checkpoint_interval_iters=500
+
+* after every ``checkpoint_interval_iters`` iterations of an epoch (not its last one: ``epoch_N.pth`` covers that),
+  rank 0 writes ``epoch_{E}_iter_{K}.pth`` atomically (temporary file, then rename): model, optimizer, and meta
+  with ``epoch`` = epochs completed (E - 1), ``iter`` = global iterations done, and ``mid_epoch`` = {inner_iter: K,
+  world_size}. Only the newest one is kept, and those of an epoch go once its ``epoch_E.pth`` exists.
+* ``resume`` from such a file continues epoch E after its first K iterations: every rank skips those batches by
+  advancing the batch sampler (their samples are never loaded), iteration numbers in logs and hooks stay those of
+  the uninterrupted run, and the data order, learning rate and optimizer state are the ones it would have had.
+* ``latest.pth`` is not touched: it still points at the newest complete epoch, which is what gates promote.
+
+UniAD's tools/train.py imports ``custom_imports`` after applying ``--cfg-options`` and builds the runner from
+``cfg.runner``, so this works with an unmodified UniAD checkout.
+"""
+
+import itertools
+import os
+import os.path as osp
+import re
+
+from mmcv.runner import RUNNERS, CheckpointHook, EpochBasedRunner, Hook
+from mmcv.runner.checkpoint import save_checkpoint
+from torch.utils.data import DataLoader
+
+FILENAME = "epoch_{}_iter_{}.pth"
+PATTERN = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")
+META_KEY = "mid_epoch"
+
+
+class _SkipBatches:
+    """A batch sampler without its first ``skip`` batches; indices only, so no sample of them is loaded."""
+
+    def __init__(self, batch_sampler, skip):
+        self.batch_sampler = batch_sampler
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(iter(self.batch_sampler), self.skip, None)
+
+    def __len__(self):
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+
+class _RestOfEpoch:
+    """The batches of ``loader`` after the first ``skip``. ``len`` is the whole epoch's (the runner's iteration
+    counters and the logger's ``[iter/len]`` expect it); every other attribute is the loader's, so hooks that set
+    the sampler's epoch before iteration starts still shape the order of the remaining batches."""
+
+    def __init__(self, loader, skip):
+        self._loader = loader
+        self._skip = skip
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+    def __iter__(self):
+        loader = self._loader
+        if loader.batch_sampler is None:  # no automatic batching: nothing to advance by index
+            return itertools.islice(iter(loader), self._skip, None)
+        options = dict(
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            timeout=loader.timeout,
+            worker_init_fn=loader.worker_init_fn,
+        )
+        if loader.num_workers > 0:
+            options.update(multiprocessing_context=loader.multiprocessing_context,
+                           prefetch_factor=loader.prefetch_factor)  # fmt: skip
+        rest = DataLoader(loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, self._skip), **options)
+        return iter(rest)
+
+
+class _IterCheckpointHook(Hook):
+    """Runs after the optimizer step of an iteration (priority LOW), so the saved weights include it."""
+
+    def __init__(self, interval):
+        self.interval = interval
+
+    def after_train_iter(self, runner):
+        done = runner.inner_iter + 1
+        if done % self.interval == 0 and done < len(runner.data_loader):
+            runner.save_iter_checkpoint(done)
+
+
+@RUNNERS.register_module()
+class IterCheckpointEpochBasedRunner(EpochBasedRunner):
+    """mmcv's EpochBasedRunner plus iteration checkpoints inside an epoch and a mid-epoch resume."""
+
+    def __init__(self, *args, checkpoint_interval_iters=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        interval = checkpoint_interval_iters
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+            raise ValueError(
+                f"runner.checkpoint_interval_iters must be an integer >= 0 (0: epoch checkpoints only), got {interval!r}"
+            )
+        self.checkpoint_interval_iters = interval
+        self._resume_skip = 0  # batches of the next epoch trained before the resume
+        self._skip = 0  # the same, while that epoch runs
+        if interval:
+            self.register_hook(_IterCheckpointHook(interval), priority="LOW")
+
+    @property
+    def inner_iter(self):
+        return self._inner_iter + self._skip
+
+    def train(self, data_loader, **kwargs):
+        skip, self._resume_skip = self._resume_skip, 0
+        if skip:
+            data_loader = _RestOfEpoch(data_loader, skip)
+            self._skip = skip
+        try:
+            super().train(data_loader, **kwargs)
+        finally:
+            self._skip = 0
+        self._drop_iter_checkpoints(covered_by_epoch=self.epoch)
+
+    def resume(self, checkpoint, *args, **kwargs):
+        super().resume(checkpoint, *args, **kwargs)
+        # mmcv made the checkpoint's meta the runner's own, which later checkpoints copy: the mid-epoch position
+        # must not travel into them.
+        position = (self.meta or {}).pop(META_KEY, None)
+        if not position:
+            return
+        done = int(position["inner_iter"])
+        trained_with = int(position.get("world_size") or self.world_size)
+        # Same rule as mmcv's iteration rescaling: the samples already seen, spread over this run's ranks.
+        self._resume_skip = done * trained_with // self.world_size
+        self.logger.info(
+            "resuming inside epoch %d: skipping its first %d iterations, trained before the checkpoint%s",
+            self.epoch + 1,
+            self._resume_skip,
+            "" if trained_with == self.world_size else f" (rescaled from {trained_with} processes)",
+        )
+
+    def save_iter_checkpoint(self, done):
+        """Write ``epoch_{E}_iter_{done}.pth`` (rank 0), then drop older iteration checkpoints."""
+        if self.rank != 0:
+            return
+        meta = {}
+        for hook in self.hooks:
+            if isinstance(hook, CheckpointHook):
+                meta.update(hook.args.get("meta") or {})
+        meta.update(self.meta or {})
+        meta.update(epoch=self.epoch, iter=self.iter + 1)
+        meta[META_KEY] = dict(inner_iter=done, world_size=self.world_size)
+        name = FILENAME.format(self.epoch + 1, done)
+        path = osp.join(self.work_dir, name)
+        partial = osp.join(self.work_dir, "." + name + ".part")
+        save_checkpoint(self.model, partial, optimizer=self.optimizer, meta=meta)
+        os.replace(partial, path)
+        for other in self._iter_checkpoints():
+            if other[2] != path:
+                os.remove(other[2])
+        self.logger.info("saved %s (epoch %d, iteration %d of %d)", name, self.epoch + 1, done,
+                         len(self.data_loader))  # fmt: skip
+
+    def _iter_checkpoints(self):
+        found = []
+        for name in os.listdir(self.work_dir):
+            match = PATTERN.match(name)
+            if match:
+                found.append((int(match.group(1)), int(match.group(2)), osp.join(self.work_dir, name)))
+        return found
+
+    def _drop_iter_checkpoints(self, covered_by_epoch):
+        """Remove iteration checkpoints of epochs up to ``covered_by_epoch`` once that epoch's file exists."""
+        if self.rank != 0 or not osp.isfile(osp.join(self.work_dir, f"epoch_{covered_by_epoch}.pth")):
+            return
+        for epoch, _, path in self._iter_checkpoints():
+            if epoch <= covered_by_epoch:
+                os.remove(path)
