@@ -198,3 +198,33 @@ def test_write_failure_mid_copy_keeps_the_previous_good_file(ckpts, tmp_path):
     assert "could not write" in done.stderr and "File too large" in done.stderr and "left unchanged" in done.stderr
     assert dst.read_bytes() == b"previous good checkpoint"
     assert sorted(p.name for p in dst.parent.iterdir()) == ["full_track_map.pth"]  # no temp file, no sidecar
+
+
+def test_permission_denied_during_promote_keeps_the_previous_file(ckpts, tmp_path):
+    """No write permission in ckpts/, for real. Root ignores permission bits through CAP_DAC_OVERRIDE, so when the
+    suite runs as root the promote process starts without it (dropped from its capability bounding set)."""
+    import ctypes
+
+    def without_permission_override():
+        if os.geteuid() != 0:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    dst = tmp_path / "ckpts" / "full_track_map.pth"
+    dst.parent.mkdir()
+    dst.write_bytes(b"previous good checkpoint")
+    dst.parent.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "uniad", "promote", str(ckpts["stage1"]), str(dst), "--stage", "stage1"],
+            capture_output=True, text=True, timeout=120, preexec_fn=without_permission_override,
+        )  # fmt: skip
+    finally:
+        dst.parent.chmod(0o755)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not write" in done.stderr and "Permission denied" in done.stderr and "left unchanged" in done.stderr
+    assert dst.read_bytes() == b"previous good checkpoint"
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["full_track_map.pth"]  # no temp file, no sidecar
