@@ -138,7 +138,6 @@ def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(
     [
         ("auto", 8, 8, None, "nccl", "NCCL probe all-reduce passed"),
         ("auto", 0, 2, None, "gloo", "0 usable GPU(s) for 2 process(es)"),
-        ("auto", 4, 8, None, "gloo", "4 usable GPU(s) for 8 process(es)"),
         ("auto", 8, 8, "NCCL error: unhandled system error", "gloo", "falling back to gloo (NCCL error"),
         ("gloo", 8, 8, None, "gloo", "requested gloo"),
         ("nccl", 8, 8, None, "nccl", "probe all-reduce passed"),
@@ -147,6 +146,12 @@ def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(
 def test_resolve_backend(requested, gpus, nproc, nccl_error, expected, why):
     backend, reason = resolve_backend(requested, gpus, nproc, nccl_error)
     assert backend == expected and why in reason
+
+
+@pytest.mark.parametrize("requested", ["auto", "gloo", "nccl"])
+def test_fewer_visible_gpus_than_ranks_is_refused_before_launch(requested):
+    with pytest.raises(LaunchError, match=r"nproc_per_node=8 but .* sees 4 GPU\(s\).*Set nproc_per_node=4"):
+        resolve_backend(requested, 4, 8)
 
 
 def test_explicit_nccl_that_cannot_work_suggests_gloo():

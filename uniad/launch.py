@@ -156,9 +156,17 @@ def resolve_backend(
     requested: str, visible_gpus: int, nproc_per_node: int, nccl_error: str | None = None
 ) -> tuple[str, str]:
     """The backend to train with, and why. ``auto``: nccl when every rank has a GPU and NCCL's probe all-reduce
-    worked (``nccl_error`` is None), else gloo. An explicit nccl that cannot work is an error suggesting gloo."""
+    worked (``nccl_error`` is None), else gloo. An explicit nccl that cannot work is an error suggesting gloo.
+    A worker with some GPUs but fewer than the ranks is an error whatever the backend (CPU-only workers run gloo)."""
     if requested not in BACKENDS:
         raise LaunchError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if 0 < visible_gpus < nproc_per_node:
+        raise LaunchError(
+            f"nproc_per_node={nproc_per_node} but the training interpreter on this worker sees {visible_gpus} GPU(s): "
+            f"ranks would share GPUs (mmcv puts rank r on GPU r % {visible_gpus}) and run out of memory with any "
+            f"backend. Set nproc_per_node={visible_gpus}, or check CUDA_VISIBLE_DEVICES and the worker's GPU slots "
+            "(UNIAD_GPUS_PER_WORKER)."
+        )
     if requested == "gloo":
         return "gloo", "requested gloo"
     enough = visible_gpus >= nproc_per_node

@@ -431,7 +431,7 @@ def make_stage_run(
     resume_point: tuple[int, int] | None = None,
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
-    gpus = 0 if spec.backend == "gloo" else probe_visible_gpus(spec.python)
+    gpus = probe_visible_gpus(spec.python)
     nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if gpus >= spec.nproc_per_node else None
     backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
     (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
