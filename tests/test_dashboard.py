@@ -58,6 +58,14 @@ def test_a_stage_still_training(trained_root, tmp_path):
     # The ETA is the remaining iterations at the logged seconds per iteration.
     assert view["eta_s"] == pytest.approx(50 * view["seconds_per_iter"], abs=0.1)
     assert view["series"]["epoch_starts"] == []
+    assert view["checkpoint"] is None  # a crash now restarts the stage
+    # With checkpoint_interval_iters: the newest checkpoint a retry would resume from, and what a crash now costs.
+    for name in ("epoch_1_iter_10.pth", "epoch_1_iter_20.pth"):
+        (directory / name).write_bytes(b"")
+    checkpoint = stage_view(directory, "stage1", max_epochs=2, nproc=2, active=True, now=now)["checkpoint"]
+    assert checkpoint["file"] == "epoch_1_iter_20.pth" and (checkpoint["epoch"], checkpoint["inner_iter"]) == (1, 20)
+    assert checkpoint["at_risk_iters"] == 10
+    assert checkpoint["at_risk_s"] == pytest.approx(10 * view["seconds_per_iter"], abs=0.1)
     assert "stall" not in {f["code"] for f in view["findings"]}
     # Silent far longer than its log interval while its task runs: the page shows a stall warning.
     silent = stage_view(directory, "stage1", max_epochs=2, nproc=2, active=True, now=now + 3600)

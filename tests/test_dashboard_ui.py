@@ -59,6 +59,7 @@ def test_the_api_shows_a_finished_run(server, finished_run):
         assert stage["task_state"] == "success" and stage["gate"]["verdict"] == "healthy"
         assert (stage["epoch"], stage["iter"], stage["progress"]) == (2, 40, 1.0)
         assert stage["gpu_hours"] > 0 and len(stage["series"]["x"]) == 8
+        assert stage["checkpoint"]["file"] == "epoch_2.pth" and stage["checkpoint"]["at_risk_iters"] == 0
     assert view["handoff_x"] == 80 and second["x_offset"] == 80
     assert "zero_by_design" in {f["code"] for f in first["findings"]}
     sidecar = json.loads(provenance_path(finished_run["root"] / "ckpts/full_track_map.pth").read_text())
@@ -128,6 +129,8 @@ def test_the_page_in_chromium(server):
         assert findings and "zero_by_design" in findings[0].text
         progress = [p.text for p in driver.find_elements(By.CSS_SELECTOR, ".card .progress")]
         assert progress == ["epoch 2/2, iter 40/40 (100%)"] * 2
+        checkpoints = [c.text for c in driver.find_elements(By.CSS_SELECTOR, ".card .checkpoint")]
+        assert checkpoints == ["epoch_2.pth; a crash now loses 0 iteration(s) (~0s)"] * 2, checkpoints
         assert len(driver.find_element(By.CSS_SELECTOR, "#promoted .sha256").text) == 64
         driver.save_screenshot(str(ARTIFACTS / "dashboard_run.png"))
         # The same page as the run's "Training curves" tab inside Airflow's UI.

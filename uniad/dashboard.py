@@ -19,7 +19,7 @@ from .checkpoints import STAGES
 from .health import analyze_log
 from .pipeline import sanitize_run_id, stage_spec
 from .report import TASK_GROUPS, group_losses
-from .resume import PREVIOUS, read_marker
+from .resume import PREVIOUS, read_marker, resume_candidates
 
 MAX_POINTS = 1500  # per series: enough for a chart, small enough to refresh every few seconds
 
@@ -100,6 +100,20 @@ def stage_view(
     if seconds_per_iter is not None:
         eta_s = max(total_iters - done_iters, 0) * seconds_per_iter
 
+    # What a crash now would cost: the work since the newest checkpoint a retry could resume from.
+    checkpoint = None
+    candidates = resume_candidates(directory)
+    if candidates:
+        (epochs_done, inner_iter), path = candidates[0]
+        at_risk = max(done_iters - (epochs_done * per_epoch + inner_iter), 0)
+        checkpoint = {
+            "file": path.name,
+            "epoch": epochs_done + 1 if inner_iter else epochs_done,
+            "inner_iter": inner_iter,
+            "at_risk_iters": at_risk,
+            "at_risk_s": round(at_risk * seconds_per_iter, 1) if seconds_per_iter is not None else None,
+        }
+
     view.update(
         started=True,
         records=n,
@@ -116,6 +130,7 @@ def stage_view(
         elapsed_s=round(held_s, 1),
         gpu_hours=round(held_s * nproc / 3600, 4),
         eta_s=round(eta_s, 1) if eta_s is not None and active else None,
+        checkpoint=checkpoint,
         last_log_update=last_change,
         verdict=analysis.verdict,
         findings=[asdict(f) for f in analysis.findings],

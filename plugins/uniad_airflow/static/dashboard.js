@@ -170,6 +170,10 @@ function stageCard(s) {
     el("dt", {}, "elapsed"), el("dd", {}, duration(s.elapsed_s) + (s.attempts > 1 ? ` over ${s.attempts} attempts` : "")),
     el("dt", {}, "ETA"), el("dd", { class: "eta" }, s.eta_s !== null ? duration(s.eta_s) : (pct >= 100 ? "done" : "–")),
     el("dt", {}, "GPU-hours"), el("dd", { class: "gpu-hours" }, `${num(s.gpu_hours, 3)} (${s.nproc} process(es))`),
+    el("dt", {}, "last checkpoint"), el("dd", { class: "checkpoint" }, s.checkpoint
+      ? `${s.checkpoint.file}; a crash now loses ${s.checkpoint.at_risk_iters} iteration(s)`
+        + (s.checkpoint.at_risk_s !== null ? ` (~${duration(s.checkpoint.at_risk_s)})` : "")
+      : "none yet: a crash now restarts the stage"),
     el("dt", {}, "health gate"), el("dd", {}, s.gate ? badge(s.gate.verdict) : "not run yet",
       s.gate ? el("div", { class: "mono muted" }, s.gate.report) : null),
     el("dt", {}, "work dir"), el("dd", { class: "mono" }, s.dir)));
