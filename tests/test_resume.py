@@ -95,6 +95,9 @@ def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(
     assert ours["state_dict"].keys() == reference["state_dict"].keys()
     assert all(torch.equal(ours["state_dict"][k], reference["state_dict"][k]) for k in reference["state_dict"])
     assert (ours["meta"]["epoch"], ours["meta"]["iter"]) == (2, 80) and "mid_epoch" not in ours["meta"]
+    gate = validate_stage(work, "stage1", expect_epoch=2)
+    assert gate["verdict"] == "healthy" and gate["progress"] == 1.0 and len(gate["logs"]) == 2
+    assert "- records: 8" in (work / "health/report.md").read_text()
 
 
 def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_path):
