@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -127,6 +128,9 @@ def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_pa
     ]
     assert attempt.spec.resume_from == str(good) and attempt.resume_point == (3, 10)
     assert attempt.describe() == f"resuming from {good} (epoch 3, after iteration 10)"
+    # Those 10 iterations of 2 processes are 5 of 4: the resumed attempt's first record only has to come after 5.
+    wider = plan_attempt(replace(spec, nproc_per_node=4), "stage1", run_id="run-a")
+    assert wider.spec.resume_from == str(good) and wider.resume_point == (3, 5)
     # Once epoch 3 is complete its file is newer than any iteration checkpoint inside it.
     save_mmcv_checkpoint(work / "epoch_3.pth", "stage1", 3)
     assert plan_attempt(spec, "stage1", run_id="run-a").resume_point == (4, 0)

@@ -56,6 +56,7 @@ class CheckpointReport:
     epoch: int | None = None
     iter: int | None = None
     inner_iter: int | None = None  # iterations into the next epoch, for an iteration checkpoint
+    inner_iter_world_size: int | None = None  # the processes that trained those iterations
     mmcv_version: str | None = None
     trained_gpus: int | None = None
     tensor_count: int = 0
@@ -214,6 +215,8 @@ def inspect_checkpoint(
     mid_epoch = meta.get("mid_epoch")
     if isinstance(mid_epoch, dict) and isinstance(mid_epoch.get("inner_iter"), int):
         report.inner_iter = mid_epoch["inner_iter"]
+        world_size = mid_epoch.get("world_size")
+        report.inner_iter_world_size = world_size if isinstance(world_size, int) and world_size > 0 else None
     report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
     report.trained_gpus = gpus_of(meta.get("env_info"))
     release = _page_releaser() if zipfile.is_zipfile(resolved) else None

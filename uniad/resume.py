@@ -37,13 +37,14 @@ class AttemptPlan:
     resumed_from: str | None = None
     resumed_epoch: int | None = None  # epochs complete in the checkpoint
     resumed_inner_iter: int = 0  # iterations of the next epoch in it (iteration checkpoints)
+    skip_iters: int = 0  # the same in this attempt's iterations (the runner rescales them to its process count)
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
     def resume_point(self) -> tuple[int, int] | None:
         """(epoch, iterations of it already trained): the first record of the attempt must come after it."""
-        return (self.resumed_epoch + 1, self.resumed_inner_iter) if self.resumed_epoch is not None else None
+        return (self.resumed_epoch + 1, self.skip_iters) if self.resumed_epoch is not None else None
 
     def describe(self) -> str:
         where = f"epoch {self.resumed_epoch}"
@@ -116,6 +117,8 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
             continue
         plan.spec = replace(spec, resume_from=str(path))
         plan.resumed_from, plan.resumed_epoch, plan.resumed_inner_iter = str(path), epoch, inner_iter
+        # trainside/uniad_iter_checkpoint.py skips the samples already seen, spread over this attempt's processes.
+        plan.skip_iters = inner_iter * (report.inner_iter_world_size or spec.nproc_per_node) // spec.nproc_per_node
         trained_with = report.trained_gpus
         if trained_with is not None and trained_with != spec.nproc_per_node:
             plan.warnings.append(

@@ -432,7 +432,8 @@ def make_stage_run(
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
     gpus = probe_visible_gpus(spec.python)
-    nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if gpus >= spec.nproc_per_node else None
+    probe = spec.backend != "gloo" and gpus >= spec.nproc_per_node
+    nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if probe else None
     backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
     (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
