@@ -158,8 +158,13 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
         name = FILENAME.format(self.epoch + 1, done)
         path = osp.join(self.work_dir, name)
         partial = osp.join(self.work_dir, "." + name + ".part")
-        save_checkpoint(self.model, partial, optimizer=self.optimizer, meta=meta)
-        os.replace(partial, path)
+        try:
+            save_checkpoint(self.model, partial, optimizer=self.optimizer, meta=meta)
+            os.replace(partial, path)
+        except BaseException:
+            if osp.exists(partial):  # a full disk must not also leave a partial file behind
+                os.remove(partial)
+            raise
         for other in self._iter_checkpoints():
             if other[2] != path:
                 os.remove(other[2])
