@@ -14,6 +14,7 @@ from conftest import PYTHON, processes_mentioning, run
 from uniad.checkpoints import inspect_checkpoint
 from uniad.gate import validate_stage
 from uniad.launch import StageSpec
+from uniad.logs import read_log
 from uniad.resume import MARKER, PREVIOUS, plan_attempt
 
 CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
@@ -26,10 +27,6 @@ def train(root, run_id, *extra, check=False, epochs=3):
          "--nproc-per-node", "2", "--run-id", run_id, "--stage", "stage1", *extra],
         check=check, timeout=300,
     )  # fmt: skip
-
-
-def records(log):
-    return [json.loads(line) for line in log.read_text().splitlines()[1:]]
 
 
 @pytest.mark.slow
@@ -63,10 +60,10 @@ def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(
     resumed_text = resumed_log.with_suffix("").read_text()
     assert "resumed epoch 1, iter 60" in resumed_text and "skipping its first 20 iterations" in resumed_text
     # Iterations 21-26 were redone; the logged ones carry the uninterrupted run's numbers and losses.
-    got = [(r["epoch"], r["iter"], r["loss"]) for r in records(first_log)[:6] + records(resumed_log)]
+    got = [(r["epoch"], r["iter"], r["loss"]) for r in read_log(first_log)[0][:6] + read_log(resumed_log)[0]]
     reference_log = sorted(trained_root["stage1_dir"].glob("*.log.json"))[-1]
-    assert got == [(r["epoch"], r["iter"], r["loss"]) for r in records(reference_log)]
-    assert [(r["epoch"], r["iter"]) for r in records(resumed_log)] == [(2, 30), (2, 40)]
+    assert got == [(r["epoch"], r["iter"], r["loss"]) for r in read_log(reference_log)[0]]
+    assert [(r["epoch"], r["iter"]) for r in read_log(resumed_log)[0]] == [(2, 30), (2, 40)]
     assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth", "latest.pth"]
     ours = torch.load(work / "epoch_2.pth", weights_only=True)
     reference = torch.load(trained_root["stage1_dir"] / "epoch_2.pth", weights_only=True)

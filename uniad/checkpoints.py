@@ -212,7 +212,7 @@ def inspect_checkpoint(
 
     report.epoch = meta.get("epoch") if isinstance(meta.get("epoch"), int) else None
     report.iter = meta.get("iter") if isinstance(meta.get("iter"), int) else None
-    mid_epoch = meta.get("mid_epoch")
+    mid_epoch = meta.get("mid_epoch")  # META_KEY of trainside/uniad_iter_checkpoint.py (another interpreter)
     if isinstance(mid_epoch, dict) and isinstance(mid_epoch.get("inner_iter"), int):
         report.inner_iter = mid_epoch["inner_iter"]
         world_size = mid_epoch.get("world_size")

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 MARKER = ".uniad_run.json"
 PREVIOUS = "previous_runs"
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pth$")
-_ITER_FILE = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")
+_ITER_FILE = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")  # trainside/uniad_iter_checkpoint.py PATTERN
 
 
 @dataclass
