@@ -16,8 +16,8 @@ test:  ## the full suite, slow end-to-end runs included (what CI runs); installs
 	bash scripts/setup.sh --test-tools
 	.venv/bin/python -m pytest
 
-test-fast: setup  ## unit tests only
-	.venv/bin/python -m pytest -m "not slow"
+test-fast: setup  ## tests/unit only: no training, no services
+	.venv/bin/python -m pytest tests/unit
 
 lint: setup
 	.venv/bin/ruff check .

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 # Peak RSS from VmHWM: ru_maxrss survives exec and would report the (large) parent's RSS at fork.
 GATE = """
 import json, sys, time
-from uniad.checkpoints import promote_checkpoint
+from uniad.artifacts.publish import promote_checkpoint
 import torch  # noqa: F401  (imported by the gate anyway; counted in the RSS after imports)
 
 def status_kb(key):

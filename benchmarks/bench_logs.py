@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from uniad.health import analyze_log  # noqa: E402
-from uniad.logs import LogReader  # noqa: E402
-from uniad.synthetic import reference_config, reference_records, write_json_log  # noqa: E402
+from uniad.health.analysis import analyze_log  # noqa: E402
+from uniad.health.logs import LogReader  # noqa: E402
+from uniad.health.reference import reference_config, reference_records, write_json_log  # noqa: E402
 
 REPEATS = 5
 

@@ -1,52 +1,38 @@
-"""Shared fixtures. Airflow's settings are read at import, so its environment is set before anything imports it."""
+"""Shared fixtures. Airflow's settings are read at import, so its environment is set before anything imports it.
+
+Tests under ``unit/`` are fast: no training, no services. Tests under ``e2e/`` train or start services and are
+marked ``e2e`` here; ``make test-fast`` runs only ``unit/``, and a unit test that asks for a fixture that trains or
+starts a service is refused at collection.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PYTHON = sys.executable
-BIN = Path(PYTHON).parent
+from support import BIN, PYTHON, REPO, airflow_env, run
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="uniad-airflow-home-"))
-
-
-def airflow_env(home: Path) -> dict[str, str]:
-    """An isolated Airflow (SQLite, LocalExecutor) over this repository's dags/ and plugins/."""
-    return {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
-        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-    }
-
-
 os.environ.update(airflow_env(_AIRFLOW_HOME))
 sys.path.insert(0, str(REPO / "plugins"))
 
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+E2E_FIXTURES = {"trained_root", "s3_server", "s3_client"}
 
-def run(argv: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True, cwd=None):
-    """Run a command and show its output when it fails."""
-    done = subprocess.run(
-        argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=cwd
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(
-            f"{argv} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
-        )
-    return done
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if E2E_DIR in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+        elif E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            raise pytest.UsageError(
+                f"{item.nodeid} is a unit test but uses {sorted(E2E_FIXTURES & set(item.fixturenames))}, which "
+                "train or start a service: move it to tests/e2e/"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -118,29 +104,11 @@ def trained_root(tmp_path_factory) -> dict:
     }
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Live (non-zombie) processes whose command line or working directory mentions ``text``: the process-table
-    check for orphans. Ranks run with relative paths from the UniAD root, so their cwd is what names the run."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(proc / "cwd")
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if (text in cmdline or text in cwd) and state != "Z":
-            found.append(f"{proc.name} (cwd {cwd}): {cmdline}")
-    return found
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server on loopback (moto's standalone server) in its own process group: its URL."""
     from services import http, service_group
-    from uniad.launch import find_free_port
+    from uniad.train.launch import find_free_port
 
     port = find_free_port()
     url = f"http://127.0.0.1:{port}"

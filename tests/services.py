@@ -135,7 +135,7 @@ def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, 
     import redis
     from sqlalchemy import create_engine, text
 
-    from uniad.launch import find_free_port
+    from uniad.train.launch import find_free_port
 
     db_url = f"{POSTGRES}/uniad_test_{uuid.uuid4().hex[:10]}"
     port = find_free_port()

@@ -19,10 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-from .checkpoints import STAGES
-from .errors import PipelineError, TrainingFailed
-from .health import Thresholds
-from .launch import BACKENDS, LAUNCHERS, StageSpec, default_work_dir
+from .errors import ParamError, PipelineError
+from .health.monitor import Thresholds
+from .run.params import DEFAULT_NPROC, check_field, check_iteration_checkpoints, parse_cfg_options
+from .stages import STAGES
+from .train.launch import BACKENDS, LAUNCHERS, StageSpec
+from .workdir import WorkDir, default_work_dir, text_log_of
 
 
 def _cmd_init_mini(args: argparse.Namespace) -> int:
@@ -36,7 +38,7 @@ def _cmd_init_mini(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .checkpoints import inspect_checkpoint
+    from .artifacts.checkpoints import inspect_checkpoint
 
     report = inspect_checkpoint(args.checkpoint, stage=args.stage, expect_epoch=args.expect_epoch)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
@@ -44,7 +46,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from .checkpoints import promote_checkpoint
+    from .artifacts.publish import promote_checkpoint
 
     provenance = promote_checkpoint(args.src, args.dst, stage=args.stage, expect_epoch=args.expect_epoch)
     if args.json:
@@ -56,9 +58,22 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .logs import parse_mmcv_train_line
-    from .runner import make_stage_run
+    from .health.logs import parse_mmcv_train_line
+    from .train.process import make_stage_run
 
+    for name, value, flag in (
+        ("nproc_per_node", args.nproc_per_node, "--nproc-per-node"),
+        ("seed", args.seed, "--seed"),
+        ("checkpoint_interval_iters", args.checkpoint_interval_iters, "--checkpoint-interval-iters"),
+        ("stage1_epochs", args.epochs, "--epochs"),
+    ):
+        check_field(name, value, flag)
+    if not args.config.endswith(".py"):
+        raise ParamError(
+            f"--config {args.config!r} is not a python config; e.g. projects/configs/stage2_e2e/full_e2e.py"
+        )
+    cfg_options = parse_cfg_options(args.cfg_options or [])
+    check_iteration_checkpoints(args.checkpoint_interval_iters, cfg_options)
     spec = StageSpec(
         uniad_root=str(Path(args.uniad_root).resolve()),
         config=args.config,
@@ -71,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         load_from=args.load_from,
         resume_from=args.resume_from,
-        cfg_options=tuple(args.cfg_options or ()),
+        cfg_options=cfg_options,
         python=args.python,
         checkpoint_interval_iters=args.checkpoint_interval_iters,
     )
@@ -84,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     stage_name = args.stage_name or Path(args.config).stem
     resume_point = None
     if args.run_id:
-        from .resume import plan_attempt
+        from .train.resume import plan_attempt
 
         attempt = plan_attempt(spec, args.stage or "stage1", run_id=args.run_id)
         spec, resume_point = attempt.spec, attempt.resume_point
@@ -102,17 +117,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume_point=resume_point,
     )
     result = run.run()
-    work_dir = spec.work_dir_path
-    print(f"{result.stage} finished in {result.duration_s:.0f} s; work dir {work_dir}")
-    if (work_dir / "latest.pth").exists():
-        print(f"  latest checkpoint: {(work_dir / 'latest.pth').resolve()}")
+    work_dir = WorkDir(spec.work_dir_path)
+    print(f"{result.stage} finished in {result.duration_s:.0f} s; work dir {work_dir.path}")
+    if (latest := work_dir.latest_checkpoint()) is not None:
+        print(f"  latest checkpoint: {latest}")
     return 0
 
 
 def _cmd_parse(args: argparse.Namespace) -> int:
-    from .logs import LogReader, iters_per_epoch_of
+    from .health.logs import LogReader, iters_per_epoch_of
 
-    iters = iters_per_epoch_of(args.log)  # json logs lack it; their sibling text log has it
+    iters = iters_per_epoch_of(text_log_of(args.log))  # json logs lack it; their sibling text log has it
     for record in LogReader(args.log).poll(final=True):
         if iters is not None and record["mode"] == "train":
             record.setdefault("iters_per_epoch", iters)
@@ -123,9 +138,9 @@ def _cmd_parse(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import time
 
-    from .health import analyze_log
-    from .logs import read_log
-    from .report import write_report
+    from .health.analysis import analyze_log
+    from .health.logs import read_log
+    from .health.report import write_report
 
     path = Path(args.log)
     if not path.is_file():
@@ -190,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="relative to the root, e.g. projects/configs/stage2_e2e/full_e2e.py")
     p.add_argument("--work-dir", help="default: projects/work_dirs/<group>/<config name>/")
     p.add_argument("--epochs", type=int, required=True, help="runner.max_epochs, e.g. 6 for stage 1")
-    p.add_argument("--nproc-per-node", type=int, default=8)
+    p.add_argument("--nproc-per-node", type=int, default=DEFAULT_NPROC["uniad"], help="default: %(default)s")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
     p.add_argument("--no-deterministic", dest="deterministic", action="store_false")
@@ -227,9 +242,6 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `python -m uniad parse LOG | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except TrainingFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@
     /uniad/                     the runs of uniad_e2e_training
     /uniad/runs/{run_id}        one run: progress, ETA, GPU-hours, curves, findings, the promoted checkpoint
     /uniad/api/runs             JSON list
-    /uniad/api/runs/{run_id}    JSON: the run and ``uniad.dashboard.run_view``
+    /uniad/api/runs/{run_id}    JSON: the run and ``uniad.views.dashboard.run_view``
 
 Everything shown comes from what the pipeline already wrote: the run and its task states from the metadata
 database, preflight's plan and the gate/promote results from XCom, and each stage's mmcv logs from its work dir
@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from uniad_airflow.operators import DAG_ID, DASHBOARD_PREFIX
 
+PLAN_TASK = "preflight"  # the task whose return value is the run's plan
 GATE_TASKS = {"stage1": "validate_stage1", "stage2": "validate_stage2"}
 RUN_LIMIT = 100
 
@@ -67,8 +68,9 @@ def run_detail(run_id: str) -> dict:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    from uniad.dashboard import run_view
     from uniad.errors import PipelineError
+    from uniad.run.plan import Plan
+    from uniad.views.dashboard import run_view
 
     with create_session() as session:
         run = session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == run_id))
@@ -87,10 +89,10 @@ def run_detail(run_id: str) -> dict:
             xcom.task_id: XComModel.deserialize_value(xcom)
             for xcom in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value"))
         }
-    plan = results.get("preflight")
+    plan = results.get(PLAN_TASK)
     detail = {"run": summary, "tasks": tasks, "view": None, "message": None}
     if not isinstance(plan, dict):
-        state = tasks.get("preflight", {}).get("state")
+        state = tasks.get(PLAN_TASK, {}).get("state")
         detail["message"] = (
             "preflight failed: the parameters were refused (see the preflight task's log)"
             if state == "failed"
@@ -104,7 +106,7 @@ def run_detail(run_id: str) -> dict:
             gates[stage] = {"verdict": result.get("verdict"), "report": result.get("report")}
     try:
         detail["view"] = run_view(
-            plan,
+            Plan.from_json(plan),
             run_id,
             task_states={task_id: info["state"] for task_id, info in tasks.items()},
             promoted=results.get("promote_checkpoint"),

@@ -1,11 +1,16 @@
 """Airflow operators of the UniAD pipeline: thin adapters over the ``uniad`` package.
 
-Constructors only store arguments; all work happens in ``execute`` through ``uniad``. Bad input and invalid
-checkpoints fail without retry (a retry cannot fix them); a crashed training process fails retryably.
+Constructors only store arguments; all work happens in ``execute`` through ``uniad``. Every task after
+``preflight`` takes the run's plan as an argument (``plan=preflight.output``, a template field), so the DAG file
+shows the dependency. Domain errors map to Airflow's by whether a retry can help (``airflow_error``): bad input, a
+refused checkpoint, a failed gate, NaN or exploding gradients fail at once; a crashed process or a failed
+transfer is retried.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -19,8 +24,9 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from airflow.sdk.types import TaskInstanceKey
 
+    from uniad.run.plan import Plan
+
 DAG_ID = "uniad_e2e_training"
-PLAN_TASK_ID = "preflight"
 DASHBOARD_PREFIX = "/uniad"  # where the training dashboard (uniad_airflow.dashboard) is mounted in the api-server
 
 
@@ -37,14 +43,40 @@ class TrainingDashboardLink(BaseOperatorLink):
         return dashboard_url(ti_key.run_id)
 
 
-class _PlanMixin:
-    def _plan(self, context: Context) -> dict:
-        plan = context["ti"].xcom_pull(task_ids=PLAN_TASK_ID)
-        if not plan:
-            raise AirflowFailException(
-                f"no plan in XCom from task {PLAN_TASK_ID!r}; did preflight run in this dag run?"
-            )
-        return plan
+def airflow_error(exc: Exception) -> Exception:
+    """The Airflow exception for a domain error: AirflowFailException (no retry) unless ``exc.retryable``."""
+    retryable = getattr(exc, "retryable", True)
+    return (AirflowException if retryable else AirflowFailException)(str(exc))
+
+
+@contextmanager
+def domain_errors(prefix: str = "") -> Iterator[None]:
+    """Raise the project's errors as Airflow's, with or without a retry (``airflow_error``)."""
+    from uniad.errors import PipelineError
+
+    try:
+        yield
+    except PipelineError as exc:
+        error = airflow_error(exc)
+        if prefix:
+            error.args = (f"{prefix}{exc}",)
+        raise error from exc
+
+
+class PlanOperator(BaseOperator):
+    """A task that works from the run's plan, given as ``plan=preflight.output``."""
+
+    template_fields = ("plan",)
+
+    def __init__(self, *, plan: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+
+    def typed_plan(self) -> Plan:
+        from uniad.run.plan import Plan
+
+        with domain_errors():
+            return Plan.from_json(self.plan)
 
 
 class UniADPreflightOperator(BaseOperator):
@@ -53,37 +85,38 @@ class UniADPreflightOperator(BaseOperator):
     ui_color = "#e8f4fd"
 
     def execute(self, context: Context) -> dict:
-        from uniad.errors import PipelineError
-        from uniad.pipeline import PipelineParams, build_plan, prepare_root, sanitize_run_id
+        from uniad.errors import ParamError
+        from uniad.run.params import PipelineParams
+        from uniad.run.plan import Plan
+        from uniad.run.root import prepare_root
+        from uniad.workdir import sanitize_run_id
 
-        try:
+        with domain_errors(prefix="invalid parameters: "):
             params = PipelineParams.from_mapping(dict(context["params"]))
             if params.nproc > gpus_per_worker():
-                raise PipelineError(
+                raise ParamError(
                     f"nproc_per_node={params.nproc} is more than the {gpus_per_worker()} GPU slots a training task "
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
                 )
             run_dir = runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
             root = prepare_root(params, mini_run_dir=run_dir)
-            plan = build_plan(params, root, python=training_python())
-        except PipelineError as exc:
-            raise AirflowFailException(f"invalid parameters: {exc}") from exc
-        self.log.info("profile %s, UniAD root %s", plan["profile"], plan["uniad_root"])
-        for stage, spec in plan["stages"].items():
+            plan = Plan.build(params, root, python=training_python())
+        self.log.info("profile %s, UniAD root %s", plan.profile, plan.uniad_root)
+        for stage, spec in plan.stages.items():
             self.log.info(
                 "%s: %s, %d epoch(s), %d process(es), backend %s, work dir %s",
                 stage,
-                spec["config"],
-                spec["max_epochs"],
-                spec["nproc_per_node"],
-                spec["backend"],
-                spec["work_dir"],
+                spec.config,
+                spec.max_epochs,
+                spec.nproc_per_node,
+                spec.backend,
+                spec.work_dir,
             )
-        self.log.info("stage-1 checkpoint will be promoted to %s", plan["ckpt_path"])
-        return plan
+        self.log.info("stage-1 checkpoint will be promoted to %s", plan.ckpt_path)
+        return plan.to_json()
 
 
-class UniADTrainOperator(_PlanMixin, BaseOperator):
+class UniADTrainOperator(PlanOperator):
     """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
 
     ui_color = "#fde8e8"
@@ -95,47 +128,36 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
         self._run = None
 
     def execute(self, context: Context) -> dict:
-        from uniad.errors import LaunchError, TrainingFailed
-        from uniad.health import Thresholds
-        from uniad.pipeline import later_epochs, stage_spec, stage_work_dir
-        from uniad.resume import plan_attempt
-        from uniad.runner import make_stage_run
+        from uniad.health.monitor import Thresholds
+        from uniad.train.process import make_stage_run
+        from uniad.train.resume import plan_attempt
 
         # Airflow stores extra links when a task ends; push this one now so it works while the stage trains.
         link = TrainingDashboardLink()
         context["ti"].xcom_push(key=link.xcom_key, value=dashboard_url(context["run_id"]))
-        plan = self._plan(context)
-        attempt = plan_attempt(stage_spec(plan, self.stage), self.stage, run_id=context["run_id"])
+        plan = self.typed_plan()
+        attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
         if attempt.resumed_from:
             self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
         for line in attempt.skipped + attempt.warnings:
             self.log.warning("%s", line)
-        try:
+        with domain_errors():
             self._run = make_stage_run(
                 attempt.spec,
                 stage=self.stage,
                 emit_output=lambda line: self.log.info("%s", line),
                 emit_progress=lambda progress: self.log.info("%s", progress.line()),
-                thresholds=Thresholds(stall_min_s=plan["stall_timeout_s"]),
-                later_epochs=later_epochs(plan, self.stage),
+                thresholds=Thresholds(stall_min_s=plan.gate.stall_timeout_s),
+                later_epochs=plan.later_epochs(self.stage),
                 resume_point=attempt.resume_point,
             )
-        except LaunchError as exc:
-            raise AirflowFailException(str(exc)) from exc
-        try:
             result = self._run.run()
-        except TrainingFailed as exc:
-            failure = self._run.health_failure
-            if failure is not None and failure.code != "stall":
-                # NaN or exploding gradients come back on a plain retry; a hung rank may not.
-                raise AirflowFailException(str(exc)) from exc
-            raise AirflowException(str(exc)) from exc
-        work_dir = stage_work_dir(plan, self.stage)
-        latest = work_dir / "latest.pth"
+        work_dir = plan.work_dir(self.stage)
+        latest = work_dir.latest_checkpoint()
         return {
             "stage": self.stage,
-            "work_dir": str(work_dir),
-            "latest_checkpoint": str(latest.resolve()) if latest.exists() else None,
+            "work_dir": str(work_dir.path),
+            "latest_checkpoint": str(latest) if latest is not None else None,
             "backend": self._run.command.backend,
             "backend_reason": self._run.backend_reason,
             "resumed_from": attempt.resumed_from,
@@ -149,7 +171,7 @@ class UniADTrainOperator(_PlanMixin, BaseOperator):
             self._run.terminate(reason="the Airflow task was stopped")
 
 
-class ValidateStageOperator(_PlanMixin, BaseOperator):
+class ValidateStageOperator(PlanOperator):
     """The training-health gate of a stage: analyse its log (report in ``<work_dir>/health/``) and check that its
     ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
     (or a warning when the run is ``strict``) and on an invalid checkpoint."""
@@ -161,20 +183,16 @@ class ValidateStageOperator(_PlanMixin, BaseOperator):
         self.stage = stage
 
     def execute(self, context: Context) -> dict:
-        from uniad.errors import CheckpointError, GateFailed
-        from uniad.gate import validate_stage
-        from uniad.pipeline import stage_spec, stage_work_dir
+        from uniad.health.gate import validate_stage
 
-        plan = self._plan(context)
-        try:
+        plan = self.typed_plan()
+        with domain_errors():
             return validate_stage(
-                stage_work_dir(plan, self.stage),
+                plan.work_dir(self.stage),
                 self.stage,
-                expect_epoch=stage_spec(plan, self.stage).max_epochs,
-                strict=plan.get("strict", False),
+                expect_epoch=plan.stage(self.stage).max_epochs,
+                strict=plan.gate.strict,
             )
-        except (GateFailed, CheckpointError) as exc:
-            raise AirflowFailException(str(exc)) from exc
 
 
 def _s3_client(aws_conn_id: str):
@@ -183,30 +201,28 @@ def _s3_client(aws_conn_id: str):
     return S3Hook(aws_conn_id=aws_conn_id).get_conn()
 
 
-class FetchPretrainedOperator(_PlanMixin, BaseOperator):
+class FetchPretrainedOperator(PlanOperator):
     """Download the run's ``pretrained_s3_uris`` into ``<root>/ckpts/`` (verified, atomic) before stage 1."""
 
     ui_color = "#f0e8fd"
 
     def execute(self, context: Context) -> list[dict]:
-        from uniad.storage import StorageError, download_file, parse_s3_uri
+        from uniad.artifacts.storage import download_file, parse_s3_uri
 
-        s3 = self._plan(context)["s3"]
-        if not s3["pretrained"]:
+        storage = self.typed_plan().storage
+        if not storage.pretrained:
             self.log.info("no pretrained_s3_uris: nothing to fetch")
             return []
-        client = _s3_client(s3["aws_conn_id"])
+        client = _s3_client(storage.aws_conn_id)
         fetched = []
-        for item in s3["pretrained"]:
-            try:
-                fetched.append(download_file(client, parse_s3_uri(item["uri"], need_key=True), Path(item["path"])))
-            except StorageError as exc:
-                raise AirflowException(str(exc)) from exc
-            self.log.info("fetched %s -> %s (sha256 %s)", item["uri"], item["path"], fetched[-1]["sha256"])
+        for item in storage.pretrained:
+            with domain_errors():
+                fetched.append(download_file(client, parse_s3_uri(item.uri, need_key=True), Path(item.path)))
+            self.log.info("fetched %s -> %s (sha256 %s)", item.uri, item.path, fetched[-1]["sha256"])
         return fetched
 
 
-class UploadArtifactsOperator(_PlanMixin, BaseOperator):
+class UploadArtifactsOperator(PlanOperator):
     """Upload a finished stage's checkpoint(s), logs and health report to ``<s3_uri>/<run_id>/`` through the
     amazon provider's S3 hook (``aws_conn_id``). Skipped when the run has no ``s3_uri``."""
 
@@ -217,42 +233,38 @@ class UploadArtifactsOperator(_PlanMixin, BaseOperator):
         self.stage = stage
 
     def execute(self, context: Context) -> list[dict]:
-        from uniad.pipeline import sanitize_run_id
-        from uniad.storage import S3Location, StorageError, parse_s3_uri, stage_artifacts, upload_artifacts
+        from uniad.artifacts.storage import S3Location, parse_s3_uri, upload_artifacts
+        from uniad.workdir import sanitize_run_id
 
-        plan = self._plan(context)
-        if not plan["s3"]["uri"]:
+        plan = self.typed_plan()
+        if not plan.storage.uri:
             raise AirflowSkipException("no s3_uri for this run: artifacts stay in the UniAD root only")
-        base = parse_s3_uri(plan["s3"]["uri"])
+        base = parse_s3_uri(plan.storage.uri)
         run_key = sanitize_run_id(context["run_id"])
         prefix = S3Location(base.bucket, f"{base.key}/{run_key}" if base.key else run_key)
-        files = stage_artifacts(plan, self.stage)
+        files = plan.artifacts(self.stage)
         self.log.info("uploading %d file(s) of %s to %s/", len(files), self.stage, prefix.uri)
-        try:
-            return upload_artifacts(_s3_client(plan["s3"]["aws_conn_id"]), files, prefix)
-        except StorageError as exc:
-            raise AirflowException(str(exc)) from exc
+        with domain_errors():
+            return upload_artifacts(_s3_client(plan.storage.aws_conn_id), files, prefix)
 
 
-class PromoteCheckpointOperator(_PlanMixin, BaseOperator):
+class PromoteCheckpointOperator(PlanOperator):
     """Publish the verified stage-1 checkpoint at the plan's ckpt_path (atomic, with provenance). With an
     outlet Asset, its event carries the checkpoint's path, epoch and sha256."""
 
     ui_color = "#fdf6e8"
 
     def execute(self, context: Context) -> dict:
-        from uniad.checkpoints import promote_checkpoint
-        from uniad.errors import CheckpointError
-        from uniad.pipeline import stage_spec, stage_work_dir
+        from uniad.artifacts.publish import promote_checkpoint
 
-        plan = self._plan(context)
-        source = stage_work_dir(plan, "stage1") / "latest.pth"
-        try:
+        plan = self.typed_plan()
+        with domain_errors():
             provenance = promote_checkpoint(
-                source, plan["ckpt_path"], stage="stage1", expect_epoch=stage_spec(plan, "stage1").max_epochs
+                plan.work_dir("stage1").latest,
+                plan.ckpt_path,
+                stage="stage1",
+                expect_epoch=plan.stage("stage1").max_epochs,
             )
-        except CheckpointError as exc:
-            raise AirflowFailException(str(exc)) from exc
         self.log.info(
             "promoted %s (epoch %s, sha256 %s) to %s",
             provenance["source_resolved"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ..errors import PipelineError
+from ..errors import ParamError
 
 _HERE = Path(__file__).resolve().parent
 SKELETON = _HERE / "skeleton"
@@ -28,9 +28,9 @@ def init_mini_root(root: str | Path) -> Path:
     """Create (or refresh the code of) a mini root; checkpoints and work dirs already there are kept."""
     root = Path(root).resolve()
     if root.exists() and not root.is_dir():
-        raise PipelineError(f"{root} exists and is not a directory; pick a new folder, e.g. /tmp/uniad-mini")
+        raise ParamError(f"{root} exists and is not a directory; pick a new folder, e.g. /tmp/uniad-mini")
     if root.is_dir() and any(root.iterdir()) and not is_mini_root(root):
-        raise PipelineError(
+        raise ParamError(
             f"{root} is not empty and is not a mini UniAD root (no {MARKER}); refusing to write into it. "
             "Pick an empty or new folder, e.g. `python -m uniad init-mini /tmp/uniad-mini`."
         )

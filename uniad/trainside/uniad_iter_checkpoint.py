@@ -24,15 +24,11 @@ UniAD's tools/train.py imports ``custom_imports`` after applying ``--cfg-options
 import itertools
 import os
 import os.path as osp
-import re
 
 from mmcv.runner import RUNNERS, CheckpointHook, EpochBasedRunner, Hook
 from mmcv.runner.checkpoint import save_checkpoint
 from torch.utils.data import DataLoader
-
-FILENAME = "epoch_{}_iter_{}.pth"
-PATTERN = re.compile(r"^epoch_(\d+)_iter_(\d+)\.pth$")
-META_KEY = "mid_epoch"
+from uniad_workdir import EPOCH_FILE, ITER_FILE, ITER_PATTERN, MID_EPOCH_META_KEY
 
 
 class _SkipBatches:
@@ -98,17 +94,18 @@ class _IterCheckpointHook(Hook):
 class IterCheckpointEpochBasedRunner(EpochBasedRunner):
     """mmcv's EpochBasedRunner plus iteration checkpoints inside an epoch and a mid-epoch resume."""
 
-    def __init__(self, *args, checkpoint_interval_iters=0, **kwargs):
+    def __init__(self, *args, checkpoint_interval_iters=None, **kwargs):
         super().__init__(*args, **kwargs)
-        interval = checkpoint_interval_iters
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        interval = checkpoint_interval_iters  # None: epoch checkpoints only, as in the pipeline's parameter
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
             raise ValueError(
-                f"runner.checkpoint_interval_iters must be an integer >= 0 (0: epoch checkpoints only), got {interval!r}"
+                f"runner.checkpoint_interval_iters must be an integer >= 1 or None (epoch checkpoints only), got "
+                f"{interval!r}"
             )
         self.checkpoint_interval_iters = interval
         self._resume_skip = 0  # batches of the next epoch trained before the resume
         self._skip = 0  # the same, while that epoch runs
-        if interval:
+        if interval is not None:
             self.register_hook(_IterCheckpointHook(interval), priority="LOW")
 
     @property
@@ -130,7 +127,7 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
         super().resume(checkpoint, *args, **kwargs)
         # mmcv made the checkpoint's meta the runner's own, which later checkpoints copy: the mid-epoch position
         # must not travel into them.
-        position = (self.meta or {}).pop(META_KEY, None)
+        position = (self.meta or {}).pop(MID_EPOCH_META_KEY, None)
         if not position:
             return
         done = int(position["inner_iter"])
@@ -154,8 +151,8 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
                 meta.update(hook.args.get("meta") or {})
         meta.update(self.meta or {})
         meta.update(epoch=self.epoch, iter=self.iter + 1)
-        meta[META_KEY] = dict(inner_iter=done, world_size=self.world_size)
-        name = FILENAME.format(self.epoch + 1, done)
+        meta[MID_EPOCH_META_KEY] = dict(inner_iter=done, world_size=self.world_size)
+        name = ITER_FILE.format(self.epoch + 1, done)
         path = osp.join(self.work_dir, name)
         partial = osp.join(self.work_dir, "." + name + ".part")
         try:
@@ -174,14 +171,14 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
     def _iter_checkpoints(self):
         found = []
         for name in os.listdir(self.work_dir):
-            match = PATTERN.match(name)
+            match = ITER_PATTERN.match(name)
             if match:
                 found.append((int(match.group(1)), int(match.group(2)), osp.join(self.work_dir, name)))
         return found
 
     def _drop_iter_checkpoints(self, covered_by_epoch):
         """Remove iteration checkpoints of epochs up to ``covered_by_epoch`` once that epoch's file exists."""
-        if self.rank != 0 or not osp.isfile(osp.join(self.work_dir, f"epoch_{covered_by_epoch}.pth")):
+        if self.rank != 0 or not osp.isfile(osp.join(self.work_dir, EPOCH_FILE.format(covered_by_epoch))):
             return
         for epoch, _, path in self._iter_checkpoints():
             if epoch <= covered_by_epoch:

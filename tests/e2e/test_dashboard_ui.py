@@ -1,0 +1,195 @@
+"""The dashboard in a real Airflow api-server: its API behind Airflow's auth, and the page in headless Chromium.
+
+Runs come from `airflow dags test` on the mini profile. The browser test saves screenshots in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import pytest
+
+from services import admin_credentials, api_healthy, api_token, http, service_group, stop_group
+from support import BIN, REPO, processes_mentioning, require_tool, run
+from uniad.train.launch import find_free_port
+from uniad.workdir import provenance_path
+
+DAG_ID = "uniad_e2e_training"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def finished_run(airflow_home, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("dashboard") / "uniad-mini"
+    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 2, "stage2_epochs": 2}
+    run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=600)
+    return {"root": root, "conf": conf}
+
+
+@pytest.fixture(scope="module")
+def server(airflow_home, finished_run):
+    port = find_free_port()
+    argv = [str(BIN / "airflow"), "api-server", "--port", str(port)]
+    with service_group(argv, airflow_home / "api-server.log", dict(os.environ), api_healthy(port)):
+        base = f"http://127.0.0.1:{port}"
+        token = api_token(airflow_home, port)
+        status, runs = http("GET", f"{base}/uniad/api/runs", token=token)
+        assert status == 200, runs
+        run_id = next(r["run_id"] for r in runs if r["conf"].get("uniad_root") == str(finished_run["root"]))
+        yield {"base": base, "token": token, "run_id": run_id, "port": port}
+
+
+def test_the_api_shows_a_finished_run(server, finished_run):
+    base, token, run_id = server["base"], server["token"], server["run_id"]
+    status, detail = http("GET", f"{base}/uniad/api/runs/{quote(run_id, safe='')}", token=token)
+    assert status == 200, detail
+    assert detail["run"]["state"] == "success" and detail["message"] is None
+    view = detail["view"]
+    first, second = view["stages"]
+    for stage in (first, second):
+        assert stage["task_state"] == "success" and stage["gate"]["verdict"] == "healthy"
+        assert (stage["epoch"], stage["iter"], stage["progress"]) == (2, 40, 1.0)
+        assert stage["gpu_hours"] > 0 and len(stage["series"]["x"]) == 8
+        assert stage["checkpoint"]["file"] == "epoch_2.pth" and stage["checkpoint"]["at_risk_iters"] == 0
+    assert view["handoff_x"] == 80 and second["x_offset"] == 80
+    assert "zero_by_design" in {f["code"] for f in first["findings"]}
+    sidecar = json.loads(provenance_path(finished_run["root"] / "ckpts/full_track_map.pth").read_text())
+    assert {k: view["promoted"][k] for k in ("path", "sha256", "epoch")} == {
+        k: sidecar[k] for k in ("path", "sha256", "epoch")
+    }
+    # The training tasks link to the page.
+    status, links = http(
+        "GET",
+        f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/stage1_train/links",
+        token=token,
+    )
+    assert status == 200 and links["extra_links"]["Training dashboard"] == f"/uniad/runs/{quote(run_id, safe='')}"
+
+
+def test_everything_is_behind_airflows_auth(server):
+    base, run_id = server["base"], quote(server["run_id"], safe="")
+    for path in ("/uniad/api/runs", f"/uniad/api/runs/{run_id}"):
+        assert http("GET", base + path)[0] == 401
+        assert http("GET", base + path, token="not-a-token")[0] == 403
+    # A page sends a person without a session to Airflow's login, which brings them back.
+    status, location = http("GET", f"{base}/uniad/runs/{run_id}")
+    assert status == 303 and location.startswith("/auth/login?next=")
+    assert f"{base}/uniad/runs/{server['run_id']}" in unquote(location)
+    assert http("GET", f"{base}/uniad/api/runs/no-such-run", token=server["token"])[0] == 404
+
+
+def test_the_page_in_chromium(server):
+    """Log in through Airflow's form, open the run's page, check the curves and findings, keep a screenshot."""
+    for binary in (CHROMIUM, CHROMEDRIVER):
+        require_tool(binary, f"{binary} (Debian's chromium and chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1400,2100"):  # fmt: skip
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        page = f"{server['base']}/uniad/runs/{quote(server['run_id'], safe='')}"
+        driver.get(page)
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.NAME, "username"))
+        user, password = admin_credentials(Path(os.environ["AIRFLOW_HOME"]))
+        driver.find_element(By.NAME, "username").send_keys(user)
+        driver.find_element(By.NAME, "password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.series")) >= 4)
+        charts = [c.get_attribute("data-chart") for c in driver.find_elements(By.CSS_SELECTOR, ".chart")]
+        assert charts == [
+            "total loss",
+            "loss by task group",
+            "grad_norm (before clipping)",
+            "learning rate (log scale)",
+        ]
+        assert all(len(p.get_attribute("d")) > 20 for p in driver.find_elements(By.CSS_SELECTOR, "path.series")), (
+            "a curve has no points"
+        )
+        assert len(driver.find_elements(By.CSS_SELECTOR, "line.handoff")) == 4  # the stage hand-off on each chart
+        assert driver.find_elements(By.CSS_SELECTOR, "line.epoch-boundary")
+        findings = driver.find_elements(By.CSS_SELECTOR, "#findings tr.finding")
+        assert findings and "zero_by_design" in findings[0].text
+        progress = [p.text for p in driver.find_elements(By.CSS_SELECTOR, ".card .progress")]
+        assert progress == ["epoch 2/2, iter 40/40 (100%)"] * 2
+        checkpoints = [c.text for c in driver.find_elements(By.CSS_SELECTOR, ".card .checkpoint")]
+        assert checkpoints == ["epoch_2.pth; a crash now loses 0 iteration(s) (~0s)"] * 2, checkpoints
+        assert len(driver.find_element(By.CSS_SELECTOR, "#promoted .sha256").text) == 64
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_run.png"))
+        # The same page as the run's "Training curves" tab inside Airflow's UI.
+        driver.get(f"{server['base']}/dags/{DAG_ID}/runs/{quote(server['run_id'], safe='')}/plugin/uniad-training-run")
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))
+        driver.switch_to.frame(driver.find_element(By.TAG_NAME, "iframe"))
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.series")) >= 4)
+        driver.switch_to.default_content()
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_in_airflow.png"))
+    finally:
+        driver.quit()
+    assert (ARTIFACTS / "dashboard_run.png").stat().st_size > 50_000
+
+
+def training_processes(root: Path) -> list[str]:
+    return [p for p in processes_mentioning(str(root)) if "dags test" not in p]
+
+
+def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
+    """While stage 1 trains: progress below 100 %, an ETA for the pipeline, stage 2 and the promotion pending."""
+    root = tmp_path / "uniad-mini-live"
+    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 40, "stage2_epochs": 1}
+    base, token = server["base"], server["token"]
+    live: list[dict] = []
+    out = open(tmp_path / "dags-test.log", "w")
+    proc = subprocess.Popen(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        view = None
+        while time.monotonic() < deadline:
+            status, runs = http("GET", f"{base}/uniad/api/runs", token=token)
+            live = [r for r in runs if r["conf"].get("uniad_root") == str(root)]
+            if live:
+                status, detail = http("GET", f"{base}/uniad/api/runs/{quote(live[0]['run_id'], safe='')}", token=token)
+                view = detail["view"]
+                if view and view["stages"][0].get("records", 0) >= 2:
+                    break
+            assert proc.poll() is None, (tmp_path / "dags-test.log").read_text()[-3000:]
+            time.sleep(2)
+        assert view is not None and view["stages"][0]["records"] >= 2, "stage 1 never logged"
+        first, second = view["stages"]
+        assert detail["run"]["state"] == "running" and first["task_state"] == "running"
+        assert 0 < first["progress"] < 1 and first["eta_s"] > 0 and view["eta_s"] > first["eta_s"]
+        assert first["gate"] is None and not second["started"] and view["promoted"] is None
+    finally:
+        # SIGTERM: the task's on_kill stops the ranks. `dags test` itself would go on to retry the task, so once
+        # the training processes are gone the rest of its group is killed.
+        os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while training_processes(root) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stop_group(proc, grace_s=0)
+        out.close()
+        if live:  # the killed run would stay "running" in the DB and, with max_active_runs=1, block later runs
+            run_path = f"{base}/api/v2/dags/{DAG_ID}/dagRuns/{quote(live[0]['run_id'], safe='')}"
+            assert http("PATCH", run_path, token=token, body={"state": "failed"})[0] == 200
+    assert processes_mentioning(str(root)) == []
+    shutil.rmtree(root, ignore_errors=True)

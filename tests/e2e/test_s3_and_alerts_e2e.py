@@ -1,0 +1,145 @@
+"""The DAG with its production features on: pretrained weights pulled from S3, artifacts uploaded to S3 through
+the amazon provider's hook, the promoted checkpoint's Asset event, and email notifications through the smtp
+provider. A real S3-compatible server and a real SMTP server run on loopback; connections come from the
+environment, as a deployment's secrets backend would give them."""
+
+from __future__ import annotations
+
+import json
+import os
+from email import message_from_bytes
+from email.policy import default as email_policy
+
+import pytest
+
+from support import BIN, run
+from uniad.artifacts.checkpoints import sha256_file
+from uniad.train.launch import find_free_port
+from uniad.workdir import provenance_path, sanitize_run_id
+
+DAG_ID = "uniad_e2e_training"
+BUCKET = "uniad-e2e"
+
+
+@pytest.fixture
+def smtp_receiver():
+    """An SMTP server on loopback that keeps what it receives."""
+    from aiosmtpd.controller import Controller
+
+    received = []
+
+    class Keep:
+        async def handle_DATA(self, server, session, envelope):
+            received.append(message_from_bytes(envelope.content, policy=email_policy))
+            return "250 OK"
+
+    controller = Controller(Keep(), hostname="127.0.0.1", port=find_free_port())
+    controller.start()
+    try:
+        yield controller.port, received
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def bucket(s3_client):
+    s3_client.create_bucket(Bucket=BUCKET)
+    return s3_client
+
+
+def connections(s3_server: str, smtp_port: int) -> dict[str, str]:
+    aws = {"conn_type": "aws", "login": "test", "password": "test",
+           "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}  # fmt: skip
+    smtp = {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+            "extra": {"to": ["ml-oncall@example.com"], "from_email": "uniad@example.com",
+                      "disable_ssl": True, "disable_tls": True}}  # fmt: skip
+    return {"AIRFLOW_CONN_UNIAD_S3": json.dumps(aws), "AIRFLOW_CONN_UNIAD_NOTIFY": json.dumps(smtp)}
+
+
+def test_pretrained_from_s3_artifacts_to_s3_asset_event_and_success_email(
+    airflow_home, s3_server, bucket, smtp_receiver, tmp_path
+):
+    smtp_port, received = smtp_receiver
+    pretrained = tmp_path / "bevformer_tiny.pth"
+    pretrained.write_bytes(os.urandom(300_000))
+    bucket.upload_file(str(pretrained), BUCKET, "pretrained/bevformer_tiny.pth")
+    root = tmp_path / "uniad-mini"
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "s3_uri": f"s3://{BUCKET}/runs",
+        "aws_conn_id": "uniad_s3",
+        "pretrained_s3_uris": [f"s3://{BUCKET}/pretrained/bevformer_tiny.pth"],
+    }
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env=connections(s3_server, smtp_port),
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert "Marking run" in output and "successful" in output
+
+    # Pretrained weights landed in ckpts/, verified.
+    assert sha256_file(root / "ckpts/bevformer_tiny.pth") == sha256_file(pretrained)
+
+    # Artifacts under s3://uniad-e2e/runs/<run id>/, each with the local file's sha256.
+    run_id = next(
+        line.split("run_id=", 1)[1].split(",", 1)[0] for line in output.splitlines() if "DagRun Finished" in line
+    )
+    prefix = f"runs/{sanitize_run_id(run_id)}/"
+    keys = {o["Key"][len(prefix) :] for o in bucket.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]}
+    stage1 = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    stage2 = root / "projects/work_dirs/stage2_e2e/full_e2e"
+    expected = {
+        "ckpts/full_track_map.pth": root / "ckpts/full_track_map.pth",
+        "ckpts/full_track_map.pth.provenance.json": provenance_path(root / "ckpts/full_track_map.pth"),
+        "stage1/health/report.md": stage1 / "health/report.md",
+        "stage2/epoch_1.pth": stage2 / "epoch_1.pth",
+        "stage2/health/loss.png": stage2 / "health/loss.png",
+    }
+    assert set(expected) <= keys, keys
+    assert not {k for k in keys if k.startswith("stage1/") and k.endswith(".pth")}  # promoted copy only, once
+    assert {k for k in keys if k.endswith(".log.json")} == {
+        f"stage{n}/{p.name}" for n, d in ((1, stage1), (2, stage2)) for p in d.glob("*.log.json")
+    }
+    for key, path in expected.items():
+        head = bucket.head_object(Bucket=BUCKET, Key=prefix + key)
+        assert head["Metadata"]["sha256"] == sha256_file(path), key
+
+    # The promoted checkpoint's Asset event says where it is and what it is.
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "uniad_stage1_checkpoint", AssetEvent.source_run_id == run_id)
+        ).all()
+        extras = [e.extra for e in events]
+    provenance = json.loads(provenance_path(root / "ckpts/full_track_map.pth").read_text())
+    assert extras == [{"path": provenance["path"], "epoch": 1, "sha256": provenance["sha256"], "run_id": run_id}]
+
+    # One success email, with the dashboard's link.
+    assert len(received) == 1, [m["Subject"] for m in received]
+    mail = received[0]
+    assert mail["Subject"] == f"[UniAD] {DAG_ID} {run_id} succeeded" and mail["To"] == "ml-oncall@example.com"
+    assert "/uniad/runs/" in mail.get_body().get_content()
+
+
+def test_a_failed_run_sends_a_failure_email(airflow_home, s3_server, smtp_receiver):
+    smtp_port, received = smtp_receiver
+    conf = {"profile": "uniad", "uniad_root": "/nonexistent/UniAD"}
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env=connections(s3_server, smtp_port),
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert len(received) == 1, done.stdout[-3000:]
+    body = received[0].get_body().get_content()
+    assert received[0]["Subject"].endswith(" failed") and "Failed task: <b>preflight</b>" in body

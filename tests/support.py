@@ -1,0 +1,93 @@
+"""Helpers shared by the unit and end-to-end tests (importable as ``support``: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+STAGE2_HEADS = dict(
+    motion_head=dict(modes=3, future_steps=4), occ_head=dict(occ_steps=2), planning_head=dict(future_steps=4)
+)
+
+
+def airflow_env(home: Path) -> dict[str, str]:
+    """An isolated Airflow (SQLite, LocalExecutor) over this repository's dags/ and plugins/."""
+    return {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+    }
+
+
+def run(argv: list[str], *, env: dict | None = None, timeout: float = 600, check: bool = True, cwd=None):
+    """Run a command and show its output when it fails."""
+    done = subprocess.run(
+        argv, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{argv} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
+        )
+    return done
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Live (non-zombie) processes whose command line or working directory mentions ``text``: the process-table
+    check for orphans. Ranks run with relative paths from the UniAD root, so their cwd is what names the run."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if (text in cmdline or text in cwd) and state != "Z":
+            found.append(f"{proc.name} (cwd {cwd}): {cmdline}")
+    return found
+
+
+def save_mmcv_checkpoint(path: Path, stage: str, epoch: int, corrupt=None) -> Path:
+    """What mmcv's CheckpointHook writes for a mini model of ``stage`` (meta, state_dict, optimizer)."""
+    import torch
+
+    from uniad.mini.compat import ensure_torchvision_importable
+    from uniad.mini.model import MiniUniAD
+
+    ensure_torchvision_importable()
+    from mmcv.runner import save_checkpoint
+
+    torch.manual_seed(0)
+    model = MiniUniAD(**(STAGE2_HEADS if stage == "stage2" else {}))
+    if corrupt is not None:
+        corrupt(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    save_checkpoint(model, str(path), optimizer=optimizer, meta=dict(epoch=epoch, iter=epoch * 40, CLASSES=["car"]))
+    return path
+
+
+def require_tool(path: str | Path | None, what: str) -> None:
+    """Skip a test whose tool is missing, saying how to install it; in CI (``CI`` set) a missing tool is a
+    failure instead, since .ci/run installs every tool and nothing may be skipped there."""
+    import pytest
+
+    if path and Path(path).exists():
+        return
+    message = f"{what} is missing: `bash scripts/setup.sh --test-tools` installs it (Debian packages)"
+    if os.environ.get("CI"):
+        pytest.fail(message + "; CI must install every tool")
+    pytest.skip(message)

@@ -1,0 +1,89 @@
+"""docker/: the compose file validates offline, and the images install what the docs say."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from support import REPO, require_tool, run
+
+DOCKER = REPO / "docker"
+COMPOSE = shutil.which("docker-compose")
+
+
+def compose_config(tmp_path, **overrides: str):
+    env = dict(line.split("=", 1) for line in (DOCKER / "env.example").read_text().splitlines() if "=" in line)
+    env.update(overrides)
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items() if v is not None))
+    argv = [COMPOSE, "-f", str(DOCKER / "compose.yaml"), "--env-file", str(env_file), "config"]
+    return run(argv, check=False, timeout=60)
+
+
+@pytest.fixture
+def compose_available():
+    require_tool(COMPOSE, "docker-compose (validates docker/compose.yaml offline)")
+
+
+def test_the_compose_file_validates(compose_available, tmp_path):
+    done = compose_config(tmp_path)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    assert set(services) == {
+        "postgres", "redis", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer",
+        "worker-default", "uniad-worker-gpu",
+    }  # fmt: skip
+    gpu = services["uniad-worker-gpu"]
+    assert gpu["command"][:6] == ["airflow", "celery", "worker", "--queues", "gpu", "--concurrency"]
+    assert (
+        gpu["image"] == "uniad-training:latest" and gpu["environment"]["UNIAD_PYTHON"] == "/opt/uniad-venv/bin/python"
+    )
+    assert gpu["deploy"]["resources"]["reservations"]["devices"] == [
+        {"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}
+    ]
+    mounts = {target: source for source, target, _ in (v.split(":") for v in gpu["volumes"]) if source.startswith("/")}
+    assert mounts == {
+        "/workspace/UniAD": "/srv/UniAD",
+        "/workspace/UniAD/data": "/srv/nuscenes-data",
+        "/workspace/UniAD/ckpts": "/srv/uniad-ckpts",
+    }
+    assert services["worker-default"]["command"][3:5] == ["--queues", "default"]
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "uniad-worker-gpu"):
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
+        assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+    init = services["airflow-init"]
+    assert "airflow pools set gpu" in init["command"][2] and init["environment"]["GPU_WORKERS"] == "1"
+
+
+def test_compose_refuses_to_start_without_its_secrets(compose_available, tmp_path):
+    done = compose_config(tmp_path, AIRFLOW_JWT_SECRET=None)
+    assert done.returncode != 0
+    assert "set AIRFLOW_JWT_SECRET" in done.stderr
+
+
+def test_the_images_install_what_the_docs_say():
+    readme = (DOCKER / "README.md").read_text()
+    stack = (DOCKER / "install_uniad_stack.sh").read_text()
+    # Each recipe's row in docker/README.md names the versions install_uniad_stack.sh installs.
+    for recipe in ("uniad-v2", "uniad-trt"):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{recipe}`"))
+        block = stack.split(f"  {recipe})", 1)[1].split(";;", 1)[0]
+        torch = re.search(r"torch==([\w.+]+)", block).group(1)
+        assert torch in row, (recipe, torch, row)
+    for package, version in re.findall(r"(mmcv-full|mmdet|mmsegmentation|mmdet3d)==([\w.]+)", stack):
+        assert readme.count(version) >= 2, f"{package} {version} is not in both rows of docker/README.md"
+    # Both images install the same Airflow requirements as the local environment, and the same torch and Airflow.
+    pins = dict(re.findall(r"^([\w-]+)==([\w.]+)$", (REPO / "requirements-airflow.txt").read_text(), re.M))
+    airflow_image = (DOCKER / "airflow.Dockerfile").read_text()
+    training_image = (DOCKER / "training.Dockerfile").read_text()
+    assert f"ARG AIRFLOW_VERSION={pins['apache-airflow']}" in airflow_image
+    torch_pin = re.search(r"^torch==([\w.]+)$", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    for image in (airflow_image, training_image):
+        assert "-r /tmp/requirements-airflow.txt" in image
+        assert f"torch=={torch_pin}" in image
+    assert "FROM nvidia/cuda:11.8.0" in training_image and "ARG RECIPE=uniad-v2" in training_image

@@ -1,0 +1,74 @@
+"""The operators' contract with Airflow, without running a DAG: which domain errors fail without a retry, and how
+a task receives the plan."""
+
+from __future__ import annotations
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from uniad.errors import (
+    CheckpointError,
+    GateFailed,
+    LaunchError,
+    ParamError,
+    PipelineError,
+    StorageError,
+    TrainingFailed,
+)
+from uniad_airflow.operators import (
+    PlanOperator,
+    UniADTrainOperator,
+    ValidateStageOperator,
+    airflow_error,
+    domain_errors,
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ParamError("nproc_per_node must be ..."), False),
+        (LaunchError("backend nccl needs one GPU per process"), False),
+        (CheckpointError("refusing to promote"), False),
+        (GateFailed("stage1 training is unhealthy"), False),
+        (TrainingFailed("exited with code 1"), True),  # a crash, a killed rank, a hung rank
+        (TrainingFailed("stopped by the health watch: non_finite_loss", retryable=False), False),
+        (StorageError("upload failed"), True),
+    ],
+)
+def test_which_domain_errors_are_retried(error, retried):
+    mapped = airflow_error(error)
+    assert type(mapped) is (AirflowException if retried else AirflowFailException)
+    assert str(mapped) == str(error)
+    with pytest.raises(type(mapped)) as info, domain_errors():
+        raise error
+    assert info.value.__cause__ is error
+
+
+def test_every_project_error_is_mapped_and_others_pass_through():
+    for kind in PipelineError.__subclasses__():
+        assert isinstance(airflow_error(kind("x")), AirflowException), kind
+    with pytest.raises(KeyError), domain_errors():  # a bug is not a domain error: it stays what it is
+        raise KeyError("x")
+    with (
+        pytest.raises(AirflowFailException, match="invalid parameters: profile must be"),
+        domain_errors(prefix="invalid parameters: "),
+    ):
+        raise ParamError("profile must be one of uniad, mini")
+
+
+def test_the_training_health_watch_decides_retry():
+    """The process runner marks a NaN stop non-retryable and a stall retryable (tests/unit/train)."""
+    stalled = TrainingFailed("stall", retryable=True)
+    assert isinstance(airflow_error(stalled), AirflowException) and not isinstance(
+        airflow_error(stalled), AirflowFailException
+    )
+
+
+def test_tasks_take_the_plan_as_a_template_field():
+    task = ValidateStageOperator(task_id="validate_stage1", stage="stage1", plan={"not": "a plan"})
+    assert isinstance(task, PlanOperator) and task.template_fields == ("plan",)
+    with pytest.raises(AirflowFailException, match="not a version-1 plan"):
+        task.typed_plan()
+    train = UniADTrainOperator(task_id="stage1_train", stage="stage1", plan={})
+    assert train.stage == "stage1" and train.plan == {}

@@ -1,0 +1,85 @@
+"""The stage gate on a work dir: health verdict (strict or not) and the checkpoint, with the report written."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from support import save_mmcv_checkpoint
+from uniad.errors import GateFailed
+from uniad.health.gate import validate_stage
+from uniad.health.reference import reference_config, reference_records, write_json_log
+from uniad.workdir import WorkDir
+
+
+def work_dir(tmp_path, records, stage="stage1", epoch=2):
+    work = tmp_path / "work"
+    work.mkdir()
+    write_json_log(work / "20240101_000000.log.json", records, config=reference_config(2))
+    save_mmcv_checkpoint(work / f"epoch_{epoch}.pth", stage, epoch)
+    (work / "latest.pth").symlink_to(f"epoch_{epoch}.pth")
+    return work
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return reference_records(epochs=2, iters_per_epoch=400)
+
+
+def test_healthy_stage_passes_and_reports(tmp_path, healthy):
+    work = work_dir(tmp_path, healthy)
+    result = validate_stage(WorkDir(work), "stage1", expect_epoch=2)
+    assert result["verdict"] == "healthy" and result["checkpoint"]["valid"]
+    assert result["report"] == str(work / "health/report.md")
+    assert (work / "health/lr.png").is_file()
+    assert result["progress"] == 1.0
+
+
+def test_unhealthy_log_fails_the_gate_with_its_findings(tmp_path, healthy):
+    records = [dict(r) for r in healthy]
+    records[40]["loss"] = math.nan
+    work = work_dir(tmp_path, records)
+    with pytest.raises(GateFailed, match="stage1 training is unhealthy: loss is nan at epoch 2 iter 10") as info:
+        validate_stage(WorkDir(work), "stage1", expect_epoch=2)
+    assert str(work / "health/report.md") in str(info.value)
+    assert (work / "health/report.md").read_text().startswith("# stage1")
+
+
+def test_warnings_fail_only_when_strict(tmp_path, healthy):
+    records = [dict(r) for r in healthy]
+    records[60]["loss"] = 500.0  # one spike: a warning
+    work = work_dir(tmp_path, records)
+    assert validate_stage(WorkDir(work), "stage1", expect_epoch=2)["verdict"] == "warning"
+    with pytest.raises(GateFailed, match=r"warning \(strict: warnings fail too\)"):
+        validate_stage(WorkDir(work), "stage1", expect_epoch=2, strict=True)
+
+
+def test_healthy_log_but_wrong_checkpoint_fails(tmp_path, healthy):
+    work = work_dir(tmp_path, healthy, stage="stage2")
+    with pytest.raises(GateFailed, match="stage1 checkpoint rejected: not a stage1 checkpoint"):
+        validate_stage(WorkDir(work), "stage1", expect_epoch=2)
+
+
+def test_missing_log_says_what_is_missing(tmp_path):
+    with pytest.raises(GateFailed, match="no \\*.log.json in"):
+        validate_stage(WorkDir(tmp_path), "stage2", expect_epoch=20)
+
+
+def test_a_resumed_stage_is_judged_on_all_its_attempts(tmp_path, healthy):
+    """Attempt 1 crashed in epoch 2 (after iter 200); attempt 2 resumed from epoch_1.pth and logged epoch 2 again."""
+    work = tmp_path / "work"
+    work.mkdir()
+    first = [r for r in healthy if (r["epoch"], r["iter"]) <= (2, 200)]
+    second = [dict(r, loss=r["loss"] * 0.99) for r in healthy if r["epoch"] == 2]
+    write_json_log(work / "20240101_000000.log.json", first, config=reference_config(2))
+    write_json_log(work / "20240101_010000.log.json", second, config=reference_config(2))
+    save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    (work / "latest.pth").symlink_to("epoch_2.pth")
+    result = validate_stage(WorkDir(work), "stage1", expect_epoch=2)
+    assert result["verdict"] == "healthy" and result["progress"] == 1.0
+    assert len(result["logs"]) == 2
+    report = (work / "health/report.md").read_text()
+    assert "2 attempts" in report.splitlines()[0]
+    assert "- records: 80" in report  # epoch 1 from attempt 1, epoch 2 from attempt 2; the lost part is dropped
+    assert "| end of epoch 1 | 1 | 400 |" in report

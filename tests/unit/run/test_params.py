@@ -1,0 +1,129 @@
+"""The trigger parameters: one typed definition, checked once, with messages that say how to fix the value."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from support import PYTHON
+from uniad.errors import ParamError
+from uniad.mini.scaffold import MARKER, init_mini_root
+from uniad.run.params import PipelineParams, check_field, parse_cfg_options
+from uniad.run.root import prepare_root
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"profile": "tiny"}, "profile must be one of uniad, mini"),
+        ({"profile": "uniad"}, "needs uniad_root"),
+        ({"profile": "mini", "uniad_root": "relative/dir"}, "absolute path"),
+        ({"profile": "mini", "stage1_epochs": 0}, "stage1_epochs must be an integer >= 1"),
+        ({"profile": "mini", "stage1_epochs": True}, "stage1_epochs must be an integer >= 1"),
+        ({"profile": "mini", "stage2_epochs": "20"}, "stage2_epochs must be an integer >= 1"),
+        ({"profile": "mini", "nproc_per_node": 0}, "nproc_per_node must be an integer from 1 to 64 or null"),
+        ({"profile": "mini", "nproc_per_node": 65}, "nproc_per_node must be an integer from 1 to 64 or null"),
+        ({"profile": "mini", "backend": "mpi"}, "backend must be one of"),
+        ({"profile": "mini", "launcher": "srun"}, "launcher must be one of torchrun, launch"),
+        ({"profile": "mini", "seed": -1}, "seed must be an integer >= 0 or null"),
+        ({"profile": "mini", "deterministic": "yes"}, "deterministic must be true or false"),
+        ({"profile": "mini", "ckpt_path": "../../etc/x.pth"}, "no '..'"),
+        ({"profile": "mini", "stage1_config": "projects/configs/x.yaml"}, "not a python config"),
+        ({"profile": "mini", "stage1_cfg_options": ["workers"]}, "stage1_cfg_options: cfg option 'workers'"),
+        ({"profile": "mini", "stage2_cfg_options": ["load_from=/tmp/x.pth"]}, "set by the pipeline"),
+        ({"profile": "mini", "gpus": 8}, "unknown parameter"),
+        ({"profile": "mini", "checkpoint_interval_iters": 0}, "checkpoint_interval_iters must be an integer >= 1"),
+        ({"profile": "mini", "stage1_cfg_options": ["runner.checkpoint_interval_iters=5"]}, "set by the pipeline"),
+        (
+            {
+                "profile": "mini",
+                "checkpoint_interval_iters": 500,
+                "stage1_cfg_options": ["runner.type=IterBasedRunner"],
+            },
+            "clash with checkpoint_interval_iters",
+        ),
+        (
+            {"profile": "mini", "checkpoint_interval_iters": 5, "stage2_cfg_options": ["custom_imports.imports=[x]"]},
+            "clash with checkpoint_interval_iters",
+        ),
+        ({"profile": "mini", "stall_timeout_s": 10}, "stall_timeout_s must be an integer >= 30"),
+        ({"profile": "mini", "s3_uri": "https://bucket/x"}, "s3_uri must be a string matching"),
+        ({"profile": "mini", "pretrained_s3_uris": ["s3://bucket"]}, "pretrained_s3_uris must be a list"),
+        ({"profile": "mini", "aws_conn_id": "a b"}, "aws_conn_id must be a string matching"),
+    ],
+)
+def test_bad_params_are_refused_with_how_to_fix(values, message):
+    with pytest.raises(ParamError, match=message) as info:
+        PipelineParams.from_mapping(values)
+    assert any(hint in str(info.value) for hint in ("e.g.", "instead", "known:", "drop them")), info.value
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ("data.workers_per_gpu=4", "not one string"),
+        (["workers_per_gpu"], "not key=value"),
+        (["=4"], "not a dotted config path"),
+        (["data..x=1"], "not a dotted config path"),
+        (["data.workers_per_gpu="], "empty value"),
+        (["dist_params.backend=nccl"], "set by the pipeline from backend"),
+        (["runner.max_epochs=3"], "stage1_epochs / stage2_epochs"),
+        (["load_from=/x.pth"], "promoted checkpoint"),
+    ],
+)
+def test_bad_cfg_options_are_refused_with_an_example(items, message):
+    with pytest.raises(ParamError, match=message) as info:
+        parse_cfg_options(items)
+    assert "e.g." in str(info.value) or "instead" in str(info.value)
+
+
+def test_cfg_option_values_may_contain_equals_and_brackets():
+    assert parse_cfg_options(["model.x=[1,2]", "a.b=c=d"]) == ("model.x=[1,2]", "a.b=c=d")
+
+
+def test_profile_default_process_counts():
+    assert PipelineParams(profile="mini").nproc == 2
+    assert PipelineParams(profile="uniad", uniad_root="/workspace/UniAD").nproc == 8
+    assert PipelineParams(profile="mini", nproc_per_node=3).nproc == 3
+
+
+def test_the_cli_checks_its_settings_with_the_same_rules():
+    with pytest.raises(ParamError, match="--nproc-per-node must be an integer from 1 to 64"):
+        check_field("nproc_per_node", 0, "--nproc-per-node")
+    done = subprocess.run(
+        [PYTHON, "-m", "uniad", "train", "--uniad-root", "/nonexistent", "--config", "x.py", "--epochs", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "--epochs must be an integer >= 1" in done.stderr
+
+
+def test_uniad_profile_checks_the_checkout(tmp_path):
+    params = PipelineParams(profile="uniad", uniad_root=str(tmp_path))
+    with pytest.raises(ParamError, match="is not a UniAD checkout"):
+        prepare_root(params)
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools/train.py").write_text("")
+    with pytest.raises(
+        ParamError, match="stage1_config 'projects/configs/stage1_track_map/full_track_map.py' not found"
+    ):
+        prepare_root(params)
+
+
+def test_mini_root_is_written_for_the_run(tmp_path):
+    root = prepare_root(PipelineParams(profile="mini"), mini_run_dir=tmp_path / "run")
+    assert (root / MARKER).is_file() and (root / "tools/train.py").is_file()
+
+
+def test_mini_root_refuses_to_overwrite_a_foreign_folder(tmp_path):
+    (tmp_path / "something.txt").write_text("keep me")
+    with pytest.raises(ParamError, match="not a mini UniAD root"):
+        init_mini_root(tmp_path)
+    assert (tmp_path / "something.txt").read_text() == "keep me"
+
+
+def test_mini_root_refresh_keeps_checkpoints(tmp_path):
+    root = init_mini_root(tmp_path / "root")
+    (root / "ckpts/full_track_map.pth").write_bytes(b"weights")
+    init_mini_root(root)
+    assert (root / "ckpts/full_track_map.pth").read_bytes() == b"weights"

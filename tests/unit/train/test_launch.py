@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from uniad.errors import LaunchError
+from uniad.train.launch import StageSpec, build_launch, find_free_port, resolve_backend
+
+
+def spec(**overrides) -> StageSpec:
+    values = dict(
+        uniad_root="/workspace/UniAD",
+        config="projects/configs/stage2_e2e/full_e2e.py",
+        work_dir="projects/work_dirs/stage2_e2e/full_e2e/",
+        max_epochs=20,
+        nproc_per_node=8,
+        load_from="/workspace/UniAD/ckpts/full_track_map.pth",
+        cfg_options=("data.workers_per_gpu=4", "log_config.interval=10"),
+        python="/usr/bin/python3",
+    )
+    values.update(overrides)
+    return StageSpec(**values)
+
+
+def test_reference_run_stage2_command_with_torchrun():
+    cmd = build_launch(spec(), backend="gloo", master_port=28599, base_env={"PYTHONPATH": "/opt/extra"})
+    assert cmd.argv == [
+        "/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes=1",
+        "--nproc_per_node=8", "--master_addr=127.0.0.1", "--master_port=28599",
+        "tools/train.py", "projects/configs/stage2_e2e/full_e2e.py",
+        "--launcher", "pytorch", "--deterministic",
+        "--work-dir", "projects/work_dirs/stage2_e2e/full_e2e/",
+        "--cfg-options", "dist_params.backend=gloo", "runner.max_epochs=20",
+        "load_from=/workspace/UniAD/ckpts/full_track_map.pth",
+        "data.workers_per_gpu=4", "log_config.interval=10",
+    ]  # fmt: skip
+    assert cmd.env == {"PYTHONPATH": "/workspace/UniAD:/opt/extra", "PYTHONUNBUFFERED": "1"}
+    assert cmd.cwd == "/workspace/UniAD"
+    assert cmd.backend == "gloo"
+
+
+def test_launch_launcher_uses_env_and_never_drops_launcher_pytorch():
+    cmd = build_launch(
+        spec(launcher="launch", deterministic=False, seed=7, resume_from="w/epoch_3.pth", load_from=None),
+        backend="nccl",
+        master_port=29500,
+    )
+    assert cmd.argv[1:4] == ["-m", "torch.distributed.launch", "--use_env"]
+    assert cmd.argv[cmd.argv.index("--launcher") + 1] == "pytorch"
+    assert "--deterministic" not in cmd.argv
+    assert cmd.argv[cmd.argv.index("--seed") + 1] == "7"
+    assert cmd.argv[cmd.argv.index("--resume-from") + 1] == "w/epoch_3.pth"
+    assert not any(item.startswith("load_from=") for item in cmd.argv)
+    assert cmd.env["PYTHONPATH"] == "/workspace/UniAD"
+
+
+def test_shell_metacharacters_stay_one_literal_argv_item():
+    nasty = "data.samples_per_gpu=1; touch /tmp/pwned $(id) `id` | cat"
+    cmd = build_launch(spec(cfg_options=(nasty,)), backend="gloo", master_port=29500)
+    assert cmd.argv[-1] == nasty
+    assert isinstance(cmd.argv, list) and all(isinstance(item, str) for item in cmd.argv)
+
+
+def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits():
+    cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599,
+                       base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
+    options = cmd.argv[cmd.argv.index("--cfg-options") + 1 :]
+    assert options[3:7] == [
+        "custom_imports.imports=[uniad_iter_checkpoint]",
+        "custom_imports.allow_failed_imports=False",
+        "runner.type=IterCheckpointEpochBasedRunner",
+        "runner.checkpoint_interval_iters=500",
+    ]
+    root, trainside, inherited = cmd.env["PYTHONPATH"].split(":")
+    assert (root, inherited) == ("/workspace/UniAD", "/opt/extra")
+    assert (Path(trainside) / "uniad_iter_checkpoint.py").is_file()
+    # Without the option the launch is the reference one: no extra module on the path, no runner override.
+    plain = build_launch(spec(), backend="gloo", master_port=28599)
+    assert plain.env["PYTHONPATH"] == "/workspace/UniAD" and not any("runner.type" in a for a in plain.argv)
+
+
+@pytest.mark.parametrize(
+    ("requested", "gpus", "nproc", "nccl_error", "expected", "why"),
+    [
+        ("auto", 8, 8, None, "nccl", "NCCL probe all-reduce passed"),
+        ("auto", 0, 2, None, "gloo", "0 usable GPU(s) for 2 process(es)"),
+        ("auto", 8, 8, "NCCL error: unhandled system error", "gloo", "falling back to gloo (NCCL error"),
+        ("gloo", 8, 8, None, "gloo", "requested gloo"),
+        ("nccl", 8, 8, None, "nccl", "probe all-reduce passed"),
+    ],
+)
+def test_resolve_backend(requested, gpus, nproc, nccl_error, expected, why):
+    backend, reason = resolve_backend(requested, gpus, nproc, nccl_error)
+    assert backend == expected and why in reason
+
+
+@pytest.mark.parametrize("requested", ["auto", "gloo", "nccl"])
+def test_fewer_visible_gpus_than_ranks_is_refused_before_launch(requested):
+    with pytest.raises(LaunchError, match=r"nproc_per_node=8 but .* sees 4 GPU\(s\).*Set nproc_per_node=4"):
+        resolve_backend(requested, 4, 8)
+
+
+def test_explicit_nccl_that_cannot_work_suggests_gloo():
+    with pytest.raises(LaunchError, match="Use backend=gloo"):
+        resolve_backend("nccl", 0, 2)
+    with pytest.raises(LaunchError, match="failed to initialise on this worker .*Use backend=gloo"):
+        resolve_backend("nccl", 8, 8, "NCCL error: unhandled system error")
+
+
+def test_nccl_probe_reports_why_it_failed_on_a_cpu_worker():
+    """A real probe run; on a machine without CUDA it must fail and say why (on a GPU worker it passes)."""
+    import sys
+
+    import torch
+
+    from uniad.train.process import probe_nccl
+
+    if torch.cuda.is_available():
+        pytest.skip("this worker has CUDA: the failing path is not reachable here")
+    error = probe_nccl(sys.executable, 1, timeout_s=120)
+    assert error and ("CUDA" in error or "NCCL" in error or "Error" in error), error
+
+
+def test_build_launch_needs_a_resolved_backend_and_sane_port():
+    with pytest.raises(LaunchError, match="resolved backend"):
+        build_launch(spec(), backend="auto", master_port=29500)
+    with pytest.raises(LaunchError, match="master_port"):
+        build_launch(spec(), backend="gloo", master_port=80)
+
+
+def test_find_free_port_is_bindable():
+    port = find_free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))

@@ -1,0 +1,90 @@
+"""Where a retry resumes: the newest valid checkpoint of this run (an epoch's, or a mid-epoch one), never a stale
+one of another run. The same with real training and real crashes: tests/e2e/test_resume_faults.py."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+from uniad.train.launch import StageSpec
+from uniad.train.resume import plan_attempt
+from uniad.workdir import MARKER, PREVIOUS
+
+CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
+WORK = "projects/work_dirs/stage1_track_map/full_track_map"
+
+
+def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_path):
+    import torch
+
+    from support import save_mmcv_checkpoint
+
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+
+    def mid_epoch(path, done_epochs, inner_iter):
+        save_mmcv_checkpoint(path, "stage1", done_epochs)
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["meta"]["mid_epoch"] = {"inner_iter": inner_iter, "world_size": 2}
+        torch.save(ckpt, path)
+        return path
+
+    save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    good = mid_epoch(work / "epoch_3_iter_10.pth", 2, 10)
+    mid_epoch(work / "epoch_3_iter_30.pth", 2, 20)  # renamed by hand: its name and its meta disagree
+    (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=2,
+                     checkpoint_interval_iters=10)  # fmt: skip
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.skipped == [
+        "epoch_3_iter_30.pth: its meta says 2 epoch(s) complete and 20 iteration(s) of the next, which its name "
+        "does not"
+    ]
+    assert attempt.spec.resume_from == str(good) and attempt.resume_point == (3, 10)
+    assert attempt.describe() == f"resuming from {good} (epoch 3, after iteration 10)"
+    # Those 10 iterations of 2 processes are 5 of 4: the resumed attempt's first record only has to come after 5.
+    wider = plan_attempt(replace(spec, nproc_per_node=4), "stage1", run_id="run-a")
+    assert wider.spec.resume_from == str(good) and wider.resume_point == (3, 5)
+    # Once epoch 3 is complete its file is newer than any iteration checkpoint inside it.
+    save_mmcv_checkpoint(work / "epoch_3.pth", "stage1", 3)
+    assert plan_attempt(spec, "stage1", run_id="run-a").resume_point == (4, 0)
+
+
+def test_a_new_run_moves_older_artifacts_aside(tmp_path):
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+    (work / MARKER).write_text(json.dumps({"run_id": "old-run"}))
+    (work / "epoch_6.pth").write_bytes(b"stale")
+    (work / "latest.pth").symlink_to("epoch_6.pth")
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=2,
+                     resume_from="/somewhere/else.pth")  # fmt: skip
+    attempt = plan_attempt(spec, "stage1", run_id="new-run")
+    assert attempt.spec.resume_from is None and attempt.resumed_from is None
+    assert sorted(p.name for p in work.iterdir()) == [MARKER, PREVIOUS]
+    archived = next((work / PREVIOUS).iterdir())
+    assert archived.name.startswith("old-run-")
+    assert (archived / "epoch_6.pth").read_bytes() == b"stale" and (archived / "latest.pth").is_symlink()
+    assert json.loads((work / MARKER).read_text())["run_id"] == "new-run"
+    # A retry of the new run with no checkpoint yet starts from the beginning.
+    assert plan_attempt(spec, "stage1", run_id="new-run").resumed_from is None
+
+
+def test_changed_gpu_count_is_warned(tmp_path):
+    import torch
+
+    from support import save_mmcv_checkpoint
+
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+    path = save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["meta"]["env_info"] = "sys.platform: linux\nGPU 0,1,2,3,4,5,6,7: NVIDIA A40\nPyTorch: 1.12.1"
+    torch.save(ckpt, path)
+    (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=4)
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.resumed_epoch == 2 and attempt.spec.resume_from == str(path)
+    assert attempt.warnings == [
+        "epoch_2.pth was trained with 8 GPUs, this attempt uses 4: mmcv rescales the iteration counter on resume, "
+        "so per-iteration schedules (warmup) shift"
+    ]

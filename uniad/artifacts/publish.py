@@ -1,0 +1,106 @@
+"""Publish a verified checkpoint atomically, with provenance.
+
+``promote_checkpoint`` resolves ``latest.pth`` (a symlink to the newest ``epoch_N.pth``), verifies the file for its
+stage, copies it to a temporary file beside the target while hashing, fsyncs, and renames it into place, so the
+target is either the old good file or the new verified one, never a partial copy. A provenance sidecar records
+where it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import CheckpointError
+from ..workdir import provenance_path
+from .checkpoints import CHUNK, inspect_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(target: Path, write) -> None:
+    """Call ``write(handle)`` on a temp file beside ``target``, fsync it, and rename it over ``target``."""
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    """What changes when a checkpoint is rewritten or replaced: where the link points, inode, size, mtime."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return str(resolved), stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def promote_checkpoint(
+    src: str | Path, dst: str | Path, stage: str | None = "stage1", expect_epoch: int | None = None
+) -> dict:
+    """Verify ``src`` for ``stage`` and publish it atomically at ``dst`` with a provenance sidecar."""
+    src, dst = Path(src), Path(dst)
+    # Two passes over the file, like `sha256sum && cp`: the verifying load, then the copy, hashed as it goes.
+    before = _identity(src)
+    report = inspect_checkpoint(src, stage=stage, expect_epoch=expect_epoch, sha256=False)
+    if not report.valid:
+        raise CheckpointError(
+            f"refusing to promote {src}: " + "; ".join(report.problems) + f". {dst} was left unchanged."
+        )
+    resolved = Path(report.resolved_path)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+
+    def copy(handle) -> None:
+        with open(resolved, "rb") as source:
+            while chunk := source.read(CHUNK):
+                digest.update(chunk)
+                handle.write(chunk)
+        if _identity(src) != before:
+            raise CheckpointError(
+                f"{resolved} changed while it was being verified and promoted (size or modification time moved); "
+                f"is training still writing it? {dst} was left unchanged."
+            )
+
+    try:
+        _atomic_write(dst, copy)
+    except OSError as exc:
+        raise CheckpointError(
+            f"could not write {dst}: {exc} (disk full, quota, or no write permission in {dst.parent}?). "
+            f"{dst} was left unchanged."
+        ) from exc
+    report.sha256 = digest.hexdigest()
+    provenance = {
+        "path": str(dst.resolve()),
+        "source": str(src),
+        "source_resolved": str(resolved),
+        "sha256": report.sha256,
+        "size_bytes": report.size_bytes,
+        "stage": stage,
+        "epoch": report.epoch,
+        "iter": report.iter,
+        "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _atomic_write(provenance_path(dst), lambda h: h.write((json.dumps(provenance, indent=2) + "\n").encode()))
+    logger.info("promoted %s (epoch %s, sha256 %s) to %s", resolved, report.epoch, report.sha256[:12], dst)
+    return provenance

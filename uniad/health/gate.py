@@ -1,0 +1,52 @@
+"""The gate after each training stage: training health first, then the checkpoint.
+
+    validate_stage(WorkDir(path), "stage1", expect_epoch=6)   # raises GateFailed, or returns what it checked
+
+The health report (``report.md`` and plots) is written into ``<work_dir>/health/`` whether the gate passes or not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..artifacts.checkpoints import inspect_checkpoint
+from ..errors import GateFailed
+from ..workdir import JSON_LOGS, WorkDir
+from .analysis import INFO, analyze_log
+from .report import write_report
+
+logger = logging.getLogger(__name__)
+
+
+def validate_stage(work_dir: WorkDir, stage: str, expect_epoch: int, strict: bool = False) -> dict:
+    # A fresh run moved older runs' files aside, so these are this run's attempts.
+    logs = work_dir.json_logs()
+    if not logs:
+        raise GateFailed(f"no {JSON_LOGS} in {work_dir.path}: did the {stage} training run write its logs there?")
+    log = logs[-1]
+    analysis, rows, _ = analyze_log(logs, total_epochs=expect_epoch)
+    records = [rows.record(i) for i in range(len(rows))]  # what the analysis kept, superseded attempts excluded
+    attempts = f", {len(logs)} attempts" if len(logs) > 1 else ""
+    report = write_report(analysis, records, work_dir.health_dir, title=f"{stage} ({log.name}{attempts})")
+    logger.info("%s health: %s; report %s", stage, analysis.verdict, report)
+    for finding in analysis.findings:
+        where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
+        logger.info("[%s] %s%s: %s", finding.severity, finding.code, where, finding.message)
+    checkpoint = inspect_checkpoint(work_dir.latest, stage=stage, expect_epoch=expect_epoch)
+    for line in checkpoint.summary().splitlines():
+        logger.info("%s", line)
+    if analysis.failed(strict=strict):
+        reasons = "; ".join(f.message for f in analysis.findings if f.severity != INFO)
+        qualifier = " (strict: warnings fail too)" if analysis.verdict == "warning" else ""
+        raise GateFailed(f"{stage} training is {analysis.verdict}{qualifier}: {reasons}. Report: {report}")
+    if not checkpoint.valid:
+        raise GateFailed(f"{stage} checkpoint rejected: " + "; ".join(checkpoint.problems))
+    return {
+        "stage": stage,
+        "verdict": analysis.verdict,
+        "report": str(report),
+        "logs": [str(path) for path in logs],
+        "progress": analysis.progress,
+        "findings": analysis.to_dict()["findings"],
+        "checkpoint": checkpoint.to_dict(),
+    }

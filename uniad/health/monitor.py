@@ -1,0 +1,174 @@
+"""The live health watch: non-finite loss/grad_norm, grad-norm explosions, loss spikes and stalls, one record at a
+time, so a bad run is stopped within a log interval or two. It holds no I/O of its own: feed it records as they
+are read (from a process's work dir, or from a trigger following a growing log), and ask it about stalls by wall
+clock. ``uniad.health.analysis`` replays a whole log through the same checks.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Defaults call the reference run (loss ~106 -> ~48 by epoch 4, grad norm 50-60, cosine 2e-4 -> 1e-4) healthy."""
+
+    window: int = 20  # records in the running median that spikes and explosions are measured against
+    spike_factor: float = 2.0  # loss above this x the running median: a spike
+    explosion_factor: float = 10.0  # grad_norm above this x the running median: an explosion
+    explosion_min_history: int = 5
+    divergence_factor: float = 1.5  # smoothed latest loss above this x the smoothed minimum: divergence
+    plateau_fraction: float = 0.25  # the last part of the run checked for a plateau
+    plateau_min_reduction: float = 0.005  # relative loss reduction across it, below which it is a plateau
+    zero_run: int = 3  # a component exactly 0.0 in this many latest records
+    lr_rel_tolerance: float = 0.1
+    lr_abs_tolerance: float = 5.1e-6  # mmcv rounds json floats to 5 decimals
+    stall_factor: float = 5.0  # silence longer than this x the usual record interval: a stall
+    stall_min_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"health threshold {name} must be a non-negative number, got {value!r}")
+
+
+@dataclass
+class Finding:
+    severity: str
+    code: str
+    message: str
+    epoch: int | None = None
+    iter: int | None = None
+
+
+def as_number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class HealthMonitor:
+    """Online checks, one record at a time: non-finite loss/grad_norm and grad-norm explosions (errors), loss
+    spikes (warnings), and stalls by wall clock. ``fatal`` holds the first error: the reason to stop a run."""
+
+    def __init__(self, thresholds: Thresholds | None = None) -> None:
+        self.t = thresholds or Thresholds()
+        self.findings: list[Finding] = []
+        self.fatal: Finding | None = None
+        self._losses: list[float] = []
+        self._grads: list[float] = []
+        self._seen_nonfinite: set[str] = set()
+        self._last_record_at: float | None = None
+        self._intervals: list[float] = []
+        self._stalled = False
+        self._medians: dict[int, tuple[int, float]] = {}
+
+    def add(self, finding: Finding) -> Finding:
+        self.findings.append(finding)
+        if finding.severity == ERROR and self.fatal is None:
+            self.fatal = finding
+        return finding
+
+    def feed(self, record: dict, now: float | None = None) -> list[Finding]:
+        if record.get("mode") != "train":
+            return []
+        if now is not None:
+            if self._last_record_at is not None:
+                self._intervals.append(now - self._last_record_at)
+            self._last_record_at = now
+            self._stalled = False
+        return self.observe(
+            record.get("epoch"), record.get("iter"), as_number(record.get("loss")), as_number(record.get("grad_norm"))
+        )
+
+    def observe(self, epoch: int | None, it: int | None, loss: float | None, grad: float | None) -> list[Finding]:
+        """The per-record checks on already extracted values (``analyze`` calls this in its single pass)."""
+        new: list[Finding] = []
+        for key, value in (("loss", loss), ("grad_norm", grad)):
+            if value is not None and not math.isfinite(value) and key not in self._seen_nonfinite:
+                self._seen_nonfinite.add(key)
+                new.append(self.add(Finding(
+                    ERROR, f"non_finite_{key}",
+                    f"{key} is {value} at epoch {epoch} iter {it}: training diverged (NaN/Inf); check the lr, "
+                    "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
+                    epoch, it,
+                )))  # fmt: skip
+        outliers = (
+            (loss, self._losses, self.t.spike_factor, WARNING, "loss_spike", "loss", ""),
+            (grad, self._grads, self.t.explosion_factor, ERROR, "grad_norm_explosion", "grad_norm",
+             ": gradients are exploding; lower the lr or check grad_clip"),
+        )  # fmt: skip
+        for value, history, factor, severity, code, name, advice in outliers:
+            if value is None or not math.isfinite(value):
+                continue
+            median = self._running_median(history)
+            if median is not None and median > 0 and value > factor * median:
+                new.append(self.add(Finding(
+                    severity, code,
+                    f"{name} {value:.4g} at epoch {epoch} iter {it} is {value / median:.1f}x its running median "
+                    f"{median:.4g}{advice}",
+                    epoch, it,
+                )))  # fmt: skip
+            history.append(value)
+        return new
+
+    def _running_median(self, history: list[float]) -> float | None:
+        """Median of the last ``window`` values, refreshed every few records (a slightly stale median is fine for
+        spotting 2x-10x outliers, and it keeps a 7,000-record analysis near the cost of parsing)."""
+        if len(history) < self.t.explosion_min_history:
+            return None
+        n = len(history)
+        cache = self._medians.get(id(history))
+        if cache is None or n - cache[0] >= 5 or n <= self.t.window:
+            cache = (n, statistics.median(history[-self.t.window :]))
+            self._medians[id(history)] = cache
+        return cache[1]
+
+    def usual_interval(self) -> float | None:
+        """Median wall time between records (epoch boundaries included), once a few have been seen."""
+        return statistics.median(self._intervals) if len(self._intervals) >= 2 else None
+
+    def check_stall(
+        self,
+        now: float,
+        last_epoch: int | None = None,
+        last_iter: int | None = None,
+        last_output_at: float | None = None,
+    ) -> Finding | None:
+        """A stall is silence in the log *and* on the output: evaluation after the last epoch writes no log records
+        for a long time, but its progress bar keeps printing."""
+        if self._last_record_at is None or self._stalled:
+            return None
+        silence = now - max(self._last_record_at, last_output_at or 0.0)
+        finding = stall_finding(silence, self.usual_interval(), self.t, last_epoch, last_iter, live=True)
+        if finding is None:
+            return None
+        self._stalled = True
+        return self.add(finding)
+
+
+def stall_finding(
+    silence_s: float, interval_s: float | None, t: Thresholds, epoch: int | None, it: int | None, *, live: bool
+) -> Finding | None:
+    """The one stall rule: silence longer than ``stall_factor`` x the usual interval between records, and than
+    ``stall_min_s``. Live (a stage the watch would stop) it is an error; in an analysis of a log, a warning."""
+    limit = max(t.stall_factor * interval_s, t.stall_min_s) if interval_s is not None else t.stall_min_s
+    if silence_s <= limit:
+        return None
+    usual = f"{interval_s:.1f} s" if interval_s is not None else "not known yet"
+    where = f"after epoch {epoch} iter {it}"
+    if live:
+        return Finding(
+            ERROR, "stall",
+            f"no new log records or output for {silence_s:.0f} s (usual interval {usual}, limit {limit:.0f} s) "
+            f"{where}: a rank is hung (NCCL watchdog, dataloader or I/O)",
+            epoch, it,
+        )  # fmt: skip
+    return Finding(
+        WARNING, "stall",
+        f"no new records for {silence_s:.0f} s (usual interval {usual}, limit {limit:.0f} s) {where}, and the "
+        "stage is not finished",
+        epoch, it,
+    )  # fmt: skip

@@ -1,0 +1,160 @@
+"""The plan of one pipeline run: what ``preflight`` decided, typed, and the only code that knows its JSON shape.
+
+``preflight`` validates the trigger parameters once, prepares the UniAD root and returns ``Plan.to_json()``;
+every later task receives it as an argument (``plan=preflight.output``) and reads it back with ``Plan.from_json``.
+Nothing a user typed is interpreted twice or reaches a shell.
+
+    Plan
+      profile, uniad_root, ckpt_path
+      stages: {"stage1": StageSpec, "stage2": StageSpec}      how each stage is launched (uniad.train.launch)
+      gate: GatePlan(strict, stall_timeout_s)                  how the stages are judged
+      storage: StoragePlan(uri, aws_conn_id, pretrained)       S3 uploads and pretrained downloads
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+
+from ..errors import ParamError
+from ..stages import STAGES
+from ..train.launch import StageSpec
+from ..workdir import WorkDir, default_work_dir, provenance_path
+from .params import PipelineParams
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GatePlan:
+    strict: bool = False  # warnings fail the gate too
+    stall_timeout_s: int = 600  # the live health watch's stall limit
+
+
+@dataclass(frozen=True)
+class PretrainedFile:
+    uri: str
+    path: str  # where it lands: <root>/ckpts/<name>
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    uri: str | None = None  # s3://bucket/prefix for the run's artifacts; None: no upload
+    aws_conn_id: str = "aws_default"
+    pretrained: tuple[PretrainedFile, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Plan:
+    profile: str
+    uniad_root: str
+    ckpt_path: str  # absolute: where stage 1's verified checkpoint is published, and stage 2 loads it from
+    stages: dict[str, StageSpec]
+    gate: GatePlan = field(default_factory=GatePlan)
+    storage: StoragePlan = field(default_factory=StoragePlan)
+
+    @classmethod
+    def build(cls, params: PipelineParams, root: Path, python: str) -> Plan:
+        """The plan for a prepared root: absolute paths, and each stage's launch settings from the params."""
+        root = root.resolve()
+        ckpt = Path(params.ckpt_path)
+        ckpt = ckpt if ckpt.is_absolute() else root / ckpt
+        common = dict(
+            uniad_root=str(root),
+            nproc_per_node=params.nproc,
+            backend=params.backend,
+            launcher=params.launcher,
+            deterministic=params.deterministic,
+            seed=params.seed,
+            python=python,
+            checkpoint_interval_iters=params.checkpoint_interval_iters,
+        )
+        stage1 = StageSpec(
+            config=params.stage1_config,
+            work_dir=default_work_dir(params.stage1_config),
+            max_epochs=params.stage1_epochs,
+            cfg_options=params.stage1_cfg_options,
+            **common,
+        )
+        stage2 = StageSpec(
+            config=params.stage2_config,
+            work_dir=default_work_dir(params.stage2_config),
+            max_epochs=params.stage2_epochs,
+            load_from=str(ckpt),  # explicit: never rely on the config's own load_from pointing at the right file
+            cfg_options=params.stage2_cfg_options,
+            **common,
+        )
+        pretrained = tuple(
+            PretrainedFile(uri, str(root / "ckpts" / PurePosixPath(uri).name)) for uri in params.pretrained_s3_uris
+        )
+        return cls(
+            profile=params.profile,
+            uniad_root=str(root),
+            ckpt_path=str(ckpt),
+            stages={"stage1": stage1, "stage2": stage2},
+            gate=GatePlan(strict=params.strict, stall_timeout_s=params.stall_timeout_s),
+            storage=StoragePlan(uri=params.s3_uri, aws_conn_id=params.aws_conn_id, pretrained=pretrained),
+        )
+
+    # ------------------------------------------------------------------ per stage
+    def stage(self, name: str) -> StageSpec:
+        if name not in STAGES:
+            raise ParamError(f"stage must be one of {', '.join(STAGES)}, got {name!r}")
+        return self.stages[name]
+
+    def work_dir(self, stage: str) -> WorkDir:
+        return WorkDir(self.stage(stage).work_dir_path)
+
+    def later_epochs(self, stage: str) -> int:
+        """Epochs still to train after ``stage`` finishes, for the pipeline-wide ETA."""
+        return sum(self.stages[s].max_epochs for s in STAGES[STAGES.index(stage) + 1 :])
+
+    def artifacts(self, stage: str) -> list[tuple[Path, str]]:
+        """(local file, key below the run's prefix) of what a finished stage leaves: its logs and health report; for
+        stage 1 the promoted checkpoint and its provenance (the same bytes as its last epoch, uploaded once), for
+        stage 2 its final checkpoint (the file ``latest.pth`` points to)."""
+        work_dir = self.work_dir(stage)
+        root = Path(self.uniad_root)
+        files: list[tuple[Path, str]] = []
+        if stage == "stage1":
+            promoted = Path(self.ckpt_path)
+            for path in (promoted, provenance_path(promoted)):
+                files.append((path, path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name))
+        elif (final := work_dir.latest_checkpoint()) is not None:
+            files.append((final, f"{stage}/{final.name}"))
+        files += [(path, f"{stage}/{name}") for path, name in work_dir.stage_outputs()]
+        return [(path, key) for path, key in files if path.is_file()]
+
+    # ------------------------------------------------------------------ JSON (XCom)
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["version"] = PLAN_VERSION
+        for spec in data["stages"].values():
+            spec["cfg_options"] = list(spec["cfg_options"])
+        data["storage"]["pretrained"] = list(data["storage"]["pretrained"])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Plan:
+        if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+            found = data.get("version") if isinstance(data, dict) else type(data).__name__
+            raise ParamError(
+                f"not a version-{PLAN_VERSION} plan (got {found!r}): the run was planned by another version of the "
+                "pipeline; trigger a new run"
+            )
+        stages = {}
+        for name, spec in data["stages"].items():
+            stages[name] = StageSpec(**{**spec, "cfg_options": tuple(spec.get("cfg_options") or ())})
+        storage = data["storage"]
+        return cls(
+            profile=data["profile"],
+            uniad_root=data["uniad_root"],
+            ckpt_path=data["ckpt_path"],
+            stages=stages,
+            gate=GatePlan(**data["gate"]),
+            storage=StoragePlan(
+                uri=storage["uri"],
+                aws_conn_id=storage["aws_conn_id"],
+                pretrained=tuple(PretrainedFile(**item) for item in storage["pretrained"]),
+            ),
+        )

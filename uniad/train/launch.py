@@ -1,0 +1,172 @@
+"""Build the command that trains one UniAD stage: pure functions, argv lists, no shell.
+
+What a stage launch looks like (the reference run's stage 2, made explicit)::
+
+    PYTHONPATH=<root>:$PYTHONPATH PYTHONUNBUFFERED=1 \\
+    python -m torch.distributed.run --nnodes=1 --nproc_per_node=8 --master_addr=127.0.0.1 --master_port=28599 \\
+        tools/train.py projects/configs/stage2_e2e/full_e2e.py --launcher pytorch --deterministic \\
+        --work-dir projects/work_dirs/stage2_e2e/full_e2e/ \\
+        --cfg-options dist_params.backend=gloo runner.max_epochs=20 load_from=<root>/ckpts/full_track_map.pth \\
+        data.workers_per_gpu=4 log_config.interval=10
+
+``--launcher pytorch`` is always passed: UniAD v2.0's scripts drop it and every rank lands on GPU 0 (issue #229).
+The ``launch`` launcher adds ``--use_env`` so ranks read LOCAL_RANK from the environment on every torch version.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LaunchError
+
+BACKENDS = ("auto", "nccl", "gloo")
+LAUNCHERS = ("torchrun", "launch")
+# Keys the pipeline sets from its own parameters; a user cfg-option for them would silently fight the pipeline.
+MANAGED_KEYS = {
+    "dist_params.backend": "backend",
+    "runner.max_epochs": "stage1_epochs / stage2_epochs",
+    "total_epochs": "stage1_epochs / stage2_epochs",
+    "load_from": "the promoted checkpoint (ckpt_path)",
+    "runner.checkpoint_interval_iters": "checkpoint_interval_iters",
+}
+# The training-side module that adds iteration checkpoints, and the config keys that select it.
+TRAINSIDE_DIR = Path(__file__).resolve().parents[1] / "trainside"
+ITER_CHECKPOINT_MODULE = "uniad_iter_checkpoint"
+ITER_CHECKPOINT_RUNNER = "IterCheckpointEpochBasedRunner"
+ITER_CHECKPOINT_KEYS = ("runner.type", "custom_imports")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Everything that decides how one stage is launched. Paths are relative to the UniAD root or absolute.
+
+    Built from validated input only (``uniad.run.params`` for the DAG and the CLI): it does not check again."""
+
+    uniad_root: str
+    config: str
+    work_dir: str
+    max_epochs: int
+    nproc_per_node: int
+    backend: str = "auto"
+    launcher: str = "torchrun"
+    deterministic: bool = True
+    seed: int | None = None
+    load_from: str | None = None
+    resume_from: str | None = None
+    cfg_options: tuple[str, ...] = field(default_factory=tuple)
+    python: str = "python"
+    # Also checkpoint every N iterations inside an epoch (trainside/uniad_iter_checkpoint.py); None: per epoch only.
+    checkpoint_interval_iters: int | None = None
+
+    @property
+    def work_dir_path(self) -> Path:
+        """The work dir as an absolute path; a relative one lies under the UniAD root, where train.py runs."""
+        work_dir = Path(self.work_dir)
+        return work_dir if work_dir.is_absolute() else Path(self.uniad_root) / work_dir
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    backend: str
+
+
+def resolve_backend(
+    requested: str, visible_gpus: int, nproc_per_node: int, nccl_error: str | None = None
+) -> tuple[str, str]:
+    """The backend to train with, and why. ``auto``: nccl when every rank has a GPU and NCCL's probe all-reduce
+    worked (``nccl_error`` is None), else gloo. An explicit nccl that cannot work is an error suggesting gloo.
+    A worker with some GPUs but fewer than the ranks is an error whatever the backend (CPU-only workers run gloo)."""
+    if requested not in BACKENDS:
+        raise LaunchError(f"backend must be one of {', '.join(BACKENDS)}, got {requested!r}")
+    if 0 < visible_gpus < nproc_per_node:
+        raise LaunchError(
+            f"nproc_per_node={nproc_per_node} but the training interpreter on this worker sees {visible_gpus} GPU(s): "
+            f"ranks would share GPUs (mmcv puts rank r on GPU r % {visible_gpus}) and run out of memory with any "
+            f"backend. Set nproc_per_node={visible_gpus}, or check CUDA_VISIBLE_DEVICES and the worker's GPU slots "
+            "(UNIAD_GPUS_PER_WORKER)."
+        )
+    if requested == "gloo":
+        return "gloo", "requested gloo"
+    enough = visible_gpus >= nproc_per_node
+    if requested == "auto":
+        if not enough:
+            return "gloo", f"auto: {visible_gpus} usable GPU(s) for {nproc_per_node} process(es)"
+        if nccl_error is not None:
+            return "gloo", f"auto: NCCL failed its probe all-reduce, falling back to gloo ({nccl_error})"
+        return "nccl", f"auto: {visible_gpus} GPU(s), NCCL probe all-reduce passed"
+    if not enough:
+        raise LaunchError(
+            f"backend nccl needs one GPU per process: {nproc_per_node} processes but {visible_gpus} usable GPU(s) "
+            "on this worker. Use backend=gloo (or auto), or lower nproc_per_node."
+        )
+    if nccl_error is not None:
+        raise LaunchError(
+            f"backend nccl failed to initialise on this worker ({nccl_error}). Use backend=gloo, as the reference "
+            "run did, or backend=auto to fall back automatically."
+        )
+    return "nccl", "requested nccl, probe all-reduce passed"
+
+
+def build_launch(
+    spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
+) -> LaunchCommand:
+    """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
+    if backend not in ("nccl", "gloo"):
+        raise LaunchError(f"build_launch needs a resolved backend (nccl or gloo), got {backend!r}")
+    if not 1024 <= master_port <= 65535:
+        raise LaunchError(f"master_port must be in 1024..65535, got {master_port}")
+    if spec.launcher == "torchrun":
+        launcher: Sequence[str] = ("-m", "torch.distributed.run", "--nnodes=1")
+    else:
+        launcher = ("-m", "torch.distributed.launch", "--use_env")
+    argv = [
+        spec.python,
+        *launcher,
+        f"--nproc_per_node={spec.nproc_per_node}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={master_port}",
+        "tools/train.py",
+        spec.config,
+        "--launcher",
+        "pytorch",
+    ]
+    if spec.deterministic:
+        argv.append("--deterministic")
+    argv += ["--work-dir", spec.work_dir]
+    if spec.seed is not None:
+        argv += ["--seed", str(spec.seed)]
+    if spec.resume_from:
+        argv += ["--resume-from", spec.resume_from]
+    options = [f"dist_params.backend={backend}", f"runner.max_epochs={spec.max_epochs}"]
+    if spec.load_from:
+        options.append(f"load_from={spec.load_from}")
+    path = [spec.uniad_root]
+    if spec.checkpoint_interval_iters:
+        options += [
+            f"custom_imports.imports=[{ITER_CHECKPOINT_MODULE}]",
+            "custom_imports.allow_failed_imports=False",
+            f"runner.type={ITER_CHECKPOINT_RUNNER}",
+            f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}",
+        ]
+        path.append(str(TRAINSIDE_DIR))
+    argv += ["--cfg-options", *options, *spec.cfg_options]
+
+    inherited = (base_env or {}).get("PYTHONPATH", "")
+    env = {
+        "PYTHONPATH": ":".join(path + ([inherited] if inherited else [])),
+        "PYTHONUNBUFFERED": "1",
+    }
+    return LaunchCommand(argv=argv, env=env, cwd=spec.uniad_root, backend=backend)
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; the rendezvous binds it right after, so collisions are rare."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

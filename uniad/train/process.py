@@ -1,0 +1,301 @@
+"""Run one training stage as a process group, stream its output, report progress, and stop it cleanly.
+
+The launcher and every rank live in one new session (process group), so stopping the stage, from ``on_kill`` or
+Ctrl-C, takes all ranks down with it instead of leaving GPUs held by orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import TrainingFailed
+from ..health.logs import LogReader
+from ..health.monitor import ERROR, Finding, HealthMonitor, Thresholds
+from ..workdir import WorkDir
+from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend
+from .probes import TAIL_LINES, probe_nccl, probe_visible_gpus
+from .progress import Progress, ProgressTracker, format_duration
+
+logger = logging.getLogger(__name__)
+
+RUN_TOKEN_ENV = "UNIAD_STAGE_RUN_TOKEN"
+PR_SET_PDEATHSIG = 1
+POLL_S = 0.5
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A preexec hook that makes the launcher receive SIGTERM when this process dies, even by SIGKILL (Linux
+    PR_SET_PDEATHSIG). torchrun shuts its ranks down on SIGTERM, so no rank outlives a killed Airflow worker.
+    libc is resolved here, in the parent: between fork and exec the child only makes one foreign call."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def hook() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
+
+
+@dataclass
+class StageResult:
+    stage: str
+    returncode: int
+    duration_s: float
+    last_progress: Progress | None
+
+
+class StageRun:
+    """One stage's process group: ``start`` it, ``wait`` for it, ``terminate`` it from any thread."""
+
+    def __init__(
+        self,
+        command: LaunchCommand,
+        *,
+        stage: str,
+        total_epochs: int,
+        emit_output: Callable[[str], None] | None = None,
+        emit_progress: Callable[[Progress], None] | None = None,
+        work_dir: WorkDir | None = None,
+        thresholds: Thresholds | None = None,
+        later_epochs: int | None = None,
+        resume_point: tuple[int, int] | None = None,
+        backend_reason: str | None = None,
+    ) -> None:
+        self.command = command
+        # (epoch, iterations of it in the checkpoint): a resumed attempt's first record must be in that epoch, after
+        # those iterations.
+        self.resume_point = resume_point
+        self.backend_reason = backend_reason
+        self.stage = stage
+        self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
+        # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
+        self.work_dir = work_dir
+        self.monitor = HealthMonitor(thresholds) if work_dir is not None else None
+        self.health_failure: Finding | None = None
+        self._log: LogReader | None = None
+        self._last_record: dict = {}
+        self._last_output_at: float | None = None
+        self._emit_output = emit_output or (lambda line: logger.info("%s", line))
+        self._emit_progress = emit_progress or (lambda progress: logger.info("%s", progress.line()))
+        self._proc: subprocess.Popen[str] | None = None
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._lock = threading.Lock()
+        self._terminated_by: str | None = None
+        self._token = ""
+
+    def start(self) -> None:
+        # torchrun starts every rank in a session of its own, so the launcher's process group does not reach them
+        # once the launcher is gone. Each run's processes carry this token in their environment instead.
+        self._token = uuid.uuid4().hex
+        env = {**os.environ, **self.command.env, RUN_TOKEN_ENV: self._token}
+        logger.info("starting %s in %s: %s", self.stage, self.command.cwd, self.command.argv)
+        logger.info("environment additions: %s", sorted(self.command.env))
+        self._proc = subprocess.Popen(
+            self.command.argv,
+            cwd=self.command.cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+            preexec_fn=_die_with_parent_hook(),
+        )
+        self._started = time.monotonic()
+        self._started_wall = time.time()
+
+    def wait(self) -> StageResult:
+        """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
+        if self._proc is None:
+            raise RuntimeError("StageRun.wait() called before start()")
+        lines: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=self._pump, args=(lines,), name=f"{self.stage}-output", daemon=True)
+        reader.start()
+        try:
+            returncode = None
+            while returncode is None:
+                self._drain(lines, timeout=POLL_S)
+                if self.monitor is not None and self.health_failure is None:
+                    self._watch_health()
+                returncode = self._proc.poll()
+            # The leader is gone. Ranks still alive in its group are orphans (they would also keep the output pipe
+            # open forever): kill them, then read what is left.
+            self._kill_group(signal.SIGKILL)
+            reader.join(timeout=30)
+            self._drain(lines, timeout=0)
+        except BaseException:
+            self.terminate(reason="the launching process was interrupted")
+            raise
+        duration = time.monotonic() - self._started
+        if returncode != 0:
+            why = f" ({self._terminated_by})" if self._terminated_by else ""
+            raise TrainingFailed(
+                f"{self.stage} training exited with code {returncode}{why} after {format_duration(duration)}",
+                returncode=returncode,
+                tail=list(self._tail),
+                # NaN or exploding gradients come back on a plain retry; a hung rank may not.
+                retryable=self.health_failure is None or self.health_failure.code == "stall",
+            )
+        return StageResult(self.stage, returncode, duration, self.tracker.latest)
+
+    def _watch_health(self) -> None:
+        now = time.monotonic()
+        if self._log is None:
+            # mmcv names the log by its start time; only a log of this run counts, not one of an earlier attempt.
+            path = self.work_dir.latest_json_log(newer_than=self._started_wall - 1)
+            if path is None:
+                return
+            self._log = LogReader(path)
+            logger.info("%s: health watch follows %s", self.stage, path)
+        for record in self._log.poll():
+            if record.get("mode") == "train" and not self._last_record and self.resume_point is not None:
+                epoch, done = self.resume_point
+                if record.get("epoch") != epoch or (record.get("iter") or 0) <= done:
+                    expected = f"epoch {epoch}" + (f" after iteration {done}" if done else "")
+                    self.monitor.add(Finding(
+                        ERROR, "not_resumed",
+                        f"training did not resume: its first record is epoch {record.get('epoch')} iteration "
+                        f"{record.get('iter')}, expected {expected} (train.py ignores a --resume-from it cannot "
+                        "read and restarts from load_from)",
+                        record.get("epoch"), record.get("iter"),
+                    ))  # fmt: skip
+            self.monitor.feed(record, now)
+            if record.get("mode") == "train":
+                self._last_record = record
+        finding = self.monitor.fatal or self.monitor.check_stall(
+            now, self._last_record.get("epoch"), self._last_record.get("iter"), self._last_output_at
+        )
+        if finding is not None:
+            self.health_failure = finding
+            logger.error("%s: %s", self.stage, finding.message)
+            self.terminate(reason=f"stopped by the health watch: {finding.code}: {finding.message}")
+
+    def _pump(self, lines: queue.Queue) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            lines.put(raw.rstrip("\n"))
+        lines.put(None)
+
+    def _drain(self, lines: queue.Queue, timeout: float) -> None:
+        """Emit queued lines on the calling thread (Airflow's task logger is not ours to share across threads)."""
+        try:
+            line = lines.get(timeout=timeout) if timeout else lines.get_nowait()
+            while True:
+                if line is not None:
+                    self._last_output_at = time.monotonic()
+                    self._tail.append(line)
+                    self._emit_output(line)
+                    progress = self.tracker.update(line)
+                    if progress is not None:
+                        self._emit_progress(progress)
+                line = lines.get_nowait()
+        except queue.Empty:
+            return
+
+    def run(self) -> StageResult:
+        self.start()
+        return self.wait()
+
+    def terminate(self, grace_s: float = 10.0, reason: str = "stopped") -> None:
+        """SIGTERM the whole group, then SIGKILL whatever is left after ``grace_s``."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._kill_group(signal.SIGKILL)
+                return
+            self._terminated_by = reason
+            logger.warning("stopping %s (process group %d): %s", self.stage, self._proc.pid, reason)
+            self._kill_group(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0f s; killing the process group", self.stage, grace_s)
+            self._kill_group(signal.SIGKILL)
+
+    def _kill_group(self, sig: int) -> None:
+        """Signal the launcher's group and every process of this run, wherever it was reparented."""
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in processes_with_token(self._token):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def leftover_pids(self) -> list[int]:
+        return processes_with_token(self._token) if self._proc is not None else []
+
+
+def processes_with_token(token: str) -> list[int]:
+    """Live processes whose environment holds this run's token (Linux /proc; empty elsewhere)."""
+    needle = f"{RUN_TOKEN_ENV}={token}".encode()
+    found = []
+    try:
+        entries = os.scandir("/proc")
+    except FileNotFoundError:
+        return found
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as handle:
+                    if needle not in handle.read().split(b"\0"):
+                        continue
+                with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                    if handle.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        continue
+            except OSError:
+                continue
+            found.append(int(entry.name))
+    return found
+
+
+def make_stage_run(
+    spec: StageSpec,
+    *,
+    stage: str,
+    emit_output: Callable[[str], None] | None = None,
+    emit_progress: Callable[[Progress], None] | None = None,
+    thresholds: Thresholds | None = None,
+    watch: bool = True,
+    later_epochs: int | None = None,
+    resume_point: tuple[int, int] | None = None,
+) -> StageRun:
+    """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
+    gpus = probe_visible_gpus(spec.python)
+    probe = spec.backend != "gloo" and gpus >= spec.nproc_per_node
+    nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if probe else None
+    backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
+    (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
+    command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
+    return StageRun(
+        command,
+        stage=stage,
+        total_epochs=spec.max_epochs,
+        emit_output=emit_output,
+        emit_progress=emit_progress,
+        work_dir=WorkDir(spec.work_dir_path) if watch else None,
+        thresholds=thresholds,
+        later_epochs=later_epochs,
+        resume_point=resume_point,
+        backend_reason=why,
+    )

@@ -1,0 +1,177 @@
+"""The on-disk contract of a stage's work dir, and of a published checkpoint: every file name the pipeline reads or
+writes is spelled here, and nowhere else.
+
+    <work_dir>/                  projects/work_dirs/<group>/<config name>/ (UniAD's layout)
+      .uniad_run.json            which pipeline run owns the folder (run id, stage, start time)
+      <YYYYMMDD_HHMMSS>.log      mmcv's text log of one attempt (rank 0); .log.json the same as json lines
+      epoch_N.pth, latest.pth    mmcv's CheckpointHook; latest.pth is a symlink to the newest epoch file
+      epoch_E_iter_K.pth         a checkpoint inside epoch E after K iterations (checkpoint_interval_iters)
+      health/                    the gate's report.md and plots
+      previous_runs/<run>-<time>/  what older runs left here, moved aside when a new run claims the folder
+    <published>.pth.provenance.json  beside a promoted checkpoint: source, sha256, epoch
+
+The names the training processes write come from ``uniad.trainside.uniad_workdir``, which they import too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .trainside.uniad_workdir import EPOCH_FILE, EPOCH_PATTERN, ITER_FILE, ITER_PATTERN, LATEST, MID_EPOCH_META_KEY
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EPOCH_FILE", "ITER_FILE", "LATEST", "MID_EPOCH_META_KEY", "WorkDir", "default_work_dir"]
+
+MARKER = ".uniad_run.json"
+PREVIOUS = "previous_runs"
+HEALTH = "health"
+JSON_LOGS = "*.log.json"
+TEXT_LOGS = "*.log"
+
+
+def sanitize_run_id(run_id: str) -> str:
+    """A run id as one safe folder name (manual__2026-11-24T09:00:00+00:00 -> manual__2026-11-24T09_00_00_00_00)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._") or "run"
+    return cleaned[:200]
+
+
+def default_work_dir(config: str) -> str:
+    """UniAD's layout: projects/configs/<group>/<name>.py -> projects/work_dirs/<group>/<name>/."""
+    path = PurePosixPath(config)
+    return f"projects/work_dirs/{path.parent.name}/{path.stem}/"
+
+
+def provenance_path(published: str | Path) -> Path:
+    """The sidecar of a published checkpoint: where it came from and its sha256."""
+    published = Path(published)
+    return published.with_name(published.name + ".provenance.json")
+
+
+def text_log_of(json_log: str | Path) -> Path:
+    """mmcv writes ``X.log`` beside ``X.log.json``; the text log has the epoch length, the json one does not."""
+    path = Path(json_log)
+    return path.with_suffix("") if path.name.endswith(".log.json") else path
+
+
+def log_start_time(log: Path) -> float | None:
+    """mmcv names a log by its start time in local time: 20261124_101500.log.json."""
+    try:
+        return time.mktime(time.strptime(log.name.split(".", 1)[0], "%Y%m%d_%H%M%S"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """One stage's work dir (or a run's archive of it in ``previous_runs/``)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def latest(self) -> Path:
+        return self.path / LATEST
+
+    def latest_checkpoint(self) -> Path | None:
+        """The epoch file ``latest.pth`` points to, resolved; None before the first epoch ends."""
+        return self.latest.resolve() if self.latest.exists() else None
+
+    def epoch_file(self, epoch: int) -> Path:
+        return self.path / EPOCH_FILE.format(epoch)
+
+    def resume_candidates(self) -> list[tuple[tuple[int, int], Path]]:
+        """Checkpoints with their position (epochs complete, iterations of the next epoch), newest first:
+        ``epoch_N.pth`` is (N, 0), ``epoch_E_iter_K.pth`` is (E - 1, K). ``latest.pth`` is only a link to one."""
+        found = []
+        for path in self.path.glob("epoch_*.pth"):
+            if not path.is_file():
+                continue
+            if match := EPOCH_PATTERN.match(path.name):
+                found.append(((int(match.group(1)), 0), path))
+            elif match := ITER_PATTERN.match(path.name):
+                found.append(((int(match.group(1)) - 1, int(match.group(2))), path))
+        return sorted(found, reverse=True)
+
+    # ------------------------------------------------------------------ logs
+    def json_logs(self) -> list[Path]:
+        """The stage's json logs in start order: one per attempt (a new run moved older runs' logs aside)."""
+        return sorted(self.path.glob(JSON_LOGS))
+
+    def latest_json_log(self, newer_than: float | None = None) -> Path | None:
+        """The newest json log, optionally only one written since ``newer_than`` (this attempt's, not an older)."""
+        candidates = []
+        for path in self.path.glob(JSON_LOGS):
+            try:
+                mtime = path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if newer_than is None or mtime >= newer_than:
+                candidates.append((path.name, path))
+        return max(candidates)[1] if candidates else None
+
+    @property
+    def health_dir(self) -> Path:
+        return self.path / HEALTH
+
+    def stage_outputs(self) -> list[tuple[Path, str]]:
+        """(file, its name relative to the work dir) of the logs and health report a finished stage leaves."""
+        files = []
+        for pattern in (TEXT_LOGS, JSON_LOGS, f"{HEALTH}/*"):
+            files += [(p, p.relative_to(self.path).as_posix()) for p in sorted(self.path.glob(pattern)) if p.is_file()]
+        return files
+
+    # ------------------------------------------------------------------ ownership
+    def read_marker(self) -> dict | None:
+        try:
+            return json.loads((self.path / MARKER).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def owned_by(self, run_id: str) -> bool:
+        marker = self.read_marker()
+        return marker is not None and marker.get("run_id") == run_id
+
+    def claim(self, run_id: str, stage: str) -> bool:
+        """Make the folder this run's. True when it already was (a retry); otherwise an older run's artifacts are
+        moved into ``previous_runs/`` first, so neither training nor the gate can pick up a stale ``latest.pth``."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        marker = self.read_marker()
+        if marker is not None and marker.get("run_id") == run_id:
+            return True
+        owner = marker.get("run_id", "unknown") if marker else "unknown"
+        archived = self._archive(owner)
+        if archived is not None:
+            logger.warning("%s: moved the artifacts of run %s out of the way, to %s", stage, owner, archived)
+        (self.path / MARKER).write_text(json.dumps({"run_id": run_id, "stage": stage, "started": time.time()}) + "\n")
+        return False
+
+    def _archive(self, owner: str) -> Path | None:
+        """Move everything but earlier archives into previous_runs/<owner>-<time>/; None when there was nothing."""
+        entries = [p for p in self.path.iterdir() if p.name != PREVIOUS]
+        if not entries:
+            return None
+        target = self.path / PREVIOUS / f"{sanitize_run_id(owner)}-{time.strftime('%Y%m%d_%H%M%S')}"
+        target.mkdir(parents=True)
+        for entry in entries:
+            shutil.move(str(entry), target / entry.name)
+        return target
+
+    def for_run(self, run_id: str) -> WorkDir | None:
+        """This run's folder of the stage: the work dir while the run owns it, else its archive in previous_runs/."""
+        if self.owned_by(run_id):
+            return self
+        for archived in sorted((self.path / PREVIOUS).glob(f"{sanitize_run_id(run_id)}-*"), reverse=True):
+            candidate = WorkDir(archived)
+            if candidate.owned_by(run_id):
+                return candidate
+        return None
