@@ -18,6 +18,8 @@ if [ -e "$ROOT" ]; then
     exit 1
   fi
 fi
+# The demo's root is the one directory this run may use (see UNIAD_ALLOWED_ROOTS in the README).
+export UNIAD_ALLOWED_ROOTS="${UNIAD_ALLOWED_ROOTS:-$ROOT}"
 CONF=$(.venv/bin/python -c 'import json, sys; print(json.dumps({"profile": "mini", "uniad_root": sys.argv[1]}))' "$ROOT")
 
 echo "==> airflow dags test uniad_e2e_training -c '$CONF'  (full log: $LOG)"

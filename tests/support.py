@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +28,8 @@ def airflow_env(home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
+        # Tests write their UniAD roots under the temp dir; the allowlist tests narrow this.
+        "UNIAD_ALLOWED_ROOTS": tempfile.gettempdir(),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
     }
 

@@ -54,6 +54,11 @@ def provenance_path(published: str | Path) -> Path:
     return published.with_name(published.name + ".provenance.json")
 
 
+def pretrained_path(root: str | Path, uri: str) -> Path:
+    """Where a pretrained object fetched from ``uri`` lands: ``<root>/ckpts/<its name>``, where configs load it."""
+    return Path(root) / "ckpts" / PurePosixPath(uri).name
+
+
 def text_log_of(json_log: str | Path) -> Path:
     """mmcv writes ``X.log`` beside ``X.log.json``; the text log has the epoch length, the json one does not."""
     path = Path(json_log)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from uniad_airflow.settings import gpus_per_worker, runs_dir, training_python
+from uniad_airflow.settings import allowed_roots, gpus_per_worker, runs_dir, training_python
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -80,7 +80,8 @@ class PlanOperator(BaseOperator):
 
 
 class UniADPreflightOperator(BaseOperator):
-    """Validate the trigger parameters, prepare the UniAD root (writing one for the mini profile), emit the plan."""
+    """Validate the trigger parameters, check every path against the deployment's allowed roots, prepare the UniAD
+    root (writing one for the mini profile), emit the plan."""
 
     ui_color = "#e8f4fd"
 
@@ -99,7 +100,7 @@ class UniADPreflightOperator(BaseOperator):
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
                 )
             run_dir = runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
-            root = prepare_root(params, mini_run_dir=run_dir)
+            root = prepare_root(params, mini_run_dir=run_dir, allowed=allowed_roots(params.profile))
             plan = Plan.build(params, root, python=training_python())
         self.log.info("profile %s, UniAD root %s", plan.profile, plan.uniad_root)
         for stage, spec in plan.stages.items():

@@ -29,6 +29,16 @@ def training_python() -> str:
     return os.environ.get("UNIAD_PYTHON", sys.executable)
 
 
+def allowed_roots(profile: str):
+    """``UNIAD_ALLOWED_ROOTS`` (``uniad.run.allowlist``): the directories a run of ``profile`` may touch. Unset: the
+    mini runs folder for ``mini``, and ``UNIAD_ROOT`` for any profile."""
+    from uniad.run.allowlist import SETTING, AllowedRoots
+
+    return AllowedRoots.from_setting(
+        os.environ.get(SETTING), profile=profile, runs_dir=runs_dir(), default_root=default_root()
+    )
+
+
 def default_root() -> str | None:
     """``UNIAD_ROOT``: the UniAD checkout on the GPU workers; makes ``uniad`` the form's default profile."""
     return os.environ.get("UNIAD_ROOT") or None

@@ -76,7 +76,7 @@ def test_a_stage_still_training(trained_root, tmp_path):
 def test_a_stage_not_started_or_just_launched(trained_root, tmp_path):
     assert stage_view(None, "stage2", max_epochs=20, nproc=8)["started"] is False
     (tmp_path / "empty").mkdir()
-    view = stage_view(tmp_path / "empty", "stage2", max_epochs=20, nproc=8)
+    view = stage_view(WorkDir(tmp_path / "empty"), "stage2", max_epochs=20, nproc=8)
     assert view["started"] is False and view["series"] is None
     # mmcv has written the meta line but no record yet.
     launched = stage_view(copy_logs(trained_root["stage1_dir"], tmp_path / "s1", keep_lines=1), "stage1",

@@ -77,6 +77,32 @@ def test_nan_in_stage1_fails_stage1_train_fast(airflow_home, tmp_path):
     assert processes_mentioning(str(root)) == []
 
 
+@pytest.mark.parametrize("escape", ["dot-dot", "symlink"])
+def test_a_root_outside_the_allowed_roots_fails_at_preflight_and_starts_nothing(airflow_home, tmp_path, escape):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    if escape == "dot-dot":
+        root = f"{allowed}/../outside/uniad-mini"
+    else:
+        (allowed / "link").symlink_to(outside)
+        root = f"{allowed}/link/uniad-mini"
+    conf = {"profile": "mini", "uniad_root": root, "stage1_epochs": 1, "stage2_epochs": 1}
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env={"UNIAD_ALLOWED_ROOTS": str(allowed)}, timeout=300, check=False,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"resolves to {outside}/uniad-mini) is outside the directories this deployment lets runs use" in output
+    assert f"UNIAD_ALLOWED_ROOTS={allowed}" in output
+    assert "AirflowFailException: invalid parameters: uniad_root" in output  # failed, without a retry
+    assert output.count("new_state=failed") == 1 and "new_state=success" not in output
+    assert "starting task_id=fetch_pretrained" not in output  # nothing ran after preflight
+    assert list(outside.iterdir()) == []  # no mini root written, no work dir
+    assert processes_mentioning(str(outside)) == []
+
+
 @pytest.fixture(scope="module")
 def scheduler(airflow_home):
     """`airflow standalone` (api-server, scheduler, dag-processor, triggerer; LocalExecutor) in its own group,

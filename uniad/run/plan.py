@@ -14,12 +14,12 @@ Nothing a user typed is interpreted twice or reaches a shell.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import ParamError
 from ..stages import STAGES
 from ..train.launch import StageSpec
-from ..workdir import WorkDir, default_work_dir, provenance_path
+from ..workdir import WorkDir, default_work_dir, pretrained_path, provenance_path
 from .params import PipelineParams
 
 PLAN_VERSION = 1
@@ -57,8 +57,7 @@ class Plan:
     def build(cls, params: PipelineParams, root: Path, python: str) -> Plan:
         """The plan for a prepared root: absolute paths, and each stage's launch settings from the params."""
         root = root.resolve()
-        ckpt = Path(params.ckpt_path)
-        ckpt = ckpt if ckpt.is_absolute() else root / ckpt
+        ckpt = root / params.ckpt_path  # an absolute ckpt_path stays as it is
         common = dict(
             uniad_root=str(root),
             nproc_per_node=params.nproc,
@@ -84,9 +83,7 @@ class Plan:
             cfg_options=params.stage2_cfg_options,
             **common,
         )
-        pretrained = tuple(
-            PretrainedFile(uri, str(root / "ckpts" / PurePosixPath(uri).name)) for uri in params.pretrained_s3_uris
-        )
+        pretrained = tuple(PretrainedFile(uri, str(pretrained_path(root, uri))) for uri in params.pretrained_s3_uris)
         return cls(
             profile=params.profile,
             uniad_root=str(root),
