@@ -49,7 +49,7 @@ class CheckpointReport:
     inner_iter: int | None = None  # iterations into the next epoch, for an iteration checkpoint
     inner_iter_world_size: int | None = None  # the processes that trained those iterations
     mmcv_version: str | None = None
-    trained_gpus: int | None = None
+    trained_world_size: int | None = None  # processes that trained it (UniAD: gpu_ids = range(0, N) in its config)
     tensor_count: int = 0
     parameter_count: int = 0
     non_finite_tensors: list[str] = field(default_factory=list)
@@ -82,14 +82,16 @@ class CheckpointReport:
         return "\n".join(lines)
 
 
-def gpus_of(env_info: object) -> int | None:
-    """GPU count of the run that wrote a checkpoint, from mmcv's env_info ("GPU 0,1,2,3: ..." or "world_size: N")."""
-    if not isinstance(env_info, str):
-        return None
-    if match := re.search(r"^world_size: (\d+)$", env_info, re.M):
+def world_size_of(meta: dict) -> int | None:
+    """How many processes trained a checkpoint. UniAD's train.py sets ``cfg.gpu_ids = range(world_size)`` before
+    the config text goes into the meta; the mini also logs ``world_size: N`` in env_info. The ``GPU 0,1,...`` line
+    of env_info is not it: that lists the GPUs the machine showed, whatever ``nproc_per_node`` was."""
+    config = meta.get("config")
+    if isinstance(config, str) and (match := re.search(r"^gpu_ids\s*=\s*range\(\s*0\s*,\s*(\d+)\s*\)", config, re.M)):
         return int(match.group(1))
-    if match := re.search(r"^GPU ([\d,]+):", env_info, re.M):
-        return len(match.group(1).split(","))
+    env_info = meta.get("env_info")
+    if isinstance(env_info, str) and (match := re.search(r"^world_size: (\d+)$", env_info, re.M)):
+        return int(match.group(1))
     return None
 
 
@@ -209,7 +211,7 @@ def inspect_checkpoint(
         world_size = mid_epoch.get("world_size")
         report.inner_iter_world_size = world_size if isinstance(world_size, int) and world_size > 0 else None
     report.mmcv_version = meta.get("mmcv_version") if isinstance(meta.get("mmcv_version"), str) else None
-    report.trained_gpus = gpus_of(meta.get("env_info"))
+    report.trained_world_size = world_size_of(meta)
     release = _page_releaser() if zipfile.is_zipfile(resolved) else None
     for name, tensor in state.items():
         if not isinstance(tensor, torch.Tensor):

@@ -70,6 +70,8 @@ class MiniDriveDataset(Dataset):
         self.occ_size = occ_size
         self.noise = noise
         self.seed = seed
+        # mmdet's aspect-ratio groups, which UniAD's group sampler shuffles within: one group here.
+        self.flag = np.zeros(num_samples, dtype=np.uint8)
         self._img_grid = _grid(img_size)
         self._seg_grid = _grid(seg_size)
         self._occ_grid = _grid(occ_size)

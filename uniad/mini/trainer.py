@@ -41,10 +41,11 @@ from mmcv.runner import (  # noqa: E402
     get_dist_info,
 )
 from mmcv.utils import Registry, build_from_cfg, get_logger  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from .data import MiniDriveDataset  # noqa: E402
 from .model import MiniUniAD  # noqa: E402
+from .sampler import DistributedGroupSampler  # noqa: E402
 
 MODELS = Registry("mini_uniad_models")
 DATASETS = Registry("mini_uniad_datasets")
@@ -144,6 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     if distributed:
         init_dist(args.launcher, **cfg.dist_params)
     rank, world_size = get_dist_info()
+    # As UniAD's train.py: the config that goes into every checkpoint's meta says how many processes trained it.
+    cfg.gpu_ids = range(world_size)
+    # As UniAD's mmdet_train.py: a config with total_epochs must agree with runner.max_epochs, so a run that sets
+    # only one of them through --cfg-options dies here, as it would on the real checkout.
+    if "total_epochs" in cfg:
+        assert cfg.total_epochs == cfg.runner.max_epochs
     if args.autoscale_lr:
         cfg.optimizer["lr"] = cfg.optimizer["lr"] * world_size / 8
 
@@ -168,9 +175,11 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_from_cfg(cfg.model, MODELS)
     dataset = build_from_cfg(cfg.data.train, DATASETS)
-    # One sampler for both modes: a 1-replica DistributedSampler needs no process group and still reshuffles per
-    # epoch through DistSamplerSeedHook.
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed)
+    # UniAD's sampler and its per-rank slicing (one contiguous block per rank); it needs no process group, and
+    # DistSamplerSeedHook reshuffles it per epoch.
+    sampler = DistributedGroupSampler(
+        dataset, samples_per_gpu=cfg.data.samples_per_gpu, num_replicas=world_size, rank=rank, seed=args.seed
+    )
     data_loader = DataLoader(
         dataset,
         batch_size=cfg.data.samples_per_gpu,

@@ -179,6 +179,11 @@ class PipelineParams:
         {"type": "string"}, "Promoted checkpoint", DEFAULT_CKPT,
         "Where the verified stage-1 checkpoint is published; stage 2 loads it (relative to the root).",
     ))  # fmt: skip
+    validate: bool = field(default=True, metadata=param(
+        {"type": "boolean"}, "Evaluate during training", "true",
+        "Run the configs' evaluation (UniAD: at evaluation.interval, and always after the final epoch). False passes "
+        "--no-validate: no metrics, and the gate does not ask for them.",
+    ))  # fmt: skip
     strict: bool = field(default=False, metadata=param(
         {"type": "boolean"}, "Strict health gate", "false",
         "Fail validate_stage1/2 on health warnings (plateau, spikes, lr mismatch), not only on errors.",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import ParamError
 from ..stages import STAGES
-from ..train.launch import StageSpec
+from ..train.launch import StageSpec, final_epoch_evaluation_interval
 from ..workdir import WorkDir, default_work_dir, pretrained_path, provenance_path
 from .params import PipelineParams
 
@@ -67,12 +67,18 @@ class Plan:
             seed=params.seed,
             python=python,
             checkpoint_interval_iters=params.checkpoint_interval_iters,
+            validate=params.validate,
         )
+
+        def evaluation_interval(config: str, epochs: int) -> int | None:
+            return final_epoch_evaluation_interval((root / config).read_text(errors="replace"), epochs)
+
         stage1 = StageSpec(
             config=params.stage1_config,
             work_dir=default_work_dir(params.stage1_config),
             max_epochs=params.stage1_epochs,
             cfg_options=params.stage1_cfg_options,
+            evaluation_interval=evaluation_interval(params.stage1_config, params.stage1_epochs),
             **common,
         )
         stage2 = StageSpec(
@@ -81,6 +87,7 @@ class Plan:
             max_epochs=params.stage2_epochs,
             load_from=str(ckpt),  # explicit: never rely on the config's own load_from pointing at the right file
             cfg_options=params.stage2_cfg_options,
+            evaluation_interval=evaluation_interval(params.stage2_config, params.stage2_epochs),
             **common,
         )
         pretrained = tuple(PretrainedFile(uri, str(pretrained_path(root, uri))) for uri in params.pretrained_s3_uris)

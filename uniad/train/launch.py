@@ -6,7 +6,8 @@ What a stage launch looks like (the reference run's stage 2, made explicit)::
     python -m torch.distributed.run --nnodes=1 --nproc_per_node=8 --master_addr=127.0.0.1 --master_port=28599 \\
         tools/train.py projects/configs/stage2_e2e/full_e2e.py --launcher pytorch --deterministic \\
         --work-dir projects/work_dirs/stage2_e2e/full_e2e/ \\
-        --cfg-options dist_params.backend=gloo runner.max_epochs=20 load_from=<root>/ckpts/full_track_map.pth \\
+        --cfg-options dist_params.backend=gloo total_epochs=20 runner.max_epochs=20 \\
+        load_from=<root>/ckpts/full_track_map.pth \\
         data.workers_per_gpu=4 log_config.interval=10
 
 ``--launcher pytorch`` is always passed: UniAD v2.0's scripts drop it and every rank lands on GPU 0 (issue #229).
@@ -15,6 +16,7 @@ The ``launch`` launcher adds ``--use_env`` so ranks read LOCAL_RANK from the env
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ MANAGED_KEYS = {
     "total_epochs": "stage1_epochs / stage2_epochs",
     "load_from": "the promoted checkpoint (ckpt_path)",
     "runner.checkpoint_interval_iters": "checkpoint_interval_iters",
+    "evaluation.interval": "stage1_epochs / stage2_epochs (the final epoch is always evaluated; validate=false: none)",
 }
 # The training-side module that adds iteration checkpoints, and the config keys that select it.
 TRAINSIDE_DIR = Path(__file__).resolve().parents[1] / "trainside"
@@ -60,6 +63,10 @@ class StageSpec:
     python: str = "python"
     # Also checkpoint every N iterations inside an epoch (trainside/uniad_iter_checkpoint.py); None: per epoch only.
     checkpoint_interval_iters: int | None = None
+    # False: --no-validate (no evaluation during training, on purpose). evaluation_interval: set when the config's
+    # own interval would skip the final epoch (final_epoch_evaluation_interval).
+    validate: bool = True
+    evaluation_interval: int | None = None
 
     @property
     def work_dir_path(self) -> Path:
@@ -74,6 +81,21 @@ class LaunchCommand:
     env: dict[str, str]
     cwd: str
     backend: str
+
+
+_EVALUATION_INTERVAL = re.compile(r"^evaluation\s*=\s*dict\((?:[^()]|\([^()]*\))*?\binterval\s*=\s*(\d+)", re.M | re.S)
+
+
+def final_epoch_evaluation_interval(config_text: str, max_epochs: int) -> int | None:
+    """The ``evaluation.interval`` that makes mmcv's eval hook run after the final epoch, or None when the config's
+    own one already does (or the config has no evaluation). UniAD's configs evaluate every 6 (stage 1) or 4 (stage 2)
+    epochs: with 5 epochs the last one would never be evaluated. Then only the final epoch is: intermediate
+    evaluations of a real UniAD stage cost hours each, and the gate judges the final one."""
+    match = _EVALUATION_INTERVAL.search(config_text)
+    if match is None:
+        return None
+    interval = int(match.group(1))
+    return None if interval > 0 and max_epochs % interval == 0 else max_epochs
 
 
 def resolve_backend(
@@ -138,14 +160,24 @@ def build_launch(
     ]
     if spec.deterministic:
         argv.append("--deterministic")
+    if not spec.validate:
+        argv.append("--no-validate")
     argv += ["--work-dir", spec.work_dir]
     if spec.seed is not None:
         argv += ["--seed", str(spec.seed)]
     if spec.resume_from:
         argv += ["--resume-from", spec.resume_from]
-    options = [f"dist_params.backend={backend}", f"runner.max_epochs={spec.max_epochs}"]
+    # UniAD's mmdet_train.py asserts total_epochs == runner.max_epochs, and a cfg-options merge does not re-evaluate
+    # the config's max_epochs=total_epochs: set both, or every rank dies after building the datasets.
+    options = [
+        f"dist_params.backend={backend}",
+        f"total_epochs={spec.max_epochs}",
+        f"runner.max_epochs={spec.max_epochs}",
+    ]
     if spec.load_from:
         options.append(f"load_from={spec.load_from}")
+    if spec.validate and spec.evaluation_interval is not None:
+        options.append(f"evaluation.interval={spec.evaluation_interval}")
     path = [spec.uniad_root]
     if spec.checkpoint_interval_iters:
         options += [

@@ -65,14 +65,23 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
                 "iteration(s) of the next, which its name does not"
             )
             continue
+        world_size = spec.nproc_per_node
+        if inner_iter and report.inner_iter_world_size not in (None, world_size):
+            # UniAD's DistributedGroupSampler gives each rank a contiguous block of a permutation padded to the world
+            # size: with another world size, skipping the first K batches skips the wrong samples.
+            plan.skipped.append(
+                f"{path.name}: a mid-epoch checkpoint of {report.inner_iter_world_size} processes cannot be resumed "
+                f"by {world_size}: the sampler's order depends on the world size, so the rest of its epoch would "
+                "train the wrong samples; resuming from the last epoch checkpoint instead"
+            )
+            continue
         plan.spec = replace(spec, resume_from=str(path))
         plan.resumed_from, plan.resumed_epoch, plan.resumed_inner_iter = str(path), epoch, inner_iter
-        # trainside/uniad_iter_checkpoint.py skips the samples already seen, spread over this attempt's processes.
-        plan.skip_iters = inner_iter * (report.inner_iter_world_size or spec.nproc_per_node) // spec.nproc_per_node
-        trained_with = report.trained_gpus
-        if trained_with is not None and trained_with != spec.nproc_per_node:
+        plan.skip_iters = inner_iter
+        trained_with = report.trained_world_size
+        if trained_with is not None and trained_with != world_size:
             plan.warnings.append(
-                f"{path.name} was trained with {trained_with} GPUs, this attempt uses {spec.nproc_per_node}: mmcv "
+                f"{path.name} was trained by {trained_with} processes, this attempt runs {world_size}: mmcv "
                 "rescales the iteration counter on resume, so per-iteration schedules (warmup) shift"
             )
         break

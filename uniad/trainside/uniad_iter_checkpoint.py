@@ -15,6 +15,8 @@ stage-1 epoch is ~8 hours on 8 GPUs, so a crash loses up to that much. This runn
 * ``resume`` from such a file continues epoch E after its first K iterations: every rank skips those batches by
   advancing the batch sampler (their samples are never loaded), iteration numbers in logs and hooks stay those of
   the uninterrupted run, and the data order, learning rate and optimizer state are the ones it would have had.
+  Only with the world size that wrote it: the sampler's order depends on it (the pipeline falls back to the last
+  epoch checkpoint instead).
 * ``latest.pth`` is not touched: it still points at the newest complete epoch, which is what gates promote.
 
 UniAD's tools/train.py imports ``custom_imports`` after applying ``--cfg-options`` and builds the runner from
@@ -132,13 +134,18 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
             return
         done = int(position["inner_iter"])
         trained_with = int(position.get("world_size") or self.world_size)
-        # Same rule as mmcv's iteration rescaling: the samples already seen, spread over this run's ranks.
-        self._resume_skip = done * trained_with // self.world_size
+        if trained_with != self.world_size:
+            # UniAD's group sampler hands each rank a contiguous block of a permutation padded to the world size:
+            # with another world size, skipping K batches would skip samples never trained and repeat others.
+            raise RuntimeError(
+                f"{checkpoint} is a mid-epoch checkpoint of {trained_with} processes and this run has "
+                f"{self.world_size}: resume from the last epoch_N.pth instead, or with {trained_with} processes"
+            )
+        self._resume_skip = done
         self.logger.info(
-            "resuming inside epoch %d: skipping its first %d iterations, trained before the checkpoint%s",
+            "resuming inside epoch %d: skipping its first %d iterations, trained before the checkpoint",
             self.epoch + 1,
             self._resume_skip,
-            "" if trained_with == self.world_size else f" (rescaled from {trained_with} processes)",
         )
 
     def save_iter_checkpoint(self, done):

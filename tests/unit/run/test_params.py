@@ -127,3 +127,40 @@ def test_mini_root_refresh_keeps_checkpoints(tmp_path):
     (root / "ckpts/full_track_map.pth").write_bytes(b"weights")
     init_mini_root(root)
     assert (root / "ckpts/full_track_map.pth").read_bytes() == b"weights"
+
+
+def _uniad_checkout(root, stage1_text="total_epochs = 6\n"):
+    (root / "tools").mkdir(parents=True)
+    (root / "tools/train.py").write_text("")
+    for config, text in (("stage1_track_map/base_track_map.py", stage1_text), ("stage2_e2e/base_e2e.py", "")):
+        (root / "projects/configs" / config).parent.mkdir(parents=True, exist_ok=True)
+        (root / "projects/configs" / config).write_text(text)
+    return root
+
+
+def test_a_missing_config_lists_the_configs_that_exist(tmp_path):
+    """Upstream UniAD has base_*.py; the full_*.py defaults exist only in forks."""
+    params = PipelineParams(profile="uniad", uniad_root=str(_uniad_checkout(tmp_path)))
+    with pytest.raises(ParamError, match="configs there: projects/configs/stage1_track_map/base_track_map.py"):
+        prepare_root(params)
+
+
+def test_stage1_load_from_must_exist_and_load_with_weights_only(tmp_path):
+    from support import save_mmcv_checkpoint
+
+    root = _uniad_checkout(tmp_path, 'load_from = "ckpts/bevformer_r101_dcn_24ep.pth"\n')
+    values = {"profile": "uniad", "uniad_root": str(root), "stage1_config": "projects/configs/stage1_track_map/base_track_map.py",
+              "stage2_config": "projects/configs/stage2_e2e/base_e2e.py"}  # fmt: skip
+    with pytest.raises(
+        ParamError, match=r"load_from='ckpts/bevformer_r101_dcn_24ep.pth', which is not at .*pretrained_s3_uris"
+    ):
+        prepare_root(PipelineParams.from_mapping(values))
+    # Fetched by this run before stage 1: not checked at preflight.
+    fetched = {**values, "pretrained_s3_uris": ["s3://bucket/pretrained/bevformer_r101_dcn_24ep.pth"]}
+    assert prepare_root(PipelineParams.from_mapping(fetched)) == root
+    (root / "ckpts").mkdir()
+    (root / "ckpts/bevformer_r101_dcn_24ep.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ParamError, match="is not usable: .*refused to unpickle"):
+        prepare_root(PipelineParams.from_mapping(values))
+    save_mmcv_checkpoint(root / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
+    assert prepare_root(PipelineParams.from_mapping(values)) == root

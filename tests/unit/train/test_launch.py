@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from uniad.errors import LaunchError
-from uniad.train.launch import StageSpec, build_launch, find_free_port, resolve_backend
+from uniad.train.launch import StageSpec, build_launch, final_epoch_evaluation_interval, find_free_port, resolve_backend
 
 
 def spec(**overrides) -> StageSpec:
@@ -32,7 +32,7 @@ def test_reference_run_stage2_command_with_torchrun():
         "tools/train.py", "projects/configs/stage2_e2e/full_e2e.py",
         "--launcher", "pytorch", "--deterministic",
         "--work-dir", "projects/work_dirs/stage2_e2e/full_e2e/",
-        "--cfg-options", "dist_params.backend=gloo", "runner.max_epochs=20",
+        "--cfg-options", "dist_params.backend=gloo", "total_epochs=20", "runner.max_epochs=20",
         "load_from=/workspace/UniAD/ckpts/full_track_map.pth",
         "data.workers_per_gpu=4", "log_config.interval=10",
     ]  # fmt: skip
@@ -67,7 +67,7 @@ def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(
     cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599,
                        base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
     options = cmd.argv[cmd.argv.index("--cfg-options") + 1 :]
-    assert options[3:7] == [
+    assert options[4:8] == [
         "custom_imports.imports=[uniad_iter_checkpoint]",
         "custom_imports.allow_failed_imports=False",
         "runner.type=IterCheckpointEpochBasedRunner",
@@ -134,3 +134,34 @@ def test_find_free_port_is_bindable():
     port = find_free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+UNIAD_STAGE2_TAIL = """total_epochs = 20
+evaluation = dict(
+    interval=4,
+    pipeline=test_pipeline,
+    planning_evaluation_strategy=planning_evaluation_strategy,
+)
+runner = dict(type="EpochBasedRunner", max_epochs=total_epochs)
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "epochs", "expected"),
+    [
+        (UNIAD_STAGE2_TAIL, 20, None),  # 4 divides 20: the config's own interval evaluates epoch 20
+        (UNIAD_STAGE2_TAIL, 5, 5),  # epoch 4 would be the last evaluated: evaluate the final one instead
+        (UNIAD_STAGE2_TAIL.replace("interval=4", "interval=6"), 3, 3),  # stage 1 (interval 6) for 3 epochs
+        ("evaluation = dict(pipeline=dict(type='X', interval=9), interval=2)\n", 4, None),
+        ("total_epochs = 6\n", 5, None),  # no evaluation in the config: nothing to move
+    ],
+)
+def test_the_final_epoch_is_always_evaluated(config, epochs, expected):
+    assert final_epoch_evaluation_interval(config, epochs) == expected
+
+
+def test_evaluation_settings_reach_train_py():
+    with_interval = build_launch(spec(evaluation_interval=5), backend="gloo", master_port=29500)
+    assert "evaluation.interval=5" in with_interval.argv and "--no-validate" not in with_interval.argv
+    off = build_launch(spec(validate=False, evaluation_interval=5), backend="gloo", master_port=29500)
+    assert "--no-validate" in off.argv and not any(a.startswith("evaluation.") for a in off.argv)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from uniad.train.launch import StageSpec
 from uniad.train.resume import plan_attempt
 from uniad.workdir import MARKER, PREVIOUS
@@ -42,9 +44,14 @@ def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_pa
     ]
     assert attempt.spec.resume_from == str(good) and attempt.resume_point == (3, 10)
     assert attempt.describe() == f"resuming from {good} (epoch 3, after iteration 10)"
-    # Those 10 iterations of 2 processes are 5 of 4: the resumed attempt's first record only has to come after 5.
+    # 4 processes would walk UniAD's group sampler in another order: back to the last epoch checkpoint, saying why.
     wider = plan_attempt(replace(spec, nproc_per_node=4), "stage1", run_id="run-a")
-    assert wider.spec.resume_from == str(good) and wider.resume_point == (3, 5)
+    assert wider.spec.resume_from == str(work / "epoch_2.pth") and wider.resume_point == (3, 0)
+    assert wider.skipped[-1] == (
+        "epoch_3_iter_10.pth: a mid-epoch checkpoint of 2 processes cannot be resumed by 4: the sampler's order "
+        "depends on the world size, so the rest of its epoch would train the wrong samples; resuming from the last "
+        "epoch checkpoint instead"
+    )
     # Once epoch 3 is complete its file is newer than any iteration checkpoint inside it.
     save_mmcv_checkpoint(work / "epoch_3.pth", "stage1", 3)
     assert plan_attempt(spec, "stage1", run_id="run-a").resume_point == (4, 0)
@@ -69,7 +76,18 @@ def test_a_new_run_moves_older_artifacts_aside(tmp_path):
     assert plan_attempt(spec, "stage1", run_id="new-run").resumed_from is None
 
 
-def test_changed_gpu_count_is_warned(tmp_path):
+@pytest.mark.parametrize(
+    ("meta", "warned"),
+    [
+        # UniAD's train.py writes gpu_ids = range(world_size) into the config it stores in the meta.
+        ({"config": "optimizer = dict(lr=0.0002)\ngpu_ids = range(0, 8)\n"}, True),
+        ({"env_info": "sys.platform: linux\nworld_size: 8"}, True),  # the mini's env_info
+        # The GPU line lists what the machine showed: 8 visible GPUs, 4 of them trained. Not a changed world size.
+        ({"env_info": "GPU 0,1,2,3,4,5,6,7: NVIDIA A40", "config": "gpu_ids = range(0, 4)\n"}, False),
+        ({"env_info": "GPU 0,1,2,3,4,5,6,7: NVIDIA A40"}, False),
+    ],
+)
+def test_a_changed_world_size_is_warned_not_the_visible_gpus(tmp_path, meta, warned):
     import torch
 
     from support import save_mmcv_checkpoint
@@ -78,13 +96,17 @@ def test_changed_gpu_count_is_warned(tmp_path):
     work.mkdir(parents=True)
     path = save_mmcv_checkpoint(work / "epoch_2.pth", "stage1", 2)
     ckpt = torch.load(path, weights_only=True)
-    ckpt["meta"]["env_info"] = "sys.platform: linux\nGPU 0,1,2,3,4,5,6,7: NVIDIA A40\nPyTorch: 1.12.1"
+    ckpt["meta"].update(meta)
     torch.save(ckpt, path)
     (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
     spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=4)
     attempt = plan_attempt(spec, "stage1", run_id="run-a")
     assert attempt.resumed_epoch == 2 and attempt.spec.resume_from == str(path)
-    assert attempt.warnings == [
-        "epoch_2.pth was trained with 8 GPUs, this attempt uses 4: mmcv rescales the iteration counter on resume, "
-        "so per-iteration schedules (warmup) shift"
-    ]
+    assert attempt.warnings == (
+        [
+            "epoch_2.pth was trained by 8 processes, this attempt runs 4: mmcv rescales the iteration counter on "
+            "resume, so per-iteration schedules (warmup) shift"
+        ]
+        if warned
+        else []
+    )
