@@ -10,6 +10,7 @@ import ctypes
 import logging
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -30,6 +31,14 @@ from .progress import Progress, ProgressTracker, format_duration
 logger = logging.getLogger(__name__)
 
 RUN_TOKEN_ENV = "UNIAD_STAGE_RUN_TOKEN"
+_OOM = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|NCCL.*(out of memory|ncclSystemError.*alloc)"
+)
+OOM_ADVICE = (
+    "a rank ran out of GPU memory, which a retry with the same settings repeats: lower data.samples_per_gpu or "
+    "queue_length in the stage's cfg options (UniAD stage 1 takes ~50 GB per GPU with samples_per_gpu=1, "
+    "queue_length=3; stage 2 ~17 GB), or train on GPUs with more memory"
+)
 PR_SET_PDEATHSIG = 1
 POLL_S = 0.5
 
@@ -144,12 +153,15 @@ class StageRun:
         duration = time.monotonic() - self._started
         if returncode != 0:
             why = f" ({self._terminated_by})" if self._terminated_by else ""
+            oom = out_of_memory(self._tail)
+            if oom:
+                why += f": {OOM_ADVICE}"
             raise TrainingFailed(
                 f"{self.stage} training exited with code {returncode}{why} after {format_duration(duration)}",
                 returncode=returncode,
                 tail=list(self._tail),
-                # NaN or exploding gradients come back on a plain retry; a hung rank may not.
-                retryable=self.health_failure is None or self.health_failure.code == "stall",
+                # NaN, exploding gradients and out-of-memory come back on a plain retry; a crash or a hang may not.
+                retryable=not oom and (self.health_failure is None or self.health_failure.code == "stall"),
             )
         return StageResult(self.stage, returncode, duration, self.tracker.latest)
 
@@ -242,6 +254,11 @@ class StageRun:
 
     def leftover_pids(self) -> list[int]:
         return processes_with_token(self._token) if self._proc is not None else []
+
+
+def out_of_memory(lines) -> bool:
+    """Whether a stage's last lines of output show a rank that ran out of GPU memory."""
+    return any(_OOM.search(line) for line in lines)
 
 
 def processes_with_token(token: str) -> list[int]:

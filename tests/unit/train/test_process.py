@@ -27,8 +27,11 @@ LAUNCHER = textwrap.dedent(
     print("2024-03-24 01:22:33,251 - mmdet - INFO - Epoch [1][10/40]\\tlr: 2.000e-04, eta: 0:00:10, time: 0.1, loss: 9.5", flush=True)
     mode = sys.argv[2]
     if mode == "fail":
-        print("RuntimeError: CUDA out of memory", flush=True)
+        print("RuntimeError: NCCL communicator was aborted on rank 1", flush=True)
         sys.exit(3)
+    if mode == "oom":
+        print("torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", flush=True)
+        sys.exit(1)
     if mode == "ok":
         for r in ranks:
             r.kill()
@@ -97,10 +100,21 @@ def test_failure_raises_with_exit_code_and_last_lines(tmp_path):
         run.run()
     assert info.value.returncode == 3
     assert "exited with code 3" in str(info.value)
-    assert "RuntimeError: CUDA out of memory" in str(info.value)
+    assert "RuntimeError: NCCL communicator was aborted on rank 1" in str(info.value)
+    assert info.value.retryable  # a crashed rank: the retry resumes from the newest checkpoint
     # Ranks left behind by a crashed launcher are found by the run's token and killed.
     assert wait_gone(read_pids(pids))
     assert run.leftover_pids() == []
+
+
+def test_out_of_memory_fails_without_retry_and_says_what_to_lower(tmp_path):
+    run, pids = make_run(tmp_path, "oom", [], [])
+    with pytest.raises(TrainingFailed) as info:
+        run.run()
+    assert not info.value.retryable
+    assert "ran out of GPU memory" in str(info.value) and "samples_per_gpu" in str(info.value)
+    assert "queue_length" in str(info.value) and "~50 GB per GPU" in str(info.value)
+    assert wait_gone(read_pids(pids))
 
 
 def test_terminate_kills_the_whole_process_group(tmp_path):
