@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from services import api_token, celery_stack, http  # noqa: E402
+from services import celery_stack, http  # noqa: E402
 
 DAG_FILE = REPO / "dags/uniad_e2e_training.py"
 
@@ -64,7 +64,7 @@ def orchestration() -> dict:
         with celery_stack(home, redis_db=8, dags_folder=dags) as stack:
             port = stack.port
             base = f"http://127.0.0.1:{port}/api/v2/dags"
-            token = api_token(home, port)
+            token = stack.token()
             deadline = time.monotonic() + 180
             while not {"uniad_e2e_training", "bench_empty_chain"} <= {
                 d["dag_id"] for d in http("GET", base, token=token)[1].get("dags", [])

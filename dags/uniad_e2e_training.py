@@ -12,7 +12,7 @@ Trigger from the UI form, or:
     airflow dags test uniad_e2e_training -c '{"profile": "mini", "uniad_root": "/tmp/uniad-mini"}'
 
 `profile=mini` trains the built-in mini UniAD (CPU, gloo) in `uniad_root`, or in a per-run folder when that is
-empty. Training tasks run on the `gpu` queue and take `UNIAD_GPUS_PER_WORKER` slots of the `gpu` pool, so two
+empty. A run may only use the directories of `UNIAD_ALLOWED_ROOTS` (unset: the mini runs folder and `UNIAD_ROOT`). Training tasks run on the `gpu` queue and take `UNIAD_GPUS_PER_WORKER` slots of the `gpu` pool, so two
 runs never share a worker's GPUs. `UNIAD_SCHEDULE` (a cron expression, or `asset:<uri>`) retrains on a schedule;
 the connection `uniad_notify` (SMTP) sends an email when a run succeeds or fails.
 """

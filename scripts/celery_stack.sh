@@ -14,11 +14,22 @@
 #   UNIAD_GPUS_PER_WORKER GPUs per worker (default: nvidia-smi's count, else 8); gpu pool = workers x GPUs
 #   AIRFLOW_HOME          default ./airflow_home_celery
 #   AIRFLOW__API_AUTH__JWT_SECRET  shared by every part (generated into $AIRFLOW_HOME/jwt_secret when unset)
+#   UNIAD_ADMIN_PASSWORD  the first Admin's password, from your secret store (required; user UNIAD_ADMIN_USER, default
+#                         admin). Users and roles live in the metadata DB (FAB auth manager): add people with
+#                         `airflow users create --role Viewer|User|Op|Admin ...`
+#   UNIAD_ALLOWED_ROOTS   directories runs may use (see the README); unset: UNIAD_ROOT and the mini runs folder
+#   UNIAD_VISIBILITY_TIMEOUT_S  Redis redelivers an unacknowledged task after this long: above the longest stage
+#                         (default 604800, 7 days; Celery's own 24 h would run a 2-day stage twice)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BIN=$ROOT/.venv/bin
 [ -x "$BIN/airflow" ] || { echo "run 'bash scripts/setup.sh' first (no $BIN/airflow)" >&2; exit 1; }
+[ -n "${UNIAD_ADMIN_PASSWORD:-}" ] || {
+  echo "set UNIAD_ADMIN_PASSWORD (the first Admin's password, from your secret store), e.g." >&2
+  echo "  UNIAD_ADMIN_PASSWORD=\$(cat /run/secrets/airflow_admin_password) bash scripts/celery_stack.sh" >&2
+  exit 1
+}
 
 DB_URL=${UNIAD_DB_URL:-postgresql+psycopg2://postgres@127.0.0.1:5432/uniad_airflow}
 BROKER_URL=${UNIAD_BROKER_URL:-redis://127.0.0.1:6379/0}
@@ -51,9 +62,13 @@ if [ -z "${AIRFLOW__API_AUTH__JWT_SECRET:-}" ]; then
 fi
 export AIRFLOW__API_AUTH__JWT_SECRET
 export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+# Users, roles and permissions in the metadata DB; SimpleAuthManager (plaintext passwords, no roles) is for the
+# embedded default only.
+export AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$DB_URL
 export AIRFLOW__CELERY__BROKER_URL=$BROKER_URL
 export AIRFLOW__CELERY__RESULT_BACKEND=db+$DB_URL
+export AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT=${UNIAD_VISIBILITY_TIMEOUT_S:-604800}
 export AIRFLOW__CORE__DAGS_FOLDER=${UNIAD_DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -66,6 +81,8 @@ export PATH=$BIN:$PATH
 
 echo "==> airflow db migrate ($DB_URL)"
 airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1 || { tail -30 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
+PYTHONPATH=$ROOT/plugins "$BIN/python" -m uniad_airflow.admin 2>> "$AIRFLOW_HOME/logs/migrate.log" \
+  || { tail -5 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
 SLOTS=$((GPU_WORKERS * UNIAD_GPUS_PER_WORKER))
 airflow pools set gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs" > /dev/null
 echo "==> gpu pool: $SLOTS slots ($GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs; one training task takes a worker)"
@@ -84,5 +101,5 @@ start triggerer airflow triggerer
 start worker-default airflow celery worker --queues default --concurrency 4 --celery-hostname "default@%h"
 # One training task at a time per GPU worker: it uses all of the worker's GPUs.
 start worker-gpu airflow celery worker --queues gpu --concurrency 1 --celery-hostname "gpu@%h"
-echo "==> UI and API on http://127.0.0.1:$PORT (user admin, password in $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated)"
+echo "==> UI and API on http://127.0.0.1:$PORT (user ${UNIAD_ADMIN_USER:-admin}, the password of UNIAD_ADMIN_PASSWORD)"
 wait

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -111,13 +112,18 @@ def admin_credentials(home: Path) -> tuple[str, str]:
     return next(iter(passwords.items()))
 
 
-def api_token(home: Path, port: int) -> str:
-    user, password = admin_credentials(home)
+def user_token(port: int, username: str, password: str) -> str:
+    """A REST token of an api-server's user (``POST /auth/token``, simple and FAB auth managers alike)."""
     status, answer = http(
-        "POST", f"http://127.0.0.1:{port}/auth/token", body={"username": user, "password": password}, timeout=10
+        "POST", f"http://127.0.0.1:{port}/auth/token", body={"username": username, "password": password}, timeout=10
     )
     assert status in (200, 201), answer
     return answer["access_token"]
+
+
+def api_token(home: Path, port: int) -> str:
+    """The simple auth manager's admin token (the embedded default)."""
+    return user_token(port, *admin_credentials(home))
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,10 @@ class CeleryStack:
     proc: subprocess.Popen
     port: int
     db_url: str
+    admin: tuple[str, str]  # the FAB admin the script created from UNIAD_ADMIN_PASSWORD
+
+    def token(self) -> str:
+        return user_token(self.port, *self.admin)
 
 
 @contextmanager
@@ -139,6 +149,7 @@ def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, 
 
     db_url = f"{POSTGRES}/uniad_test_{uuid.uuid4().hex[:10]}"
     port = find_free_port()
+    admin = ("admin", secrets.token_urlsafe(18))
     redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
     env = {
         **os.environ,
@@ -150,11 +161,12 @@ def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, 
         "UNIAD_DAGS_FOLDER": str(dags_folder or REPO / "dags"),
         "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "UNIAD_ADMIN_PASSWORD": admin[1],
     }
     argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
     try:
         with service_group(argv, home / "stack.log", env, api_healthy(port, "scheduler"), timeout_s=240) as proc:
-            yield CeleryStack(proc, port, db_url)
+            yield CeleryStack(proc, port, db_url, admin)
     finally:
         engine = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:

@@ -133,11 +133,21 @@ def create_app() -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def _login_for_pages(request: Request, exc: HTTPException) -> Response:
-        # A person opening a page without a session goes to Airflow's login and comes back; the API answers JSON.
-        if exc.status_code in (401, 403) and not request.url.path.startswith(f"{DASHBOARD_PREFIX}/api/"):
+        # A person opening a page without a session goes to Airflow's login and comes back; one whose role may not
+        # read this DAG's runs gets 403, like the API (sending them to the login again would loop).
+        is_page = not request.url.path.startswith(f"{DASHBOARD_PREFIX}/api/")
+        if is_page and exc.status_code in (401, 403):
             from airflow.api_fastapi.app import get_auth_manager
 
-            return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
+            login = get_auth_manager().get_url_login(next_url=str(request.url))
+            if exc.status_code == 401:
+                return RedirectResponse(login, status_code=303)
+            return HTMLResponse(
+                f"<h1>403 Forbidden</h1><p>Your role may not read the runs of {html.escape(DAG_ID)}: ask an Airflow "
+                "admin for a role with read access to this DAG (Viewer or above), or "
+                f'<a href="{html.escape(login, quote=True)}">log in as another user</a>.</p>',
+                status_code=403,
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     @app.get("/api/runs", dependencies=[auth])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services import api_token, celery_stack, cli_json, group_alive, http
+from services import celery_stack, cli_json, group_alive, http
 from support import BIN, REPO, run
 from uniad.artifacts.checkpoints import inspect_checkpoint
 
@@ -31,7 +31,7 @@ def stack(tmp_path_factory):
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": running.db_url,
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         }
-        yield {"home": home, "port": running.port, "cli_env": cli_env}
+        yield {"home": home, "port": running.port, "cli_env": cli_env, "stack": running}
     assert not group_alive(running.proc.pid), "a part of the stack outlived its process group's shutdown"
 
 
@@ -60,7 +60,7 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
     roots = {"cli_run": tmp_path / "root-cli", "rest_run": tmp_path / "root-rest"}
     conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
     run([airflow, "dags", "trigger", DAG_ID, "-r", "cli_run", "-c", json.dumps({**conf, "uniad_root": str(roots["cli_run"])})], env=env)  # fmt: skip
-    token = api_token(home, port)
+    token = stack["stack"].token()  # the FAB admin created from the deployment secret
     status, answer = http(
         "POST",
         f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns",

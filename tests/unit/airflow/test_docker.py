@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 
 import pytest
 import yaml
 
-from support import REPO, require_tool, run
+from support import REPO, require_tool
 
 DOCKER = REPO / "docker"
 COMPOSE = shutil.which("docker-compose")
@@ -20,7 +22,9 @@ def compose_config(tmp_path, **overrides: str):
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items() if v is not None))
     argv = [COMPOSE, "-f", str(DOCKER / "compose.yaml"), "--env-file", str(env_file), "config"]
-    return run(argv, check=False, timeout=60)
+    # docker-compose prefers the shell's variables to the env file: only the env file may speak here.
+    clean = {k: v for k, v in os.environ.items() if k not in env}
+    return subprocess.run(argv, env=clean, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -37,6 +41,7 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         "worker-default", "uniad-worker-gpu",
     }  # fmt: skip
     gpu = services["uniad-worker-gpu"]
+    assert gpu["stop_grace_period"] == "15m"
     assert gpu["command"][:6] == ["airflow", "celery", "worker", "--queues", "gpu", "--concurrency"]
     assert (
         gpu["image"] == "uniad-training:latest" and gpu["environment"]["UNIAD_PYTHON"] == "/opt/uniad-venv/bin/python"
@@ -56,14 +61,23 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+        assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager"), name
+        assert env["UNIAD_ALLOWED_ROOTS"] == "/workspace/UniAD", name
+        # Above the longest stage: Celery's 24 h default would redeliver a 2-day stage 1 to a second worker.
+        assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) >= 7 * 24 * 3600, name
     init = services["airflow-init"]
     assert "airflow pools set gpu" in init["command"][2] and init["environment"]["GPU_WORKERS"] == "1"
+    # The first admin comes from the deployment's secret, through the environment, never a file or argv.
+    assert "python -m uniad_airflow.admin" in init["command"][2]
+    assert init["environment"]["UNIAD_ADMIN_PASSWORD"] == "change-me-to-a-long-secret"
+    assert "change-me-to-a-long-secret" not in init["command"][2]
 
 
-def test_compose_refuses_to_start_without_its_secrets(compose_available, tmp_path):
-    done = compose_config(tmp_path, AIRFLOW_JWT_SECRET=None)
+@pytest.mark.parametrize("secret", ["AIRFLOW_JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD"])
+def test_compose_refuses_to_start_without_its_secrets(compose_available, tmp_path, secret):
+    done = compose_config(tmp_path, **{secret: None})
     assert done.returncode != 0
-    assert "set AIRFLOW_JWT_SECRET" in done.stderr
+    assert f"set {secret}" in done.stderr
 
 
 def test_the_images_install_what_the_docs_say():
