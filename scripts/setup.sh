@@ -23,6 +23,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "${PIP[@]}" -r requirements-airflow.txt -r requirements-dev.txt
   # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
   "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
+  "${PIP[@]}" "$(grep '^motmetrics==' requirements.txt)"
   "${PIP[@]}" --no-build-isolation --no-deps -e .
   echo "$want" > "$stamp"
 fi

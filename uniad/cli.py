@@ -6,6 +6,9 @@
     python -m uniad inspect /tmp/uniad-mini/projects/work_dirs/stage1_track_map/full_track_map/latest.pth --stage stage1
     python -m uniad promote /tmp/uniad-mini/projects/work_dirs/stage1_track_map/full_track_map/latest.pth \\
         /tmp/uniad-mini/ckpts/full_track_map.pth --stage stage1 --expect-epoch 6
+    python -m uniad analyze <work_dir>/<timestamp>.log.json --require "pts_bbox_NuScenes/amota>=0.35" --json
+    python -m uniad evaluate --uniad-root /tmp/uniad-mini --config projects/configs/stage1_track_map/full_track_map.py \\
+        --checkpoint ckpts/full_track_map.pth --nproc-per-node 2
 
 Exit status: 0 success, 1 failure or invalid checkpoint, 2 bad usage.
 """
@@ -23,7 +26,7 @@ from .errors import ParamError, PipelineError
 from .health.monitor import Thresholds
 from .run.params import DEFAULT_NPROC, check_field, check_iteration_checkpoints, parse_cfg_options
 from .stages import STAGES
-from .train.launch import BACKENDS, LAUNCHERS, StageSpec
+from .train.launch import BACKENDS, LAUNCHERS, StageSpec, final_epoch_evaluation_interval
 from .workdir import WorkDir, default_work_dir, text_log_of
 
 
@@ -74,8 +77,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     cfg_options = parse_cfg_options(args.cfg_options or [])
     check_iteration_checkpoints(args.checkpoint_interval_iters, cfg_options)
+    root = Path(args.uniad_root).resolve()
+    if not (root / args.config).is_file():
+        raise ParamError(f"--config {args.config!r} not found under {root}")
     spec = StageSpec(
-        uniad_root=str(Path(args.uniad_root).resolve()),
+        uniad_root=str(root),
         config=args.config,
         work_dir=args.work_dir or default_work_dir(args.config),
         max_epochs=args.epochs,
@@ -89,6 +95,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg_options=cfg_options,
         python=args.python,
         checkpoint_interval_iters=args.checkpoint_interval_iters,
+        evaluation_interval=final_epoch_evaluation_interval((root / args.config).read_text(), args.epochs),
     )
 
     def show_output(line: str) -> None:
@@ -140,12 +147,25 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from .health.analysis import analyze_log
     from .health.logs import read_log
+    from .health.metrics import parse_requirements
     from .health.report import write_report
 
     path = Path(args.log)
     if not path.is_file():
         raise PipelineError(f"no log at {path}; give a <work_dir>/<timestamp>.log.json or .log file")
-    analysis, _, _ = analyze_log(path, total_epochs=args.total_epochs, silence_s=time.time() - path.stat().st_mtime)
+    requirements = parse_requirements(args.require or [])
+    # The stage's output (rank 0's printed metric tables) lies beside its logs; --output names other files.
+    outputs = args.output if args.output is not None else WorkDir(path.parent).outputs()
+    _, meta = read_log(path) if path.name.endswith(".json") else ([], None)
+    evaluates = bool(meta and "evaluation = dict(" in (meta.get("config") or ""))
+    analysis, _, _ = analyze_log(
+        path,
+        outputs=outputs,
+        total_epochs=args.total_epochs,
+        silence_s=time.time() - path.stat().st_mtime,
+        requirements=requirements,
+        expect_evaluation=evaluates and not args.no_validate,
+    )
     if args.report:
         report = write_report(analysis, read_log(path)[0], args.report, title=path.name)
         print(f"report: {report}", file=sys.stderr)
@@ -160,9 +180,38 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print(f"loss       {analysis.loss.get('first')} -> {analysis.loss.get('latest')}")
         print(f"lr         peak {analysis.lr.get('peak')} latest {analysis.lr.get('latest')}")
         print(f"grad_norm  latest {analysis.grad_norm.get('latest')} median {analysis.grad_norm.get('median')}")
+        if analysis.metrics:
+            values = analysis.metrics["values"]
+            print(
+                f"metrics    epoch {analysis.metrics['epoch']}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+            )
         for finding in analysis.findings:
             print(f"  [{finding.severity}] {finding.code}: {finding.message}")
     return 1 if analysis.failed(strict=args.strict) else 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .train.evaluate import evaluate_checkpoint
+
+    check_field("nproc_per_node", args.nproc_per_node, "--nproc-per-node")
+    root = Path(args.uniad_root).resolve()
+    checkpoint = Path(args.checkpoint)
+    checkpoint = checkpoint if checkpoint.is_absolute() else root / checkpoint
+    for what, path in (("--config", root / args.config), ("--checkpoint", checkpoint)):
+        if not path.is_file():
+            raise ParamError(f"{what} {path} does not exist")
+    metrics = evaluate_checkpoint(
+        str(root), args.config, str(checkpoint), nproc_per_node=args.nproc_per_node, python=args.python,
+        launcher=args.launcher, backend=args.backend, cfg_options=parse_cfg_options(args.cfg_options or []),
+        emit_output=lambda line: print(line, file=sys.stderr, flush=True) if args.verbose else None,
+    )  # fmt: skip
+    document = {"config": args.config, "checkpoint": str(checkpoint), "metrics": metrics}
+    text = json.dumps(document, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"metrics of {checkpoint} written to {args.out}", file=sys.stderr)
+    print(text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +247,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots into DIR")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument(
+        "--require", action="append", metavar="METRIC>=VALUE",
+        help="a requirement on the final evaluation's metrics (>= or <=), repeatable, e.g. "
+        "pts_bbox_NuScenes/amota>=0.35; each one not met is an error finding (exit 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--output", action="append", metavar="FILE",
+        help="a stage output with rank 0's printed metric tables (default: the output_*.txt beside the log)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-validate", action="store_true",
+        help="validation was off on purpose: no not_evaluated finding for a final epoch without metrics",
+    )  # fmt: skip
     p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint with the root's tools/test.py; metrics as JSON")
+    p.add_argument("--uniad-root", required=True)
+    p.add_argument("--config", required=True, help="relative to the root, e.g. projects/configs/stage2_e2e/full_e2e.py")
+    p.add_argument("--checkpoint", required=True, help="absolute, or relative to the root, e.g. ckpts/uniad_e2e.pth")
+    p.add_argument("--nproc-per-node", type=int, default=DEFAULT_NPROC["uniad"], help="default: %(default)s")
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE")
+    p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
+    p.add_argument("--out", metavar="FILE", help="also write the JSON there")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tools/test.py's output")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train one stage with torch.distributed, outside Airflow")
     p.add_argument("--uniad-root", required=True)

@@ -4,6 +4,8 @@ writes is spelled here, and nowhere else.
     <work_dir>/                  projects/work_dirs/<group>/<config name>/ (UniAD's layout)
       .uniad_run.json            which pipeline run owns the folder (run id, stage, start time)
       <YYYYMMDD_HHMMSS>.log      mmcv's text log of one attempt (rank 0); .log.json the same as json lines
+      output_<YYYYMMDD_HHMMSS>.txt  the launcher's output of one attempt: what rank 0 prints (UniAD's motion,
+                                 occupancy and planning metric tables) and the ranks' errors
       epoch_N.pth, latest.pth    mmcv's CheckpointHook; latest.pth is a symlink to the newest epoch file
       epoch_E_iter_K.pth         a checkpoint inside epoch E after K iterations (checkpoint_interval_iters)
       health/                    the gate's report.md and plots
@@ -34,6 +36,7 @@ PREVIOUS = "previous_runs"
 HEALTH = "health"
 JSON_LOGS = "*.log.json"
 TEXT_LOGS = "*.log"
+OUTPUTS = "output_*.txt"
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -124,6 +127,14 @@ class WorkDir:
                 candidates.append((path.name, path))
         return max(candidates)[1] if candidates else None
 
+    def output_file(self, started: float) -> Path:
+        """Where an attempt started at ``started`` (epoch seconds) keeps its output, named like mmcv's logs."""
+        return self.path / f"output_{time.strftime('%Y%m%d_%H%M%S', time.localtime(started))}.txt"
+
+    def outputs(self) -> list[Path]:
+        """The attempts' outputs in start order."""
+        return sorted(self.path.glob(OUTPUTS))
+
     @property
     def health_dir(self) -> Path:
         return self.path / HEALTH
@@ -131,7 +142,7 @@ class WorkDir:
     def stage_outputs(self) -> list[tuple[Path, str]]:
         """(file, its name relative to the work dir) of the logs and health report a finished stage leaves."""
         files = []
-        for pattern in (TEXT_LOGS, JSON_LOGS, f"{HEALTH}/*"):
+        for pattern in (TEXT_LOGS, JSON_LOGS, OUTPUTS, f"{HEALTH}/*"):
             files += [(p, p.relative_to(self.path).as_posix()) for p in sorted(self.path.glob(pattern)) if p.is_file()]
         return files
 

@@ -117,5 +117,8 @@ def test_real_stage1_log_is_healthy_and_parses(trained_root, tmp_path):
     assert analysis["lr"]["peak"] == pytest.approx(2e-3)
     assert (tmp_path / "report.md").read_text().startswith(f"# {log.name}: HEALTHY")
     records = [json.loads(line) for line in run([PYTHON, "-m", "uniad", "parse", str(log)]).stdout.splitlines()]
-    assert len(records) == 8 and records[0]["iters_per_epoch"] == 40 and records[0]["mode"] == "train"
+    assert len(records) == 9 and records[0]["iters_per_epoch"] == 40 and records[0]["mode"] == "train"
+    # The final epoch (2, not the config's interval 6) was evaluated: UniAD's metric names in the val record.
+    assert records[-1]["mode"] == "val" and records[-1]["epoch"] == 2
+    assert {"pts_bbox_NuScenes/amota", "pts_bbox_NuScenes/amotp", "lanes_iou", "drivable_iou"} <= set(records[-1])
     assert {"epoch", "iter", "lr", "loss", "grad_norm", "map.loss_mask_things"} <= set(records[0])

@@ -58,10 +58,17 @@ def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(
     resumed_text = resumed_log.with_suffix("").read_text()
     assert "resumed epoch 1, iter 60" in resumed_text and "skipping its first 20 iterations" in resumed_text
     # Iterations 21-26 were redone; the logged ones carry the uninterrupted run's numbers and losses.
-    got = [(r["epoch"], r["iter"], r["loss"]) for r in read_log(first_log)[0][:6] + read_log(resumed_log)[0]]
+    def train_records(log):
+        return [r for r in read_log(log)[0] if r["mode"] == "train"]
+
+    got = [(r["epoch"], r["iter"], r["loss"]) for r in train_records(first_log)[:6] + train_records(resumed_log)]
     reference_log = sorted(trained_root["stage1_dir"].glob("*.log.json"))[-1]
-    assert got == [(r["epoch"], r["iter"], r["loss"]) for r in read_log(reference_log)[0]]
-    assert [(r["epoch"], r["iter"]) for r in read_log(resumed_log)[0]] == [(2, 30), (2, 40)]
+    assert got == [(r["epoch"], r["iter"], r["loss"]) for r in train_records(reference_log)]
+    assert [(r["epoch"], r["iter"]) for r in train_records(resumed_log)] == [(2, 30), (2, 40)]
+    # Both ended with the final epoch's evaluation, on the same weights: the same metrics.
+    (ours_val,) = [r for r in read_log(resumed_log)[0] if r["mode"] == "val"]
+    (reference_val,) = [r for r in read_log(reference_log)[0] if r["mode"] == "val"]
+    assert ours_val == reference_val and ours_val["epoch"] == 2
     assert sorted(p.name for p in work.glob("*.pth")) == ["epoch_1.pth", "epoch_2.pth", "latest.pth"]
     ours = torch.load(work / "epoch_2.pth", weights_only=True)
     reference = torch.load(trained_root["stage1_dir"] / "epoch_2.pth", weights_only=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..workdir import text_log_of
 from .logs import is_json_log, iters_per_epoch_of, parse_json_meta, read_log
+from .metrics import Requirement, parse_printed
 from .monitor import ERROR, INFO, WARNING, Finding, HealthMonitor, Thresholds, as_number, stall_finding
 from .schedule import ScheduleConfig
 
@@ -42,6 +43,10 @@ class Analysis:
     records: int = 0
     total_epochs: int | None = None
     milestones: list[dict] = field(default_factory=list)
+    # The last evaluation {"epoch", "iter", "values"} (logged val record joined with the metrics rank 0 printed for
+    # it), and all of them in order.
+    metrics: dict | None = None
+    evaluations: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -72,6 +77,7 @@ class Rows:
         self.time: list[float | None] = []
         self.iters_per_epoch: int | None = None
         self.record = record
+        self.evaluations: list[dict] = []  # the val records, in log order
 
     def add(self, r: dict) -> None:
         self.epoch.append(r["epoch"])
@@ -97,6 +103,7 @@ class Rows:
         rows = cls(train.__getitem__)
         for r in train:
             rows.add(r)
+        rows.evaluations = [r for r in records if r.get("mode") == "val"]
         return rows
 
 
@@ -113,9 +120,15 @@ def analyze_rows(
     iters_per_epoch: int | None = None,
     thresholds: Thresholds | None = None,
     silence_s: float | None = None,
+    printed: Sequence[tuple[int | None, dict]] = (),
+    requirements: Sequence[Requirement] = (),
+    expect_evaluation: bool = False,
 ) -> Analysis:
     """The analysis. ``total_epochs`` when the log's config does not say; ``iters_per_epoch`` when the log does
-    not (json logs); ``silence_s``: seconds since the log last changed, for the stall check."""
+    not (json logs); ``silence_s``: seconds since the log last changed, for the stall check. ``printed``: the
+    metrics rank 0 printed per evaluation (``metrics.parse_printed``); ``requirements``: the gate's metric
+    requirements on the final evaluation; ``expect_evaluation``: a finished stage without an evaluation of its
+    final epoch is an error (validation was not turned off on purpose)."""
     t = thresholds or Thresholds()
     schedule = ScheduleConfig.from_text((meta or {}).get("config"))
     n = len(rows)
@@ -129,9 +142,12 @@ def analyze_rows(
         iters_per_epoch = max(it for e, it in zip(rows.epoch, rows.iter) if e != rows.epoch[-1])
     epochs_total = schedule.max_epochs or total_epochs
 
+    evaluations = _evaluations(rows.evaluations, printed)
     if not n:
         findings.append(Finding(WARNING, "no_records", "the log has no training records yet"))
-        return Analysis("warning", {}, None, {}, {}, {}, {}, findings, 0, epochs_total)
+        findings += [Finding(ERROR, "metric_requirement", r.failure({}) or "") for r in requirements]
+        return Analysis("warning" if not requirements else "unhealthy", {}, None, {}, {}, {}, {}, findings, 0,
+                        epochs_total, evaluations=evaluations)  # fmt: skip
 
     last_epoch, last_iter = rows.epoch[-1], rows.iter[-1]
     latest = {"epoch": last_epoch, "iter": last_iter, "iters_per_epoch": iters_per_epoch}
@@ -193,6 +209,22 @@ def analyze_rows(
             if stall is not None:
                 findings.append(stall)
 
+    final = evaluations[-1] if evaluations else None
+    finished = progress is not None and progress >= 1.0
+    if expect_evaluation and finished and (final is None or final["epoch"] != last_epoch):
+        where = f"the last one is epoch {final['epoch']}" if final else "the log has no val record"
+        findings.append(Finding(
+            ERROR, "not_evaluated",
+            f"the final epoch {last_epoch} was not evaluated ({where}): the stage's quality is unknown; evaluate its "
+            "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated",
+            last_epoch, last_iter,
+        ))  # fmt: skip
+    for requirement in requirements:
+        failure = requirement.failure(final["values"] if final else {})
+        if failure is not None:
+            epoch = final["epoch"] if final else None
+            findings.append(Finding(ERROR, "metric_requirement", failure, epoch, final["iter"] if final else None))
+
     verdict = "healthy"
     if any(f.severity == WARNING for f in findings):
         verdict = "warning"
@@ -200,8 +232,26 @@ def analyze_rows(
         verdict = "unhealthy"
     return Analysis(
         verdict, latest, progress, loss, lr, grad_norm, components, findings, n, epochs_total,
-        milestones(rows, schedule.warmup_iters, iters_per_epoch),
+        milestones(rows, schedule.warmup_iters, iters_per_epoch), final, evaluations,
     )  # fmt: skip
+
+
+_NOT_METRICS = {"mode", "epoch", "iter", "lr", "time", "data_time", "memory", "eta", "iters_per_epoch"}
+
+
+def _evaluations(val_records: list[dict], printed: Sequence[tuple[int | None, dict]]) -> list[dict]:
+    """One entry per evaluated epoch, in order: the val record's metrics and what rank 0 printed for that
+    evaluation. A later record of the same epoch (a resumed attempt) replaces an earlier one. Class-level ``nan``
+    values are kept as they are: normal in nuScenes evaluation, never a finding of their own."""
+    by_epoch: dict[int, dict] = {}
+    for record in val_records:
+        values = {k: float(v) for k, v in record.items() if k not in _NOT_METRICS and isinstance(v, (int, float))}
+        by_epoch[int(record["epoch"])] = {"epoch": int(record["epoch"]), "iter": record.get("iter"), "values": values}
+    for epoch, values in printed:
+        if epoch is not None:
+            entry = by_epoch.setdefault(epoch, {"epoch": epoch, "iter": None, "values": {}})
+            entry["values"] = {**values, **entry["values"]}
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _log_interval(rows: Rows) -> int | None:
@@ -346,9 +396,12 @@ def load_rows(paths: str | Path | Sequence[str | Path]) -> tuple[Rows, dict | No
                 if type(obj) is dict and obj.get("mode") == "train" and "epoch" in obj:
                     add(obj)
                     index.append((source, n))
+                elif type(obj) is dict and obj.get("mode") == "val" and "epoch" in obj:
+                    rows.evaluations.append(obj)
         else:
             records, _ = read_log(path)
             train = [r for r in records if r.get("mode") == "train"]
+            rows.evaluations += [r for r in records if r.get("mode") == "val"]
             sources.append(train)
             for n, r in enumerate(train):
                 rows.add(r)
@@ -361,10 +414,18 @@ def load_rows(paths: str | Path | Sequence[str | Path]) -> tuple[Rows, dict | No
     return rows, meta
 
 
-def analyze_log(paths: str | Path | Sequence[str | Path], **kwargs) -> tuple[Analysis, Rows, dict | None]:
+def analyze_log(
+    paths: str | Path | Sequence[str | Path], *, outputs: Sequence[str | Path] = (), **kwargs
+) -> tuple[Analysis, Rows, dict | None]:
     """``analyze`` for one log or a stage's logs in order, streaming (see ``load_rows``); the epoch length comes
-    from the (first) text log. Returns the analysis, the rows it was made from, and the json meta line."""
+    from the (first) text log, the metrics UniAD only prints from the attempts' ``outputs``. Returns the analysis,
+    the rows it was made from, and the json meta line."""
     rows, meta = load_rows(paths)
+    printed = []
+    for output in outputs:
+        with open(output, encoding="utf-8", errors="replace") as handle:
+            printed += parse_printed(handle)
+    kwargs.setdefault("printed", printed)
     first = Path(paths) if isinstance(paths, (str, Path)) else Path(paths[0])
     kwargs.setdefault("iters_per_epoch", iters_per_epoch_of(text_log_of(first)))
     return analyze_rows(rows, meta, **kwargs), rows, meta

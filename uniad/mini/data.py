@@ -79,6 +79,13 @@ class MiniDriveDataset(Dataset):
     def __len__(self) -> int:
         return self.num_samples
 
+    def evaluate(self, results: list[dict], logger=None, **_eval_kwargs) -> dict[str, float]:
+        """Metrics of the model's predictions on these scenes, as UniAD's dataset ``evaluate``: tracking and map
+        are returned (and so logged as the val record); motion, occupancy and planning tables are printed."""
+        from .evaluation import evaluate
+
+        return evaluate(self, results)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng((self.seed, index))
         a, q = self.max_agents, self.queue_length

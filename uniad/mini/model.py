@@ -225,15 +225,17 @@ class MiniUniAD(nn.Module):
         return feat.view(b, q, *feat.shape[1:])  # (B, Q, D, H, W)
 
     # -------------------------------------------------------------------------------------------------- track
-    def _track(self, bev_tokens: torch.Tensor, data: dict, losses: dict) -> tuple[torch.Tensor, ...]:
+    def _track(self, bev_tokens: torch.Tensor, data: dict, losses: dict | None) -> tuple[torch.Tensor, ...]:
+        """Decode the queue frame by frame; a query keeps its identity (its track id) across frames. Without
+        ``losses`` (test mode) nothing is matched to the ground truth; ``per_frame`` holds each frame's last-layer
+        class probabilities and boxes."""
         head = self.pts_bbox_head
         b, frames = bev_tokens.shape[:2]
-        num_classes = len(CLASSES)
         pos, query = self.query_embedding.weight.unsqueeze(0).expand(b, -1, -1).chunk(2, dim=-1)
         ref = self.reference_points(pos).sigmoid() * 2 - 1
-        gt_labels, gt_boxes, valid_gt = data["gt_labels"], data["gt_boxes"], data["agent_mask"]
         bev_pos = head.bev_pos()
         slot_of_query = None
+        per_frame = []
         for f in range(frames):
             outputs = []
             x = query
@@ -245,39 +247,49 @@ class MiniUniAD(nn.Module):
                 reg = reg_branch(x)
                 box = torch.cat([ref + reg[..., :2], reg[..., 2:].sigmoid() * 0.5], dim=-1)
                 outputs.append((cls_branch(x), box, past_branch(x)))
-            if slot_of_query is None:
-                with torch.no_grad():
-                    cls_last, box_last, _ = outputs[-1]
-                    prob = cls_last.softmax(-1)[..., :num_classes]  # (B, Q, C)
-                    label_idx = gt_labels.clamp(max=num_classes - 1)
-                    cost = -prob.gather(2, label_idx.unsqueeze(1).expand(-1, prob.shape[1], -1))
-                    cost = cost + torch.cdist(box_last, gt_boxes[:, f])
-                    cost = cost * valid_gt.unsqueeze(1)  # padding slots cost nothing
-                    slot_of_query = match_queries(cost)
-            tgt_labels = _gather(gt_labels, slot_of_query)
-            tgt_valid = tgt_labels < num_classes
-            tgt_boxes = _gather(gt_boxes[:, f], slot_of_query)
-            tgt_past = _gather(data["gt_past_trajs"][:, f], slot_of_query).flatten(2) - tgt_boxes[..., :2].repeat(
-                1, 1, head.past_steps
-            )
-            for layer_idx, (cls, box, past) in enumerate(outputs):
-                prefix = f"track.frame_{f}_"
-                losses[f"{prefix}loss_cls_{layer_idx}"] = F.cross_entropy(cls.flatten(0, 1), tgt_labels.flatten())
-                losses[f"{prefix}loss_bbox_{layer_idx}"] = _masked_mean((box - tgt_boxes).abs().sum(-1), tgt_valid)
-                losses[f"{prefix}loss_past_trajs_{layer_idx}"] = self.loss_past_traj_weight * _masked_mean(
-                    (past - tgt_past).abs(), tgt_valid
-                )
+            per_frame.append((outputs[-1][0].softmax(-1).detach(), outputs[-1][1].detach()))
+            if losses is not None:
+                slot_of_query = self._track_losses(outputs, f, slot_of_query, data, losses)
             # Carry the queries to the next frame: they keep their identity and follow their agents.
             ref = outputs[-1][1][..., :2].detach()
             query = self.memory_bank(torch.cat([self.query_interact(x), query], dim=-1))
         centers = outputs[-1][1][..., :2].detach()
-        return x, centers, slot_of_query
+        return x, centers, slot_of_query, per_frame
+
+    def _track_losses(self, outputs, f: int, slot_of_query, data: dict, losses: dict) -> torch.Tensor:
+        """Match queries to agents on the first frame (the match holds for the queue) and add frame f's losses."""
+        head = self.pts_bbox_head
+        num_classes = len(CLASSES)
+        gt_labels, gt_boxes, valid_gt = data["gt_labels"], data["gt_boxes"], data["agent_mask"]
+        if slot_of_query is None:
+            with torch.no_grad():
+                cls_last, box_last, _ = outputs[-1]
+                prob = cls_last.softmax(-1)[..., :num_classes]  # (B, Q, C)
+                label_idx = gt_labels.clamp(max=num_classes - 1)
+                cost = -prob.gather(2, label_idx.unsqueeze(1).expand(-1, prob.shape[1], -1))
+                cost = cost + torch.cdist(box_last, gt_boxes[:, f])
+                cost = cost * valid_gt.unsqueeze(1)  # padding slots cost nothing
+                slot_of_query = match_queries(cost)
+        tgt_labels = _gather(gt_labels, slot_of_query)
+        tgt_valid = tgt_labels < num_classes
+        tgt_boxes = _gather(gt_boxes[:, f], slot_of_query)
+        tgt_past = _gather(data["gt_past_trajs"][:, f], slot_of_query).flatten(2) - tgt_boxes[..., :2].repeat(
+            1, 1, head.past_steps
+        )
+        for layer_idx, (cls, box, past) in enumerate(outputs):
+            prefix = f"track.frame_{f}_"
+            losses[f"{prefix}loss_cls_{layer_idx}"] = F.cross_entropy(cls.flatten(0, 1), tgt_labels.flatten())
+            losses[f"{prefix}loss_bbox_{layer_idx}"] = _masked_mean((box - tgt_boxes).abs().sum(-1), tgt_valid)
+            losses[f"{prefix}loss_past_trajs_{layer_idx}"] = self.loss_past_traj_weight * _masked_mean(
+                (past - tgt_past).abs(), tgt_valid
+            )
+        return slot_of_query
 
     # ---------------------------------------------------------------------------------------------------- map
-    def _map(self, bev: torch.Tensor, bev_tokens: torch.Tensor, data: dict, losses: dict) -> None:
+    def _decode_map(self, bev: torch.Tensor, bev_tokens: torch.Tensor):
+        """Lane queries through the decoder (class and box per layer), thing mask logits and the stuff logits."""
         head = self.seg_head
         b = bev.shape[0]
-        num_classes = len(MAP_CLASSES)
         pos, x = head.query.weight.unsqueeze(0).expand(b, -1, -1).chunk(2, dim=-1)
         bev_pos = self.pts_bbox_head.bev_pos()
         outputs = []
@@ -286,6 +298,13 @@ class MiniUniAD(nn.Module):
             reg = reg_branch(x).sigmoid()
             box = torch.cat([reg[..., :2] * 2 - 1, reg[..., 2:] * 2], dim=-1)
             outputs.append((cls_branch(x), box))
+        pixels = head.pixel_decoder(bev)  # (B, D, 2H, 2W)
+        masks = torch.einsum("bqd,bdhw->bqhw", head.mask_embed(x), pixels)
+        return outputs, masks, head.stuff_conv(pixels).squeeze(1)
+
+    def _map(self, bev: torch.Tensor, bev_tokens: torch.Tensor, data: dict, losses: dict) -> None:
+        num_classes = len(MAP_CLASSES)
+        outputs, masks, stuff = self._decode_map(bev, bev_tokens)
         gt_labels, gt_boxes = data["lane_labels"], data["lane_boxes"]
         with torch.no_grad():
             prob = outputs[-1][0].softmax(-1)[..., :num_classes]
@@ -302,8 +321,6 @@ class MiniUniAD(nn.Module):
             losses[f"{prefix}loss_cls"] = F.cross_entropy(cls.flatten(0, 1), tgt_labels.flatten())
             losses[f"{prefix}loss_bbox"] = _masked_mean((box - tgt_boxes).abs().sum(-1), tgt_valid)
             losses[f"{prefix}loss_iou"] = _masked_mean(1 - _giou(box, tgt_boxes), tgt_valid)
-        pixels = head.pixel_decoder(bev)  # (B, D, 2H, 2W)
-        masks = torch.einsum("bqd,bdhw->bqhw", head.mask_embed(x), pixels)
         tgt_masks = _gather(data["lane_masks"], slot_of_query)
         bce = F.binary_cross_entropy_with_logits(masks, tgt_masks, reduction="none").flatten(2).mean(-1)
         # Every generated scene has at least one lane, so the matched set is never empty.
@@ -311,18 +328,22 @@ class MiniUniAD(nn.Module):
             masks[tgt_valid], tgt_masks[tgt_valid]
         )
         losses["map.loss_mask_stuff"] = self.mask_stuff_weight * F.binary_cross_entropy_with_logits(
-            head.stuff_conv(pixels).squeeze(1), data["stuff_mask"]
+            stuff, data["stuff_mask"]
         )
 
     # ------------------------------------------------------------------------------------------------- motion
-    def _motion(self, track_feats, centers, slot_of_query, bev_tokens, data, losses) -> torch.Tensor:
+    def _decode_motion(self, track_feats, centers, bev_tokens):
+        """Per track query: ``modes`` future trajectories (absolute positions) and their scores."""
         head = self.motion_head
         context = bev_tokens[:, -1].mean(1, keepdim=True).expand_as(track_feats)
         feats = head.mlp(torch.cat([track_feats, context], dim=-1))
         b, q = feats.shape[:2]
         trajs = head.traj_branch(feats).view(b, q, head.modes, head.future_steps, 2).cumsum(3)
-        trajs = trajs + centers[:, :, None, None, :]
-        scores = head.cls_branch(feats)
+        return feats, trajs + centers[:, :, None, None, :], head.cls_branch(feats)
+
+    def _motion(self, track_feats, centers, slot_of_query, bev_tokens, data, losses) -> torch.Tensor:
+        feats, trajs, scores = self._decode_motion(track_feats, centers, bev_tokens)
+        b, q = feats.shape[:2]
         gt = _gather(data["gt_future_trajs"], slot_of_query)  # (B, Q, T, 2)
         valid = _gather(data["agent_mask"].long(), slot_of_query).bool()
         dist_ = (trajs - gt.unsqueeze(2)).norm(dim=-1)  # (B, Q, M, T)
@@ -343,16 +364,22 @@ class MiniUniAD(nn.Module):
         return feats
 
     # ---------------------------------------------------------------------------------------------------- occ
-    def _occ(self, bev: torch.Tensor, data: dict, losses: dict) -> None:
+    def _decode_occ(self, bev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Future occupancy logits per step: the auxiliary ones and the refined ones."""
         head = self.occ_head
         stem = head.stem(torch.cat([bev[:, -2], bev[:, -1]], dim=1))
+        return head.aux_out(stem), head.out(head.refine(stem))
+
+    def _occ(self, bev: torch.Tensor, data: dict, losses: dict) -> None:
         target = data["occ_future"]
-        for prefix, logits in (("occ.loss_aux_", head.aux_out(stem)), ("occ.loss_", head.out(head.refine(stem)))):
+        aux, out = self._decode_occ(bev)
+        for prefix, logits in (("occ.loss_aux_", aux), ("occ.loss_", out)):
             losses[f"{prefix}mask"] = F.binary_cross_entropy_with_logits(logits, target)
             losses[f"{prefix}dice"] = _dice_loss(logits.flatten(0, 1), target.flatten(0, 1))
 
     # ----------------------------------------------------------------------------------------------- planning
-    def _planning(self, bev_tokens, motion_feats, data, losses) -> None:
+    def _decode_plan(self, bev_tokens, motion_feats) -> torch.Tensor:
+        """The ego's future positions (B, T, 2)."""
         head = self.planning_head
         b = bev_tokens.shape[0]
         pos, x = head.ego_query.weight.unsqueeze(0).expand(b, -1, -1).chunk(2, dim=-1)
@@ -368,7 +395,10 @@ class MiniUniAD(nn.Module):
         ).expand(b, -1, -1)
         for layer in head.layers:
             x = layer(x, pos, memory, memory_pos)
-        plan = head.traj_branch(x).view(b, head.future_steps, 2).cumsum(1)
+        return head.traj_branch(x).view(b, head.future_steps, 2).cumsum(1)
+
+    def _planning(self, bev_tokens, motion_feats, data, losses) -> None:
+        plan = self._decode_plan(bev_tokens, motion_feats)
         target = data["ego_future"]
         losses["planning.loss_ade"] = (plan - target).norm(dim=-1).mean()
         agents = data["gt_future_trajs"]  # (B, A, T, 2)
@@ -377,13 +407,13 @@ class MiniUniAD(nn.Module):
             losses[f"planning.loss_collision_{i}"] = _masked_mean((margin - gap).clamp(min=0), data["agent_mask"])
 
     # ---------------------------------------------------------------------------------------------- interface
-    def forward(self, return_loss: bool = True, **data) -> dict[str, torch.Tensor]:
+    def forward(self, return_loss: bool = True, **data):
         if not return_loss:
-            raise NotImplementedError("the mini UniAD is trained by the pipeline; it has no test mode")
+            return self.simple_test(**data)
         bev = self.extract_feat(data["img"])  # (B, Q, D, H, W)
         bev_tokens = bev.flatten(3).transpose(2, 3)  # (B, Q, HW, D)
         losses: dict[str, torch.Tensor] = OrderedDict()
-        track_feats, centers, slot_of_query = self._track(bev_tokens, data, losses)
+        track_feats, centers, slot_of_query, _ = self._track(bev_tokens, data, losses)
         self._map(bev[:, -1], bev_tokens[:, -1], data, losses)
         motion_feats = track_feats
         if self.motion_head is not None:
@@ -393,6 +423,32 @@ class MiniUniAD(nn.Module):
         if self.planning_head is not None:
             self._planning(bev_tokens, motion_feats, data, losses)
         return OrderedDict((k, torch.nan_to_num(v)) for k, v in losses.items())
+
+    @torch.no_grad()
+    def simple_test(self, img: torch.Tensor, **_ground_truth) -> list[dict]:
+        """Test mode, as mmdet models answer ``model(return_loss=False, **data)``: one dict of numpy predictions
+        per sample, from the images alone (the ground truth in the batch is never looked at)."""
+        bev = self.extract_feat(img)
+        bev_tokens = bev.flatten(3).transpose(2, 3)
+        track_feats, centers, _, per_frame = self._track(bev_tokens, {}, None)
+        map_outputs, lane_logits, stuff_logits = self._decode_map(bev[:, -1], bev_tokens[:, -1])
+        out = {
+            "track_probs": torch.stack([p for p, _ in per_frame], 1),  # (B, frames, Q, C + 1), last = no object
+            "track_boxes": torch.stack([b for _, b in per_frame], 1),  # (B, frames, Q, 4)
+            "lane_probs": map_outputs[-1][0].softmax(-1),  # (B, Qm, C + 1)
+            "lane_masks": lane_logits.sigmoid(),  # (B, Qm, H, W)
+            "drivable": stuff_logits.sigmoid(),  # (B, H, W)
+        }
+        motion_feats = track_feats
+        if self.motion_head is not None:
+            motion_feats, trajs, scores = self._decode_motion(track_feats, centers, bev_tokens)
+            out.update(motion_trajs=trajs, motion_scores=scores.softmax(-1))
+        if self.occ_head is not None:
+            out["occupancy"] = self._decode_occ(bev)[1].sigmoid()
+        if self.planning_head is not None:
+            out["plan"] = self._decode_plan(bev_tokens, motion_feats)
+        batch = img.shape[0]
+        return [{k: v[i].float().cpu().numpy() for k, v in out.items()} for i in range(batch)]
 
     @staticmethod
     def parse_losses(losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

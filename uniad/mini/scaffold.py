@@ -13,7 +13,10 @@ from ..errors import ParamError
 
 _HERE = Path(__file__).resolve().parent
 SKELETON = _HERE / "skeleton"
-PLUGIN_MODULES = ("__init__.py", "compat.py", "data.py", "model.py", "sampler.py", "trainer.py")
+PLUGIN_MODULES = (
+    "__init__.py", "compat.py", "data.py", "evaluation.py", "model.py", "registry.py", "sampler.py", "testing.py",
+    "trainer.py",
+)  # fmt: skip
 PLUGIN_DIR = Path("projects/mmdet3d_plugin/uniad_mini")
 MARKER = ".mini_uniad_root"
 STAGE1_CONFIG = "projects/configs/stage1_track_map/full_track_map.py"

@@ -40,17 +40,12 @@ from mmcv.runner import (  # noqa: E402
     build_runner,
     get_dist_info,
 )
-from mmcv.utils import Registry, build_from_cfg, get_logger  # noqa: E402
+from mmcv.utils import build_from_cfg, get_logger  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from .data import MiniDriveDataset  # noqa: E402
-from .model import MiniUniAD  # noqa: E402
+from .registry import DATASETS, MODELS  # noqa: E402
 from .sampler import DistributedGroupSampler  # noqa: E402
-
-MODELS = Registry("mini_uniad_models")
-DATASETS = Registry("mini_uniad_datasets")
-MODELS.register_module(module=MiniUniAD)
-DATASETS.register_module(module=MiniDriveDataset)
+from .testing import MiniEvalHook  # noqa: E402
 
 
 class FaultInjectionHook(Hook):
@@ -95,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="train config file path")
     parser.add_argument("--work-dir", help="the dir to save logs and models")
     parser.add_argument("--resume-from", help="the checkpoint file to resume from")
-    parser.add_argument("--no-validate", action="store_true", help="accepted for UniAD compatibility")
+    parser.add_argument("--no-validate", action="store_true", help="do not evaluate during training")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--gpus", type=int, help="number of gpus to use (non-distributed training only)")
     group.add_argument("--gpu-ids", type=int, nargs="+", help="ids of gpus to use (non-distributed training only)")
@@ -214,6 +209,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg.lr_config, optimizer_config, cfg.checkpoint_config, cfg.log_config, cfg.get("momentum_config", None)
     )
     runner.register_hook(DistSamplerSeedHook())
+    # As UniAD's mmdet_train.py: evaluate the val split at evaluation.interval unless --no-validate.
+    if not args.no_validate and cfg.get("evaluation") and cfg.data.get("val"):
+        val_dataset = build_from_cfg(cfg.data.val, DATASETS)
+        val_loader = DataLoader(val_dataset, batch_size=cfg.data.samples_per_gpu, shuffle=False)
+        eval_cfg = {k: v for k, v in cfg.evaluation.items() if k in ("interval", "start")}
+        runner.register_hook(MiniEvalHook(val_loader, by_epoch=True, **eval_cfg), priority="LOW")
     if cfg.get("fault_injection"):
         runner.register_hook(FaultInjectionHook(**cfg.fault_injection))
 

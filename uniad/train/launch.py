@@ -135,24 +135,50 @@ def resolve_backend(
     return "nccl", "requested nccl, probe all-reduce passed"
 
 
+def _distributed(python: str, launcher: str, nproc_per_node: int, backend: str, master_port: int) -> list[str]:
+    """The launcher's part of an argv: one node, ``nproc_per_node`` ranks, rendezvous on loopback."""
+    if backend not in ("nccl", "gloo"):
+        raise LaunchError(f"a launch needs a resolved backend (nccl or gloo), got {backend!r}")
+    if not 1024 <= master_port <= 65535:
+        raise LaunchError(f"master_port must be in 1024..65535, got {master_port}")
+    if launcher == "torchrun":
+        module: Sequence[str] = ("-m", "torch.distributed.run", "--nnodes=1")
+    else:
+        module = ("-m", "torch.distributed.launch", "--use_env")
+    return [python, *module, f"--nproc_per_node={nproc_per_node}", "--master_addr=127.0.0.1",
+            f"--master_port={master_port}"]  # fmt: skip
+
+
+def build_eval_launch(
+    *,
+    uniad_root: str,
+    config: str,
+    checkpoint: str,
+    nproc_per_node: int,
+    backend: str,
+    master_port: int,
+    launcher: str = "torchrun",
+    python: str = "python",
+    cfg_options: Sequence[str] = (),
+    base_env: Mapping[str, str] | None = None,
+) -> LaunchCommand:
+    """``tools/test.py CONFIG CKPT --launcher pytorch --eval bbox`` as UniAD's tools/uniad_dist_eval.sh runs it."""
+    argv = [
+        *_distributed(python, launcher, nproc_per_node, backend, master_port),
+        "tools/test.py", config, checkpoint, "--launcher", "pytorch", "--eval", "bbox",
+        "--cfg-options", f"dist_params.backend={backend}", *cfg_options,
+    ]  # fmt: skip
+    inherited = (base_env or {}).get("PYTHONPATH", "")
+    env = {"PYTHONPATH": ":".join([uniad_root, *([inherited] if inherited else [])]), "PYTHONUNBUFFERED": "1"}
+    return LaunchCommand(argv=argv, env=env, cwd=uniad_root, backend=backend)
+
+
 def build_launch(
     spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
 ) -> LaunchCommand:
     """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
-    if backend not in ("nccl", "gloo"):
-        raise LaunchError(f"build_launch needs a resolved backend (nccl or gloo), got {backend!r}")
-    if not 1024 <= master_port <= 65535:
-        raise LaunchError(f"master_port must be in 1024..65535, got {master_port}")
-    if spec.launcher == "torchrun":
-        launcher: Sequence[str] = ("-m", "torch.distributed.run", "--nnodes=1")
-    else:
-        launcher = ("-m", "torch.distributed.launch", "--use_env")
     argv = [
-        spec.python,
-        *launcher,
-        f"--nproc_per_node={spec.nproc_per_node}",
-        "--master_addr=127.0.0.1",
-        f"--master_port={master_port}",
+        *_distributed(spec.python, spec.launcher, spec.nproc_per_node, backend, master_port),
         "tools/train.py",
         spec.config,
         "--launcher",

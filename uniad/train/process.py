@@ -104,6 +104,7 @@ class StageRun:
         self._lock = threading.Lock()
         self._terminated_by: str | None = None
         self._token = ""
+        self._output = None
 
     def start(self) -> None:
         # torchrun starts every rank in a session of its own, so the launcher's process group does not reach them
@@ -127,6 +128,12 @@ class StageRun:
         )
         self._started = time.monotonic()
         self._started_wall = time.time()
+        # Every attempt's output stays in the work dir: UniAD prints its motion, occupancy and planning metrics
+        # only there (the task log gets them too, but task logs are not the stage's record).
+        if self.work_dir is not None:
+            self.work_dir.path.mkdir(parents=True, exist_ok=True)
+            output = self.work_dir.output_file(self._started_wall)
+            self._output = open(output, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
 
     def wait(self) -> StageResult:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
@@ -150,6 +157,9 @@ class StageRun:
         except BaseException:
             self.terminate(reason="the launching process was interrupted")
             raise
+        finally:
+            if self._output is not None:
+                self._output.close()
         duration = time.monotonic() - self._started
         if returncode != 0:
             why = f" ({self._terminated_by})" if self._terminated_by else ""
@@ -211,6 +221,8 @@ class StageRun:
                 if line is not None:
                     self._last_output_at = time.monotonic()
                     self._tail.append(line)
+                    if self._output is not None:
+                        self._output.write(line + "\n")
                     self._emit_output(line)
                     progress = self.tracker.update(line)
                     if progress is not None:
@@ -286,6 +298,16 @@ def processes_with_token(token: str) -> list[int]:
     return found
 
 
+def worker_backend(python: str, requested: str, nproc_per_node: int, stage: str) -> tuple[str, str]:
+    """The backend this worker trains (or evaluates) with, and why: its GPUs and NCCL's probe decide ``auto``."""
+    gpus = probe_visible_gpus(python)
+    probe = requested != "gloo" and gpus >= nproc_per_node
+    nccl_error = probe_nccl(python, nproc_per_node) if probe else None
+    backend, why = resolve_backend(requested, gpus, nproc_per_node, nccl_error)
+    (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
+    return backend, why
+
+
 def make_stage_run(
     spec: StageSpec,
     *,
@@ -298,11 +320,7 @@ def make_stage_run(
     resume_point: tuple[int, int] | None = None,
 ) -> StageRun:
     """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
-    gpus = probe_visible_gpus(spec.python)
-    probe = spec.backend != "gloo" and gpus >= spec.nproc_per_node
-    nccl_error = probe_nccl(spec.python, spec.nproc_per_node) if probe else None
-    backend, why = resolve_backend(spec.backend, gpus, spec.nproc_per_node, nccl_error)
-    (logger.warning if "falling back" in why else logger.info)("%s: backend %s (%s)", stage, backend, why)
+    backend, why = worker_backend(spec.python, spec.backend, spec.nproc_per_node, stage)
     command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
     return StageRun(
         command,

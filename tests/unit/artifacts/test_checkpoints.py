@@ -10,30 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from support import save_mmcv_checkpoint
 from uniad.artifacts.checkpoints import inspect_checkpoint, sha256_file
 from uniad.artifacts.publish import promote_checkpoint
 from uniad.errors import CheckpointError
-from uniad.mini.compat import ensure_torchvision_importable
-from uniad.mini.model import MiniUniAD
 from uniad.workdir import provenance_path
-
-STAGE2_HEADS = dict(
-    motion_head=dict(modes=3, future_steps=4), occ_head=dict(occ_steps=2), planning_head=dict(future_steps=4)
-)
-
-
-def save_mmcv_checkpoint(path: Path, stage: str, epoch: int, corrupt=None) -> Path:
-    """What mmcv's CheckpointHook writes for a mini model of ``stage`` (meta, state_dict, optimizer)."""
-    ensure_torchvision_importable()
-    from mmcv.runner import save_checkpoint
-
-    torch.manual_seed(0)
-    model = MiniUniAD(**(STAGE2_HEADS if stage == "stage2" else {}))
-    if corrupt is not None:
-        corrupt(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
-    save_checkpoint(model, str(path), optimizer=optimizer, meta=dict(epoch=epoch, iter=epoch * 40, CLASSES=["car"]))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,9 @@ data = dict(
     samples_per_gpu=4,
     workers_per_gpu=0,
     train=dict(type="MiniDriveDataset", num_samples=320, queue_length=queue_length, seed=0),
+    # Scenes never trained on (another seed), evaluated at evaluation.interval as UniAD's val split.
+    val=dict(type="MiniDriveDataset", num_samples=64, queue_length=queue_length, seed=1),
+    test=dict(type="MiniDriveDataset", num_samples=64, queue_length=queue_length, seed=1),
 )
 # UniAD: lr 2e-4 with img_backbone lr_mult 0.1 on a pretrained backbone; the mini one trains from scratch.
 optimizer = dict(type="AdamW", lr=2e-3, weight_decay=0.01)
@@ -24,6 +27,7 @@ lr_config = dict(
     warmup_ratio=1.0 / 3,
     min_lr_ratio=1e-3,
 )
+evaluation = dict(interval=6)  # UniAD: 6 in stage 1, 4 in stage 2
 total_epochs = 6
 runner = dict(type="EpochBasedRunner", max_epochs=total_epochs)
 load_from = None
