@@ -2,9 +2,10 @@
 ### UniAD staged end-to-end training
 
 `preflight` → `fetch_pretrained` → `stage1_train` (track + map) → `validate_stage1` → `promote_checkpoint` →
-`stage2_train` (end to end, `load_from` the promoted file) → `validate_stage2`; `upload_stage1` and `upload_stage2`
-copy each stage's results to `s3_uri` when one is given. The promoted checkpoint is the Asset
-`uniad_stage1_checkpoint` (its events carry path, epoch and sha256).
+`stage2_train` (end to end, `load_from` the promoted file) → `validate_stage2` → `publish_model` (champion/challenger
+at `publish_path`); `upload_stage1` and `upload_stage2` copy each stage's results to `s3_uri` when one is given.
+The promoted checkpoint is the Asset `uniad_stage1_checkpoint` (its events carry path, epoch and sha256), the
+published model the Asset `uniad_e2e_model` (path, sha256, metrics, run id).
 
 Trigger from the UI form, or:
 
@@ -31,6 +32,7 @@ from uniad_airflow.operators import (
     DAG_ID,
     FetchPretrainedOperator,
     PromoteCheckpointOperator,
+    PublishModelOperator,
     UniADPreflightOperator,
     UniADTrainOperator,
     UploadArtifactsOperator,
@@ -67,6 +69,10 @@ with DAG(
     stage2_train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan, retries=1, **gpu)
     validate_stage2 = ValidateStageOperator(task_id="validate_stage2", stage="stage2", plan=plan, retries=0)
     upload_stage2 = UploadArtifactsOperator(task_id="upload_stage2", stage="stage2", plan=plan, retries=2)
+    publish = PublishModelOperator(
+        task_id="publish_model", plan=plan, gate=validate_stage2.output, retries=1, outlets=[settings.PUBLISHED_ASSET]
+    )
 
     chain(preflight, fetch, stage1_train, validate_stage1, promote, stage2_train, validate_stage2, upload_stage2)
+    validate_stage2 >> publish  # champion/challenger beside the upload
     promote >> upload_stage1  # beside stage 2, which does not wait for the upload

@@ -147,8 +147,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
     from .health.analysis import analyze_log
     from .health.logs import read_log
-    from .health.metrics import parse_requirements
     from .health.report import write_report
+    from .metrics import parse_requirements
 
     path = Path(args.log)
     if not path.is_file():

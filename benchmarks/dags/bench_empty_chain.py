@@ -31,3 +31,4 @@ with DAG(
         steps[step] = noop.override(task_id=step, retries=0, **gpu)()
     chain(*steps.values())
     steps["promote_checkpoint"] >> noop.override(task_id="upload_stage1", retries=0)()
+    steps["validate_stage2"] >> noop.override(task_id="publish_model", retries=0)()

@@ -110,6 +110,7 @@ def run_detail(run_id: str) -> dict:
             run_id,
             task_states={task_id: info["state"] for task_id, info in tasks.items()},
             promoted=results.get("promote_checkpoint"),
+            published=results.get("publish_model"),
             gates=gates,
         )
     except (OSError, PipelineError) as exc:

@@ -173,9 +173,10 @@ class UniADTrainOperator(PlanOperator):
 
 
 class ValidateStageOperator(PlanOperator):
-    """The training-health gate of a stage: analyse its log (report in ``<work_dir>/health/``) and check that its
-    ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
-    (or a warning when the run is ``strict``) and on an invalid checkpoint."""
+    """The gate of a stage: analyse its log and its evaluations (report in ``<work_dir>/health/``) and check that
+    its ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
+    (or a warning when the run is ``strict``), on a metric requirement not met, on a final epoch that was not
+    evaluated (unless validation was off), and on an invalid checkpoint. Returns the final metrics too."""
 
     ui_color = "#e8fde8"
 
@@ -193,6 +194,9 @@ class ValidateStageOperator(PlanOperator):
                 self.stage,
                 expect_epoch=plan.stage(self.stage).max_epochs,
                 strict=plan.gate.strict,
+                requirements=plan.requirements(self.stage),
+                evaluated=plan.stage(self.stage).validate,
+                references=plan.references(self.stage),
             )
 
 
@@ -281,3 +285,56 @@ class PromoteCheckpointOperator(PlanOperator):
                 "run_id": context["run_id"],
             }
         return provenance
+
+
+class PublishModelOperator(PlanOperator):
+    """Champion/challenger after stage 2 passed its gate: publish its final checkpoint at the plan's publish path
+    (atomic, provenance with metrics and run id) unless it is worse than the champion there on the plan's metric.
+    Publishing emits the outlet Asset's event (path, sha256, metrics, run id); keeping the champion skips the task
+    (no event), with the comparison in the log and in XCom. ``gate`` is validate_stage2's result (its metrics)."""
+
+    template_fields = ("plan", "gate")
+    ui_color = "#fdf6e8"
+
+    def __init__(self, *, gate: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def execute(self, context: Context) -> dict:
+        from uniad.artifacts.publish import ChampionRule, publish_model
+        from uniad.train.evaluate import evaluate_checkpoint
+
+        plan = self.typed_plan()
+        spec = plan.stage("stage2")
+        metrics = (self.gate or {}).get("metrics") or {}
+        if not metrics.get("values"):
+            raise AirflowFailException(
+                "stage 2 has no evaluation to compare with the champion: run it with validate=true (or evaluate its "
+                "checkpoint with python -m uniad evaluate and publish by hand)"
+            )
+
+        def score(champion: Path) -> dict:
+            return evaluate_checkpoint(
+                spec.uniad_root, spec.config, str(champion), nproc_per_node=spec.nproc_per_node, python=spec.python,
+                launcher=spec.launcher, backend=spec.backend, emit_output=lambda line: self.log.info("%s", line),
+            )  # fmt: skip
+
+        latest = plan.work_dir("stage2").latest
+        with domain_errors():
+            result = publish_model(
+                latest, metrics["values"], plan.publish.path, ChampionRule(plan.publish.metric, plan.publish.tolerance),
+                expect_epoch=spec.max_epochs, run_id=context["run_id"], score_champion=score,
+            )  # fmt: skip
+        self.log.info("%s", result["comparison"])
+        if not result["published"]:
+            context["ti"].xcom_push(key="return_value", value=result)
+            raise AirflowSkipException(f"kept the champion {plan.publish.path}: {result['comparison']}")
+        provenance = result["champion"]
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = {
+                "path": provenance["path"],
+                "sha256": provenance["sha256"],
+                "metrics": provenance["metrics"],
+                "run_id": context["run_id"],
+            }
+        return result

@@ -10,6 +10,8 @@ from airflow.sdk import Asset
 
 # Name only: a URI scheme would make Airflow load every provider's URI handlers at parse time (boto3 and more).
 PROMOTED_ASSET = Asset(name="uniad_stage1_checkpoint", group="uniad")
+# The end-to-end model, published when it is not worse than the champion (events: path, sha256, metrics, run id).
+PUBLISHED_ASSET = Asset(name="uniad_e2e_model", group="uniad")
 
 
 def gpus_per_worker() -> int:

@@ -17,7 +17,7 @@ from uniad.artifacts.checkpoints import inspect_checkpoint
 
 DAG_ID = "uniad_e2e_training"
 TASKS = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint", "upload_stage1",
-         "stage2_train", "validate_stage2", "upload_stage2"]  # fmt: skip
+         "stage2_train", "validate_stage2", "upload_stage2", "publish_model"]  # fmt: skip
 TRAINING = {"stage1_train", "stage2_train"}
 
 

@@ -113,12 +113,19 @@ def test_the_page_in_chromium(server):
         driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
         WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.series")) >= 4)
         charts = [c.get_attribute("data-chart") for c in driver.find_elements(By.CSS_SELECTOR, ".chart")]
-        assert charts == [
+        assert charts[:4] == [
             "total loss",
             "loss by task group",
             "grad_norm (before clipping)",
             "learning rate (log scale)",
         ]
+        # Model quality: a metrics table per stage and a curve of each headline metric over the evaluations.
+        assert "stage1: pts_bbox_NuScenes/amota" in charts and "stage2: planning/L2_avg" in charts, charts
+        tables = driver.find_elements(By.CSS_SELECTOR, "table.metrics")
+        assert [t.get_attribute("data-stage") for t in tables] == ["stage1", "stage2"]
+        assert "pts_bbox_NuScenes/amota" in tables[0].text and "epoch 2" in tables[0].text
+        published = driver.find_element(By.ID, "published").text
+        assert "no champion at" in published and "publishing the first model" in published, published
         assert all(len(p.get_attribute("d")) > 20 for p in driver.find_elements(By.CSS_SELECTOR, "path.series")), (
             "a curve has no points"
         )

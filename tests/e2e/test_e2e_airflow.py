@@ -164,6 +164,7 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
                     "promote_checkpoint",
                     "stage2_train",
                     "validate_stage2",
+                    "publish_model",  # each run's own root: no champion there yet
                 ],
                 "success",
             ),  # fmt: skip

@@ -122,3 +122,26 @@ def test_real_stage1_log_is_healthy_and_parses(trained_root, tmp_path):
     assert records[-1]["mode"] == "val" and records[-1]["epoch"] == 2
     assert {"pts_bbox_NuScenes/amota", "pts_bbox_NuScenes/amotp", "lanes_iou", "drivable_iou"} <= set(records[-1])
     assert {"epoch", "iter", "lr", "loss", "grad_norm", "map.loss_mask_things"} <= set(records[0])
+
+
+def test_a_trained_model_scores_clearly_better_than_an_untrained_one(trained_root, tmp_path):
+    """python -m uniad evaluate: the root's tools/test.py through torchrun, on the val scenes it never trained on."""
+    from support import save_mmcv_checkpoint
+
+    untrained = save_mmcv_checkpoint(tmp_path / "untrained.pth", "stage1", 0)
+
+    def evaluate(checkpoint) -> dict:
+        out = tmp_path / f"{checkpoint.stem}.json"
+        run([PYTHON, "-m", "uniad", "evaluate", "--uniad-root", str(trained_root["root"]), "--config",
+             "projects/configs/stage1_track_map/full_track_map.py", "--checkpoint", str(checkpoint),
+             "--nproc-per-node", "2", "--out", str(out)], timeout=300)  # fmt: skip
+        return json.loads(out.read_text())["metrics"]
+
+    trained, baseline = evaluate(trained_root["stage1_dir"] / "epoch_2.pth"), evaluate(untrained)
+    for metric, margin in (("pts_bbox_NuScenes/amota", 0.3), ("pts_bbox_NuScenes/recall", 0.3), ("lanes_iou", 0.2)):
+        assert trained[metric] > baseline[metric] + margin, (metric, trained[metric], baseline[metric])
+    assert trained["pts_bbox_NuScenes/amotp"] < baseline["pts_bbox_NuScenes/amotp"]  # closer boxes
+    # The metrics of tools/test.py are those training logged for the same weights.
+    logged = [r for r in (json.loads(line) for line in next(trained_root["stage1_dir"].glob("*.log.json"))
+              .read_text().splitlines()[1:]) if r.get("mode") == "val"][-1]  # fmt: skip
+    assert trained["pts_bbox_NuScenes/amota"] == pytest.approx(logged["pts_bbox_NuScenes/amota"], abs=1e-4)

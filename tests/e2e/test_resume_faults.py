@@ -57,6 +57,7 @@ def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(
     first_log, resumed_log = sorted(work.glob("*.log.json"))
     resumed_text = resumed_log.with_suffix("").read_text()
     assert "resumed epoch 1, iter 60" in resumed_text and "skipping its first 20 iterations" in resumed_text
+
     # Iterations 21-26 were redone; the logged ones carry the uninterrupted run's numbers and losses.
     def train_records(log):
         return [r for r in read_log(log)[0] if r["mode"] == "train"]

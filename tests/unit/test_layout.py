@@ -13,7 +13,7 @@ from support import REPO
 PACKAGE = REPO / "uniad"
 # Lower layers never import higher ones: a table of contents that reads top-down.
 LAYERS = [
-    {"uniad.errors", "uniad.stages", "uniad.trainside", "uniad.workdir"},
+    {"uniad.errors", "uniad.stages", "uniad.trainside", "uniad.workdir", "uniad.metrics"},
     {"uniad.mini", "uniad.artifacts"},
     {"uniad.health"},
     {"uniad.train"},

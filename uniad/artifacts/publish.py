@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..metrics import lower_is_better
 from ..workdir import provenance_path
 from .checkpoints import CHUNK, inspect_checkpoint
 
@@ -56,9 +60,15 @@ def _identity(path: Path) -> tuple[str, int, int, int]:
 
 
 def promote_checkpoint(
-    src: str | Path, dst: str | Path, stage: str | None = "stage1", expect_epoch: int | None = None
+    src: str | Path,
+    dst: str | Path,
+    stage: str | None = "stage1",
+    expect_epoch: int | None = None,
+    *,
+    extra: dict | None = None,
 ) -> dict:
-    """Verify ``src`` for ``stage`` and publish it atomically at ``dst`` with a provenance sidecar."""
+    """Verify ``src`` for ``stage`` and publish it atomically at ``dst`` with a provenance sidecar (plus ``extra``
+    fields, e.g. the model's metrics and run id)."""
     src, dst = Path(src), Path(dst)
     # Two passes over the file, like `sha256sum && cp`: the verifying load, then the copy, hashed as it goes.
     before = _identity(src)
@@ -100,7 +110,78 @@ def promote_checkpoint(
         "epoch": report.epoch,
         "iter": report.iter,
         "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
     }
     _atomic_write(provenance_path(dst), lambda h: h.write((json.dumps(provenance, indent=2) + "\n").encode()))
     logger.info("promoted %s (epoch %s, sha256 %s) to %s", resolved, report.epoch, report.sha256[:12], dst)
     return provenance
+
+
+def read_provenance(published: str | Path) -> dict | None:
+    """The provenance sidecar of a published checkpoint, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads(provenance_path(published).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ChampionRule:
+    """Champion/challenger on one metric: the challenger is published unless it is worse than the champion by more
+    than ``tolerance`` (for errors, distances and collisions lower is better, for the rest higher)."""
+
+    metric: str
+    tolerance: float = 0.0
+
+    def decide(self, challenger: dict[str, float], champion: dict[str, float]) -> tuple[bool, str]:
+        if self.metric not in challenger or not math.isfinite(challenger[self.metric]):
+            raise CheckpointError(
+                f"the challenger has no finite {self.metric} to compare (it has {', '.join(sorted(challenger)) or 'no metrics'}): "
+                "set champion_metric to one the final evaluation reports"
+            )
+        new, old = challenger[self.metric], champion.get(self.metric, math.nan)
+        lower = lower_is_better(self.metric)
+        if not math.isfinite(old):
+            return True, f"{self.metric}: challenger {new:.4g}, the champion has none: publishing the challenger"
+        worse_by = (new - old) if lower else (old - new)
+        direction = "lower" if lower else "higher"
+        verdict = worse_by <= self.tolerance
+        return verdict, (
+            f"{self.metric} ({direction} is better): challenger {new:.4g}, champion {old:.4g}, tolerance "
+            f"{self.tolerance:g}: " + ("publishing the challenger" if verdict else "keeping the champion")
+        )
+
+
+def publish_model(
+    candidate: str | Path,
+    metrics: dict[str, float],
+    target: str | Path,
+    rule: ChampionRule,
+    *,
+    expect_epoch: int | None = None,
+    run_id: str | None = None,
+    score_champion: Callable[[Path], dict[str, float]] | None = None,
+) -> dict:
+    """Publish the stage-2 checkpoint ``candidate`` at ``target`` when it is not worse than the champion there.
+
+    The champion's metrics come from its provenance sidecar; a champion without them (published by hand) is scored
+    with ``score_champion`` (``python -m uniad evaluate``) first. Returns ``published``, the ``comparison`` and the
+    provenance of what is at ``target`` afterwards."""
+    target = Path(target)
+    if target.exists():
+        champion = read_provenance(target) or {}
+        champion_metrics = champion.get("metrics")
+        if not champion_metrics:
+            if score_champion is None:
+                raise CheckpointError(f"the champion {target} has no recorded metrics and cannot be scored here")
+            logger.info("the champion %s has no recorded metrics: scoring it", target)
+            champion_metrics = score_champion(target)
+        publish, comparison = rule.decide(metrics, champion_metrics)
+        if not publish:
+            return {"published": False, "comparison": comparison, "champion": {**champion, "metrics": champion_metrics}}
+    else:
+        comparison = f"no champion at {target}: publishing the first model"
+    provenance = promote_checkpoint(
+        candidate, target, stage="stage2", expect_epoch=expect_epoch, extra={"metrics": metrics, "run_id": run_id}
+    )
+    return {"published": True, "comparison": comparison, "champion": provenance}

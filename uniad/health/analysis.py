@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..metrics import Requirement, parse_printed
 from ..workdir import text_log_of
 from .logs import is_json_log, iters_per_epoch_of, parse_json_meta, read_log
-from .metrics import Requirement, parse_printed
 from .monitor import ERROR, INFO, WARNING, Finding, HealthMonitor, Thresholds, as_number, stall_finding
 from .schedule import ScheduleConfig
 

@@ -8,9 +8,11 @@ The health report (``report.md`` and plots) is written into ``<work_dir>/health/
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from ..artifacts.checkpoints import inspect_checkpoint
 from ..errors import GateFailed
+from ..metrics import HEADLINE, Requirement
 from ..workdir import JSON_LOGS, WorkDir
 from .analysis import INFO, analyze_log
 from .report import write_report
@@ -18,16 +20,36 @@ from .report import write_report
 logger = logging.getLogger(__name__)
 
 
-def validate_stage(work_dir: WorkDir, stage: str, expect_epoch: int, strict: bool = False) -> dict:
+def validate_stage(
+    work_dir: WorkDir,
+    stage: str,
+    expect_epoch: int,
+    strict: bool = False,
+    *,
+    requirements: Sequence[Requirement] = (),
+    evaluated: bool = True,
+    references: dict[str, float] | None = None,
+) -> dict:
+    """``requirements`` on the final evaluation's metrics; ``evaluated``: validation was on, so the final epoch
+    must have been evaluated; ``references``: published values for the report (profile uniad)."""
     # A fresh run moved older runs' files aside, so these are this run's attempts.
     logs = work_dir.json_logs()
     if not logs:
         raise GateFailed(f"no {JSON_LOGS} in {work_dir.path}: did the {stage} training run write its logs there?")
     log = logs[-1]
-    analysis, rows, _ = analyze_log(logs, total_epochs=expect_epoch)
+    analysis, rows, _ = analyze_log(
+        logs,
+        outputs=work_dir.outputs(),
+        total_epochs=expect_epoch,
+        requirements=requirements,
+        expect_evaluation=evaluated,
+    )
     records = [rows.record(i) for i in range(len(rows))]  # what the analysis kept, superseded attempts excluded
     attempts = f", {len(logs)} attempts" if len(logs) > 1 else ""
-    report = write_report(analysis, records, work_dir.health_dir, title=f"{stage} ({log.name}{attempts})")
+    report = write_report(
+        analysis, records, work_dir.health_dir, title=f"{stage} ({log.name}{attempts})",
+        headline=HEADLINE.get(stage, []), references=references,
+    )  # fmt: skip
     logger.info("%s health: %s; report %s", stage, analysis.verdict, report)
     for finding in analysis.findings:
         where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
@@ -48,5 +70,6 @@ def validate_stage(work_dir: WorkDir, stage: str, expect_epoch: int, strict: boo
         "logs": [str(path) for path in logs],
         "progress": analysis.progress,
         "findings": analysis.to_dict()["findings"],
+        "metrics": analysis.metrics,
         "checkpoint": checkpoint.to_dict(),
     }

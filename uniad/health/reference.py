@@ -116,6 +116,15 @@ def reference_records(
     return records
 
 
+def reference_evaluation(epoch: int, iters: int = 753, **values: float) -> dict:
+    """A val record as mmcv logs UniAD's stage-1 evaluation: the published AMOTA and lanes IoU (issue #67), and a
+    class-level ``nan`` as nuScenes evaluation has; ``values`` adds or overrides metrics."""
+    record = {"mode": "val", "epoch": epoch, "iter": iters, "lr": 1e-4, "pts_bbox_NuScenes/amota": 0.3896,
+              "lanes_iou": 0.297, "pts_bbox_NuScenes/traffic_cone_orient_err": float("nan")}  # fmt: skip
+    record.update(values)
+    return record
+
+
 def write_json_log(path: str | Path, records: list[dict], config: str = REFERENCE_CONFIG) -> Path:
     """An mmcv-style ``*.log.json``: a meta line, then one record per line."""
     path = Path(path)

@@ -86,12 +86,67 @@ def write_plots(train: list[dict], iters_per_epoch: int | None, out_dir: Path, t
     return written
 
 
-def write_report(analysis: Analysis, records: list[dict], out_dir: str | Path, title: str = "training") -> Path:
-    """Write ``report.md`` and the PNGs into ``out_dir``; return the Markdown path."""
+def write_metric_plot(evaluations: list[dict], headline: list[str], out_dir: Path, title: str) -> Path | None:
+    """``metrics.png``: one small curve per headline metric over the evaluated epochs."""
+    shown = [m for m in headline if any(m in e["values"] for e in evaluations)]
+    if not shown:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.8), dpi=100, squeeze=False)
+    for ax, metric in zip(axes[0], shown):
+        points = [(e["epoch"], e["values"][metric]) for e in evaluations if metric in e["values"]]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linewidth=1.4)
+        ax.set_title(metric, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: evaluations", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "metrics.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def metrics_section(evaluations: list[dict], references: dict[str, float] | None) -> list[str]:
+    """Markdown: a table per evaluation, the published reference beside each metric it has one for."""
+    if not evaluations:
+        return ["No evaluation in the logs (validation off, or the stage has not reached an evaluated epoch)."]
+    lines = []
+    for evaluation in reversed(evaluations):
+        lines += [f"### epoch {evaluation['epoch']}", ""]
+        if references:
+            lines += ["| metric | value | UniAD reference |", "|---|---|---|"]
+            for key, value in evaluation["values"].items():
+                lines.append(f"| {key} | {_fmt(value)} | {_fmt(references.get(key, '-'))} |")
+        else:
+            lines += ["| metric | value |", "|---|---|"]
+            lines += [f"| {key} | {_fmt(value)} |" for key, value in evaluation["values"].items()]
+        lines.append("")
+    return lines
+
+
+def write_report(
+    analysis: Analysis,
+    records: list[dict],
+    out_dir: str | Path,
+    title: str = "training",
+    *,
+    headline: list[str] = (),
+    references: dict[str, float] | None = None,
+) -> Path:
+    """Write ``report.md`` and the PNGs into ``out_dir``; return the Markdown path. ``headline``: the metrics
+    plotted over the evaluations; ``references``: published values shown beside them (profile ``uniad``)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train = [r for r in records if r.get("mode") == "train"]
     plots = write_plots(train, analysis.latest.get("iters_per_epoch"), out_dir, title) if train else []
+    metric_plot = write_metric_plot(analysis.evaluations, list(headline), out_dir, title)
+    if metric_plot is not None:
+        plots.append(metric_plot)
     latest = analysis.latest
     lines = [
         f"# {title}: {analysis.verdict.upper()}",
@@ -117,6 +172,7 @@ def write_report(analysis: Analysis, records: list[dict], out_dir: str | Path, t
             lines.append(f"| {f.severity} | {f.code} | {where} | {f.message.replace('|', '/')} |")
     else:
         lines.append("None: no NaN/Inf, spikes, explosions, divergence, plateau, stuck components or lr mismatches.")
+    lines += ["", "## Metrics", ""] + metrics_section(analysis.evaluations, references)
     lines += [
         "",
         "## Milestones",

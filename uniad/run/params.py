@@ -8,6 +8,7 @@ message says how to fix it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
@@ -15,6 +16,7 @@ from typing import Any
 
 from ..artifacts.storage import parse_s3_uri
 from ..errors import ParamError
+from ..metrics import parse_requirements
 from ..mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG
 from ..train.launch import BACKENDS, ITER_CHECKPOINT_KEYS, LAUNCHERS, MANAGED_KEYS
 
@@ -25,6 +27,9 @@ CFG_OPTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.+$"
 S3_PREFIX_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 S3_OBJECT_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/.+$"
 CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,250}$"
+METRIC_PATTERN = r"^[A-Za-z0-9_./@-]+$"
+REQUIREMENT_PATTERN = r"^\s*[A-Za-z0-9_./@-]+\s*(>=|<=)\s*[-+]?[0-9.]+([eE][-+]?[0-9]+)?\s*$"
+DEFAULT_PUBLISH = "ckpts/uniad_e2e.pth"
 _CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -82,7 +87,8 @@ def _what(schema: dict, null_means: str) -> str:
         kind = next(
             t for t in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]) if t != "null"
         )
-        text = {"integer": "an integer", "boolean": "true or false", "string": "a string", "array": "a list"}[kind]
+        text = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+                "array": "a list"}[kind]  # fmt: skip
         low, high = schema.get("minimum"), schema.get("maximum")
         if low is not None and high is not None:
             text += f" from {low} to {high}"
@@ -105,13 +111,14 @@ def check_value(name: str, value: Any, meta: dict) -> None:
         return
     ok = {
         "integer": _is_int(value),
+        "number": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         "boolean": isinstance(value, bool),
         "string": isinstance(value, str),
         "array": isinstance(value, (list, tuple)),
     }[next(t for t in types if t != "null")]
     if ok and "enum" in schema:
         ok = value in schema["enum"]
-    if ok and _is_int(value):
+    if ok and isinstance(value, (int, float)) and not isinstance(value, bool):
         ok = schema.get("minimum", value) <= value <= schema.get("maximum", value)
     if ok and isinstance(value, str) and "pattern" in schema:
         ok = re.search(schema["pattern"], value) is not None
@@ -184,6 +191,31 @@ class PipelineParams:
         "Run the configs' evaluation (UniAD: at evaluation.interval, and always after the final epoch). False passes "
         "--no-validate: no metrics, and the gate does not ask for them.",
     ))  # fmt: skip
+    stage1_metric_requirements: tuple[str, ...] = field(default=(), metadata=param(
+        {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}}, "Stage 1 metric requirements",
+        '["pts_bbox_NuScenes/amota>=0.35", "lanes_iou>=0.28"]',
+        "validate_stage1 fails unless the final evaluation meets each, e.g. pts_bbox_NuScenes/amota>=0.35 "
+        "(UniAD: 0.390), lanes_iou>=0.28 (UniAD: 0.297).",
+    ))  # fmt: skip
+    stage2_metric_requirements: tuple[str, ...] = field(default=(), metadata=param(
+        {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}}, "Stage 2 metric requirements",
+        '["pts_bbox_NuScenes/amota>=0.33", "planning/L2_avg<=1.1"]',
+        "validate_stage2 fails unless the final evaluation meets each, e.g. planning/L2_avg<=1.1 (UniAD: 1.03), "
+        "motion/minADE<=0.75 (UniAD: 0.705), occ/iou_n>=60 (UniAD: 63.7).",
+    ))  # fmt: skip
+    publish_path: str = field(default=DEFAULT_PUBLISH, metadata=param(
+        {"type": "string"}, "Published model", DEFAULT_PUBLISH,
+        "Where the end-to-end model is published when it is not worse than the champion already there "
+        "(relative to the root), with its provenance and metrics.",
+    ))  # fmt: skip
+    champion_metric: str = field(default="pts_bbox_NuScenes/amota", metadata=param(
+        {"type": "string", "pattern": METRIC_PATTERN}, "Champion metric", "pts_bbox_NuScenes/amota",
+        "The metric that decides champion/challenger (errors, distances and collisions: lower is better).",
+    ))  # fmt: skip
+    champion_tolerance: float = field(default=0.0, metadata=param(
+        {"type": "number", "minimum": 0}, "Champion tolerance", "0.005",
+        "How much worse than the champion a challenger may be and still be published (0: not worse).",
+    ))  # fmt: skip
     strict: bool = field(default=False, metadata=param(
         {"type": "boolean"}, "Strict health gate", "false",
         "Fail validate_stage1/2 on health warnings (plateau, spikes, lr mismatch), not only on errors.",
@@ -232,7 +264,10 @@ class PipelineParams:
             )
         if self.uniad_root is not None and not Path(self.uniad_root).is_absolute():
             raise ParamError(f"uniad_root must be an absolute path, got {self.uniad_root!r}; e.g. /workspace/UniAD")
-        for name in ("stage1_config", "stage2_config", "ckpt_path"):
+        for name in ("stage1_metric_requirements", "stage2_metric_requirements"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+            parse_requirements(getattr(self, name))
+        for name in ("stage1_config", "stage2_config", "ckpt_path", "publish_path"):
             value = getattr(self, name)
             if not value or ".." in Path(value).parts:
                 example = getattr(PipelineParams, name)

@@ -7,8 +7,9 @@ Nothing a user typed is interpreted twice or reaches a shell.
     Plan
       profile, uniad_root, ckpt_path
       stages: {"stage1": StageSpec, "stage2": StageSpec}      how each stage is launched (uniad.train.launch)
-      gate: GatePlan(strict, stall_timeout_s)                  how the stages are judged
+      gate: GatePlan(strict, stall_timeout_s, requirements)    how the stages are judged
       storage: StoragePlan(uri, aws_conn_id, pretrained)       S3 uploads and pretrained downloads
+      publish: PublishPlan(path, metric, tolerance)            champion/challenger of the end-to-end model
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import ParamError
+from ..metrics import REFERENCES, Requirement, parse_requirements
 from ..stages import STAGES
 from ..train.launch import StageSpec, final_epoch_evaluation_interval
 from ..workdir import WorkDir, default_work_dir, pretrained_path, provenance_path
@@ -29,6 +31,16 @@ PLAN_VERSION = 1
 class GatePlan:
     strict: bool = False  # warnings fail the gate too
     stall_timeout_s: int = 600  # the live health watch's stall limit
+    # Per stage: "METRIC>=VALUE" / "METRIC<=VALUE" on its final evaluation (uniad.health.metrics.Requirement).
+    requirements: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    references: bool = False  # show UniAD's published metrics beside the run's (profile uniad)
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    path: str  # absolute: where the end-to-end model is published (the champion lives there)
+    metric: str = "pts_bbox_NuScenes/amota"  # decides champion/challenger
+    tolerance: float = 0.0  # how much worse a challenger may be and still be published
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Plan:
     stages: dict[str, StageSpec]
     gate: GatePlan = field(default_factory=GatePlan)
     storage: StoragePlan = field(default_factory=StoragePlan)
+    publish: PublishPlan | None = None
 
     @classmethod
     def build(cls, params: PipelineParams, root: Path, python: str) -> Plan:
@@ -96,8 +109,16 @@ class Plan:
             uniad_root=str(root),
             ckpt_path=str(ckpt),
             stages={"stage1": stage1, "stage2": stage2},
-            gate=GatePlan(strict=params.strict, stall_timeout_s=params.stall_timeout_s),
+            gate=GatePlan(
+                strict=params.strict,
+                stall_timeout_s=params.stall_timeout_s,
+                requirements={"stage1": params.stage1_metric_requirements, "stage2": params.stage2_metric_requirements},
+                references=params.profile == "uniad",
+            ),
             storage=StoragePlan(uri=params.s3_uri, aws_conn_id=params.aws_conn_id, pretrained=pretrained),
+            publish=PublishPlan(
+                path=str(root / params.publish_path), metric=params.champion_metric, tolerance=params.champion_tolerance
+            ),
         )
 
     # ------------------------------------------------------------------ per stage
@@ -108,6 +129,14 @@ class Plan:
 
     def work_dir(self, stage: str) -> WorkDir:
         return WorkDir(self.stage(stage).work_dir_path)
+
+    def requirements(self, stage: str) -> tuple[Requirement, ...]:
+        """The gate's metric requirements on ``stage``'s final evaluation."""
+        return parse_requirements(self.gate.requirements.get(stage, ()))
+
+    def references(self, stage: str) -> dict[str, float] | None:
+        """UniAD's published metrics for ``stage``, shown beside the run's (profile uniad only)."""
+        return REFERENCES.get(stage) if self.gate.references else None
 
     def later_epochs(self, stage: str) -> int:
         """Epochs still to train after ``stage`` finishes, for the pipeline-wide ETA."""
@@ -136,6 +165,7 @@ class Plan:
         for spec in data["stages"].values():
             spec["cfg_options"] = list(spec["cfg_options"])
         data["storage"]["pretrained"] = list(data["storage"]["pretrained"])
+        data["gate"]["requirements"] = {k: list(v) for k, v in data["gate"]["requirements"].items()}
         return data
 
     @classmethod
@@ -155,10 +185,13 @@ class Plan:
             uniad_root=data["uniad_root"],
             ckpt_path=data["ckpt_path"],
             stages=stages,
-            gate=GatePlan(**data["gate"]),
+            gate=GatePlan(
+                **{**data["gate"], "requirements": {k: tuple(v) for k, v in data["gate"]["requirements"].items()}}
+            ),
             storage=StoragePlan(
                 uri=storage["uri"],
                 aws_conn_id=storage["aws_conn_id"],
                 pretrained=tuple(PretrainedFile(**item) for item in storage["pretrained"]),
             ),
+            publish=PublishPlan(**data["publish"]) if data.get("publish") else None,
         )

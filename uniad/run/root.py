@@ -52,6 +52,7 @@ def prepare_root(params: PipelineParams, mini_run_dir: Path | None = None, allow
         for name in ("stage1_config", "stage2_config"):
             allowed.check(name, root / getattr(params, name))
         allowed.check("ckpt_path", root / params.ckpt_path)  # an absolute ckpt_path replaces the root
+        allowed.check("publish_path", root / params.publish_path)
         for uri in params.pretrained_s3_uris:
             allowed.check(f"the download target of {uri}", pretrained_path(root, uri))
     fetched = {pretrained_path(root, uri) for uri in params.pretrained_s3_uris}

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from ..errors import PipelineError
-from ..health.metrics import parse_printed
+from ..metrics import parse_printed
 from .launch import build_eval_launch, find_free_port
 from .process import StageRun, worker_backend
 

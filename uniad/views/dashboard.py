@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from ..health.analysis import analyze_log
 from ..health.report import TASK_GROUPS, group_losses
+from ..metrics import HEADLINE
 from ..run.plan import Plan
 from ..stages import STAGES
 from ..train.progress import estimate_eta
@@ -53,8 +54,9 @@ def stage_view(
         return view
     last_change = max(log.stat().st_mtime for log in logs)
     analysis, rows, _ = analyze_log(
-        logs, total_epochs=max_epochs, silence_s=max(now - last_change, 0.0) if active else None
-    )
+        logs, outputs=directory.outputs(), total_epochs=max_epochs,
+        silence_s=max(now - last_change, 0.0) if active else None,
+    )  # fmt: skip
     n = len(rows)
     if not n:  # launched: mmcv wrote the meta line, no train record yet
         view.update(started=True, records=0, attempts=len(logs), logs=[str(log) for log in logs], progress=0.0,
@@ -113,6 +115,10 @@ def stage_view(
         verdict=analysis.verdict,
         findings=[asdict(f) for f in analysis.findings],
         series=_series(rows, per_epoch, max_points),
+        evaluations=[
+            {**e, "values": {k: v if _finite(v) else None for k, v in e["values"].items()}}
+            for e in analysis.evaluations
+        ],  # JSON has no NaN: a class-level nan is sent as null
     )
     return view
 
@@ -159,12 +165,14 @@ def run_view(
     *,
     task_states: dict[str, str | None] | None = None,
     promoted: dict | None = None,
+    published: dict | None = None,
     gates: dict[str, dict | None] | None = None,
     now: float | None = None,
 ) -> dict:
     """Both stages of a run on one iteration axis (stage 2 starts where stage 1's planned iterations end: the
     hand-off), the promoted checkpoint, and totals. ``task_states`` maps task ids to Airflow states, ``gates``
-    stage -> the validate task's result, ``promoted`` the promote task's provenance."""
+    stage -> the validate task's result, ``promoted`` the promote task's provenance, ``published`` the
+    champion/challenger result."""
     task_states = task_states or {}
     gates = gates or {}
     now = time.time() if now is None else now
@@ -181,7 +189,8 @@ def run_view(
             active=state in ("running", "restarting"),
             now=now,
         )
-        view.update(task_state=state, gate=gates.get(stage), config=spec.config, x_offset=offset)
+        view.update(task_state=state, gate=gates.get(stage), config=spec.config, x_offset=offset,
+                    headline=HEADLINE.get(stage, []), references=plan.references(stage))  # fmt: skip
         stages.append(view)
         offset += view.get("total_iters") or 0  # planned iterations; 0 until the stage has logged
     first, second = stages
@@ -202,6 +211,7 @@ def run_view(
         "stages": stages,
         "handoff_x": second["x_offset"] if first["started"] else None,
         "promoted": promoted,
+        "published": published,
         "eta_s": round(eta, 1) if eta is not None else None,
         "gpu_hours": round(sum(s.get("gpu_hours") or 0.0 for s in stages), 4),
         "generated_at": now,

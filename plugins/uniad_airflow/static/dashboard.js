@@ -192,6 +192,39 @@ function findingsTable(view) {
       el("td", {}, f.epoch !== null ? `epoch ${f.epoch} iter ${f.iter}` : "whole stage"), el("td", {}, f.message)))));
 }
 
+function metricsSection(view) {
+  const stages = view.stages.filter((s) => (s.evaluations || []).length);
+  if (!stages.length) return [el("p", { class: "muted", id: "metrics" }, "No evaluation yet.")];
+  const parts = [];
+  for (const s of stages) {
+    const last = s.evaluations[s.evaluations.length - 1];
+    const names = [...s.headline.filter((m) => m in last.values),
+      ...Object.keys(last.values).filter((m) => !s.headline.includes(m))];
+    const epochs = s.evaluations.map((e) => e.epoch);
+    const head = ["metric", ...epochs.map((e) => `epoch ${e}`), ...(s.references ? ["UniAD reference"] : [])];
+    parts.push(el("h3", {}, s.stage === "stage1" ? "Stage 1" : "Stage 2"), el("table", { class: "metrics", "data-stage": s.stage },
+      el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+      el("tbody", {}, names.map((m) => el("tr", { class: s.headline.includes(m) ? "headline" : "" },
+        el("td", { class: "mono" }, m), s.evaluations.map((e) => el("td", {}, num(e.values[m] ?? null))),
+        s.references ? el("td", {}, m in s.references ? num(s.references[m]) : "–") : null)))));
+    const curves = s.headline.filter((m) => s.evaluations.some((e) => e.values[m] !== undefined && e.values[m] !== null));
+    parts.push(el("div", { class: "charts" }, curves.map((m) => lineChart(`${s.stage}: ${m}`,
+      [{ name: m, points: s.evaluations.map((e) => [e.epoch, e.values[m] ?? null, `epoch ${e.epoch}`]) }],
+      { vlines: [] }))));
+  }
+  return parts;
+}
+
+function publishedCard(view) {
+  const p = view.published;
+  if (!p) return el("p", { class: "muted", id: "published" }, "Not published yet.");
+  return el("div", { class: "card", id: "published" }, el("dl", { class: "kv" },
+    el("dt", {}, "decision"), el("dd", {}, p.published ? "published" : "kept the champion"),
+    el("dt", {}, "comparison"), el("dd", { class: "comparison" }, p.comparison),
+    el("dt", {}, "model"), el("dd", { class: "mono" }, p.champion ? p.champion.path || "" : ""),
+    el("dt", {}, "sha256"), el("dd", { class: "mono" }, p.champion ? p.champion.sha256 || "" : "")));
+}
+
 function promotedCard(view) {
   const p = view.promoted;
   if (!p) return el("p", { class: "muted", id: "promoted" }, `Not promoted yet (target ${view.ckpt_path}).`);
@@ -230,7 +263,10 @@ async function showRun(runId) {
     parts.push(el("h2", {}, "Curves"), el("p", { class: "muted" },
       "x: iteration across both stages; dashed grey: epoch boundaries; red: the hand-off to stage 2."), charts(view));
     parts.push(el("h2", {}, "Health findings"), findingsTable(view));
+    parts.push(el("h2", {}, "Model quality"), el("p", { class: "muted" },
+      "The evaluations the stages logged and printed (UniAD's metric names)."), ...metricsSection(view));
     parts.push(el("h2", {}, "Promoted checkpoint"), promotedCard(view));
+    parts.push(el("h2", {}, "Published model (champion/challenger)"), publishedCard(view));
   }
   content.replaceChildren(...parts);
   if (!["success", "failed"].includes(run.state)) setTimeout(() => showRun(runId), REFRESH_MS);

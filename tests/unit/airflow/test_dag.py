@@ -47,7 +47,7 @@ def test_dag_shape(dag):
     assert dag.doc_md and "preflight" in dag.doc_md
     order = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint",
              "stage2_train", "validate_stage2", "upload_stage2"]  # fmt: skip
-    assert [t.task_id for t in dag.topological_sort() if t.task_id != "upload_stage1"] == order
+    assert [t.task_id for t in dag.topological_sort() if t.task_id not in ("upload_stage1", "publish_model")] == order
     for upstream, downstream in zip(order, order[1:]):
         # Every task after preflight also takes its plan (plan=preflight.output): a data edge from preflight.
         assert dag.get_task(downstream).upstream_task_ids == {upstream, "preflight"}
@@ -56,6 +56,11 @@ def test_dag_shape(dag):
     assert dag.get_task("upload_stage1").upstream_task_ids == {"promote_checkpoint", "preflight"}
     assert dag.get_task("upload_stage1").downstream_task_ids == set()
     assert [a.name for a in dag.get_task("promote_checkpoint").outlets] == ["uniad_stage1_checkpoint"]
+    # Champion/challenger after stage 2's gate, beside its upload; it takes the gate's metrics as an argument.
+    publish = dag.get_task("publish_model")
+    assert publish.upstream_task_ids == {"validate_stage2", "preflight"} and publish.downstream_task_ids == set()
+    assert publish.template_fields == ("plan", "gate")
+    assert [a.name for a in publish.outlets] == ["uniad_e2e_model"]
     assert dag.catchup is False and dag.schedule is None  # UNIAD_SCHEDULE unset
     assert dag.on_success_callback and dag.on_failure_callback
 

@@ -63,10 +63,14 @@ def test_preflight_checks_the_root_before_writing_and_every_path_after(allowed, 
     (inside / "ckpts").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ParamError, match="ckpt_path"):
         prepare_root(PipelineParams(profile="mini", uniad_root=str(inside)), allowed=allowed)
+    with pytest.raises(ParamError, match="publish_path"):
+        prepare_root(PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path=str(inside / "p.pth")),
+                     allowed=allowed)  # fmt: skip
     params = PipelineParams(
         profile="mini",
         uniad_root=str(inside),
         ckpt_path=str(inside / "promoted.pth"),
+        publish_path=str(inside / "published.pth"),
         pretrained_s3_uris=("s3://bucket/pre/bev.pth",),
     )
     with pytest.raises(ParamError, match="download target of s3://bucket/pre/bev.pth"):

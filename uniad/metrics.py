@@ -1,4 +1,5 @@
-"""Model-quality metrics of a stage: what UniAD's evaluation logs and prints, as data.
+"""Model-quality metrics of a stage: what UniAD's evaluation logs and prints, as data (shared by the analysis, the
+gate, the plan and champion/challenger).
 
 Where each metric lands in real UniAD (``NuScenesE2EDataset.evaluate``): detection/tracking
 (``pts_bbox_NuScenes/*``) and the map IoUs are returned, so mmcv logs them as the ``Epoch(val)`` record; motion
@@ -19,7 +20,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..errors import ParamError
+from .errors import ParamError
 
 # UniAD's published results (README and docs; results depend on the GPU count, issues #21 and #157).
 REFERENCES = {
