@@ -121,14 +121,15 @@ def test_the_page_in_chromium(server):
         ]
         # Model quality: a metrics table per stage and a curve of each headline metric over the evaluations.
         assert "stage1: pts_bbox_NuScenes/amota" in charts and "stage2: planning/L2_avg" in charts, charts
+        assert driver.find_elements(By.CSS_SELECTOR, ".chart circle.marker")  # one marker per evaluation
         tables = driver.find_elements(By.CSS_SELECTOR, "table.metrics")
         assert [t.get_attribute("data-stage") for t in tables] == ["stage1", "stage2"]
         assert "pts_bbox_NuScenes/amota" in tables[0].text and "epoch 2" in tables[0].text
         published = driver.find_element(By.ID, "published").text
         assert "no champion at" in published and "publishing the first model" in published, published
-        assert all(len(p.get_attribute("d")) > 20 for p in driver.find_elements(By.CSS_SELECTOR, "path.series")), (
-            "a curve has no points"
-        )
+        curves = driver.find_elements(By.CSS_SELECTOR, ".chart")[:4]
+        paths = [p for chart in curves for p in chart.find_elements(By.CSS_SELECTOR, "path.series")]
+        assert all(len(p.get_attribute("d")) > 20 for p in paths), "a curve has no points"
         assert len(driver.find_elements(By.CSS_SELECTOR, "line.handoff")) == 4  # the stage hand-off on each chart
         assert driver.find_elements(By.CSS_SELECTOR, "line.epoch-boundary")
         findings = driver.find_elements(By.CSS_SELECTOR, "#findings tr.finding")

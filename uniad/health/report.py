@@ -111,20 +111,22 @@ def write_metric_plot(evaluations: list[dict], headline: list[str], out_dir: Pat
     return path
 
 
-def metrics_section(evaluations: list[dict], references: dict[str, float] | None) -> list[str]:
-    """Markdown: a table per evaluation, the published reference beside each metric it has one for."""
+def metrics_section(evaluations: list[dict], references: dict[str, float] | None, headline: list[str]) -> list[str]:
+    """Markdown: a table per evaluation (newest first, headline metrics first), the published reference beside
+    each metric it has one for."""
     if not evaluations:
         return ["No evaluation in the logs (validation off, or the stage has not reached an evaluated epoch)."]
     lines = []
     for evaluation in reversed(evaluations):
+        values = evaluation["values"]
+        keys = [k for k in headline if k in values] + [k for k in values if k not in headline]
         lines += [f"### epoch {evaluation['epoch']}", ""]
         if references:
             lines += ["| metric | value | UniAD reference |", "|---|---|---|"]
-            for key, value in evaluation["values"].items():
-                lines.append(f"| {key} | {_fmt(value)} | {_fmt(references.get(key, '-'))} |")
+            lines += [f"| {k} | {_fmt(values[k])} | {_fmt(references.get(k, '-'))} |" for k in keys]
         else:
             lines += ["| metric | value |", "|---|---|"]
-            lines += [f"| {key} | {_fmt(value)} |" for key, value in evaluation["values"].items()]
+            lines += [f"| {k} | {_fmt(values[k])} |" for k in keys]
         lines.append("")
     return lines
 
@@ -172,7 +174,7 @@ def write_report(
             lines.append(f"| {f.severity} | {f.code} | {where} | {f.message.replace('|', '/')} |")
     else:
         lines.append("None: no NaN/Inf, spikes, explosions, divergence, plateau, stuck components or lr mismatches.")
-    lines += ["", "## Metrics", ""] + metrics_section(analysis.evaluations, references)
+    lines += ["", "## Metrics", ""] + metrics_section(analysis.evaluations, references, list(headline))
     lines += [
         "",
         "## Milestones",

@@ -96,6 +96,13 @@ function lineChart(title, series, opts = {}) {
     }
     svg.append(el("svg:path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.5,
       class: "series", "data-series": s.name }));
+    // Evaluations are few (one per evaluated epoch): mark each, so a single one shows too.
+    if (opts.markers) {
+      for (const [x, y] of s.points.filter((p) => p[1] !== null)) {
+        svg.append(el("svg:circle", { cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3.5,
+          fill: COLORS[i % COLORS.length], class: "marker" }));
+      }
+    }
   });
   const cursor = el("svg:line", { y1: T, y2: H - B, stroke: "#1f2933", "stroke-width": 0.6, visibility: "hidden" });
   svg.append(cursor);
@@ -210,7 +217,7 @@ function metricsSection(view) {
     const curves = s.headline.filter((m) => s.evaluations.some((e) => e.values[m] !== undefined && e.values[m] !== null));
     parts.push(el("div", { class: "charts" }, curves.map((m) => lineChart(`${s.stage}: ${m}`,
       [{ name: m, points: s.evaluations.map((e) => [e.epoch, e.values[m] ?? null, `epoch ${e.epoch}`]) }],
-      { vlines: [] }))));
+      { vlines: [], markers: true }))));
   }
   return parts;
 }
