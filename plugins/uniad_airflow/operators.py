@@ -43,10 +43,10 @@ class TrainingDashboardLink(BaseOperatorLink):
         return dashboard_url(ti_key.run_id)
 
 
-def airflow_error(exc: Exception) -> Exception:
+def airflow_error(exc: Exception, prefix: str = "") -> Exception:
     """The Airflow exception for a domain error: AirflowFailException (no retry) unless ``exc.retryable``."""
     retryable = getattr(exc, "retryable", True)
-    return (AirflowException if retryable else AirflowFailException)(str(exc))
+    return (AirflowException if retryable else AirflowFailException)(f"{prefix}{exc}")
 
 
 @contextmanager
@@ -57,10 +57,7 @@ def domain_errors(prefix: str = "") -> Iterator[None]:
     try:
         yield
     except PipelineError as exc:
-        error = airflow_error(exc)
-        if prefix:
-            error.args = (f"{prefix}{exc}",)
-        raise error from exc
+        raise airflow_error(exc, prefix) from exc
 
 
 class PlanOperator(BaseOperator):
