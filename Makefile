@@ -1,4 +1,4 @@
-.PHONY: setup demo ui celery test test-fast lint bench clean
+.PHONY: setup demo ui celery slurm slurm-stop test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -11,6 +11,12 @@ ui: setup  ## Airflow's UI and API on http://localhost:8080 (SQLite home of make
 
 celery: setup  ## the production shape on this machine: CeleryExecutor on PostgreSQL + Redis (scripts/celery_stack.sh)
 	bash scripts/celery_stack.sh
+
+slurm:  ## a two-node Slurm cluster on loopback (nodes n1, n2; partition uniad); needs root, slurm-wlm and munge
+	bash scripts/slurm_cluster.sh start
+
+slurm-stop:  ## stop it, by the pids in its pid files
+	bash scripts/slurm_cluster.sh stop
 
 test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium and docker-compose for tests
 	bash scripts/setup.sh --test-tools
@@ -29,4 +35,4 @@ bench: setup  ## log analysis vs json.loads; polling; checkpoint gate vs sha256s
 	.venv/bin/python benchmarks/bench_orchestration.py
 
 clean:
-	rm -rf airflow_home runs .pytest_cache
+	rm -rf airflow_home runs .pytest_cache .slurm

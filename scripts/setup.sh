@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything for the embedded default, idempotently:
 #   .venv/ (torch CPU, Airflow, mmcv, this project), an Airflow home with SQLite in airflow_home/, the gpu pool.
-# --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test) and docker-compose
-# (which validates docker/compose.yaml offline).
+# --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test), docker-compose
+# (which validates docker/compose.yaml offline), slurm-wlm and munge (the two-node Slurm cluster of make slurm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,9 +28,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-TOOLS=(chromium chromium-driver docker-compose)
+TOOLS=(chromium chromium-driver docker-compose slurm-wlm munge)
 missing=0
-for tool in chromium chromedriver docker-compose; do command -v "$tool" > /dev/null || missing=1; done
+for tool in chromium chromedriver docker-compose slurmctld munged; do command -v "$tool" > /dev/null || missing=1; done
 if [ "${1:-}" = "--test-tools" ] && [ "$missing" = 1 ]; then
   echo "==> installing ${TOOLS[*]} (Debian packages)"
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)

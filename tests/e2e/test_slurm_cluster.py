@@ -1,0 +1,66 @@
+"""make slurm: a real two-node Slurm cluster on loopback, started and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from support import REPO, require_tool, run
+
+SCRIPT = REPO / "scripts/slurm_cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    require_tool("/usr/sbin/slurmctld", "slurmctld (Debian's slurm-wlm and munge)")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "UNIAD_SLURM_DIR": str(state), "UNIAD_SLURM_PORT": "26817"}
+    started = run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
+    assert "partition uniad, nodes n1 n2" in started.stdout
+    # Idempotent: a second start finds the daemons by their pid files and starts nothing.
+    pids = {p.name: p.read_text().strip() for p in state.glob("*.pid")}
+    run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
+    assert {p.name: p.read_text().strip() for p in state.glob("*.pid")} == pids
+    yield {"env": {**env, "SLURM_CONF": str(state / "slurm.conf")}, "state": state, "pids": pids}
+    run(["bash", str(SCRIPT), "stop"], env=env, timeout=120)
+
+
+def test_two_nodes_run_one_task_each(cluster):
+    env = cluster["env"]
+    assert run(["sinfo", "-h", "-o", "%P %D %t %N"], env=env).stdout.split() == ["uniad*", "2", "idle", "n[1-2]"]
+    out = run(["srun", "-N2", "-n2", "bash", "-c", "echo $SLURMD_NODENAME $SLURM_PROCID"], env=env, timeout=60)
+    assert sorted(out.stdout.split("\n")[:2]) == ["n1 0", "n2 1"]
+
+
+def test_a_batch_job_runs_on_both_nodes(cluster, tmp_path):
+    env = cluster["env"]
+    out = tmp_path / "job.out"
+    job = run(["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-o", str(out),
+               "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'"], env=env).stdout.strip()  # fmt: skip
+    deadline = time.monotonic() + 60
+    state = ""
+    while time.monotonic() < deadline:
+        state = run(["scontrol", "show", "job", job], env=env).stdout
+        if "JobState=COMPLETED" in state:
+            break
+        time.sleep(1)
+    assert "JobState=COMPLETED" in state, state
+    assert sorted(out.read_text().split()) == ["n1", "n2"]
+
+
+def test_stop_ends_every_daemon_by_pid(cluster):
+    pids = [int(p) for p in cluster["pids"].values()]
+    assert len(pids) == 3  # slurmctld, slurmd n1, slurmd n2
+    run(["bash", str(SCRIPT), "stop"], env=cluster["env"], timeout=120)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.5)
+    assert not any(_alive(p) for p in pids)
+    assert not list(cluster["state"].glob("*.pid"))
+
+
+def _alive(pid: int) -> bool:
+    return subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode == 0
