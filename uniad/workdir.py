@@ -8,6 +8,9 @@ writes is spelled here, and nowhere else.
                                  occupancy and planning metric tables) and the ranks' errors
       epoch_N.pth, latest.pth    mmcv's CheckpointHook; latest.pth is a symlink to the newest epoch file
       epoch_E_iter_K.pth         a checkpoint inside epoch E after K iterations (checkpoint_interval_iters)
+      slurm_jobs.jsonl           executor=slurm: one line per submitted job (id, attempt, nodes, state, times)
+      slurm-<job id>.out         executor=slurm: a job's output (all ranks; what output_*.txt is for a local run)
+      slurm-attempt-<N>.json     the job file the batch step of attempt N reads (the ranks' argv as a list)
       health/                    the gate's report.md and plots
       previous_runs/<run>-<time>/  what older runs left here, moved aside when a new run claims the folder
     <published>.pth.provenance.json  beside a promoted checkpoint: source, sha256, epoch
@@ -37,6 +40,8 @@ HEALTH = "health"
 JSON_LOGS = "*.log.json"
 TEXT_LOGS = "*.log"
 OUTPUTS = "output_*.txt"
+SLURM_OUTPUTS = "slurm-*.out"
+SLURM_JOBS = "slurm_jobs.jsonl"
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -132,8 +137,20 @@ class WorkDir:
         return self.path / f"output_{time.strftime('%Y%m%d_%H%M%S', time.localtime(started))}.txt"
 
     def outputs(self) -> list[Path]:
-        """The attempts' outputs in start order."""
-        return sorted(self.path.glob(OUTPUTS))
+        """The attempts' outputs (local runs' and Slurm jobs'), oldest first."""
+        found = [*self.path.glob(OUTPUTS), *self.path.glob(SLURM_OUTPUTS)]
+        return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+    @property
+    def slurm_jobs(self) -> Path:
+        return self.path / SLURM_JOBS
+
+    def slurm_output(self, job: str) -> Path:
+        """A Slurm job's output: ``job`` is its id, or sbatch's ``%j`` before it has one."""
+        return self.path / f"slurm-{job}.out"
+
+    def slurm_job_file(self, attempt: int) -> Path:
+        return self.path / f"slurm-attempt-{attempt}.json"
 
     @property
     def health_dir(self) -> Path:
@@ -142,7 +159,7 @@ class WorkDir:
     def stage_outputs(self) -> list[tuple[Path, str]]:
         """(file, its name relative to the work dir) of the logs and health report a finished stage leaves."""
         files = []
-        for pattern in (TEXT_LOGS, JSON_LOGS, OUTPUTS, f"{HEALTH}/*"):
+        for pattern in (TEXT_LOGS, JSON_LOGS, OUTPUTS, SLURM_OUTPUTS, SLURM_JOBS, f"{HEALTH}/*"):
             files += [(p, p.relative_to(self.path).as_posix()) for p in sorted(self.path.glob(pattern)) if p.is_file()]
         return files
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -18,7 +19,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from uniad_airflow.settings import allowed_roots, gpus_per_worker, runs_dir, training_python
+from uniad_airflow.settings import allowed_roots, gpus_per_worker, runs_dir, slurm_partition, training_python
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -91,7 +92,9 @@ class UniADPreflightOperator(BaseOperator):
 
         with domain_errors(prefix="invalid parameters: "):
             params = PipelineParams.from_mapping(dict(context["params"]))
-            if params.nproc > gpus_per_worker():
+            if params.executor == "slurm" and params.slurm_partition is None and slurm_partition():
+                params = replace(params, slurm_partition=slurm_partition())
+            if params.executor == "local" and params.nproc > gpus_per_worker():
                 raise ParamError(
                     f"nproc_per_node={params.nproc} is more than the {gpus_per_worker()} GPU slots a training task "
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
@@ -99,6 +102,12 @@ class UniADPreflightOperator(BaseOperator):
             run_dir = runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
             root = prepare_root(params, mini_run_dir=run_dir, allowed=allowed_roots(params.profile))
             plan = Plan.build(params, root, python=training_python())
+            if plan.slurm is not None:
+                from uniad.train.slurm import check_cluster
+
+                facts = check_cluster(plan.slurm)
+                self.log.info("Slurm: partition %s, %d node(s), gres %s", facts["partition"], facts["nodes"],
+                              facts["gres"])  # fmt: skip
         self.log.info("profile %s, UniAD root %s", plan.profile, plan.uniad_root)
         for stage, spec in plan.stages.items():
             self.log.info(
@@ -134,6 +143,8 @@ class UniADTrainOperator(PlanOperator):
         link = TrainingDashboardLink()
         context["ti"].xcom_push(key=link.xcom_key, value=dashboard_url(context["run_id"]))
         plan = self.typed_plan()
+        if plan.slurm is not None:
+            return self._execute_slurm(context, plan)
         attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
         if attempt.resumed_from:
             self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
@@ -167,6 +178,97 @@ class UniADTrainOperator(PlanOperator):
     def on_kill(self) -> None:
         if self._run is not None:
             self._run.terminate(reason="the Airflow task was stopped")
+
+    # ------------------------------------------------------------------------------------- executor=slurm
+    SLURM_JOB_KEY = "uniad_slurm_job"  # the job id in the task state store: a restarted task re-attaches to it
+
+    def _execute_slurm(self, context: Context, plan: Plan) -> None:
+        """Submit this attempt's batch job (or find the one a restarted task already submitted) and defer to the
+        trigger that follows it; the worker slot is free while the stage trains."""
+        import json
+        import time
+
+        from uniad.train import slurm
+        from uniad.train.launch import build_slurm_job
+        from uniad.train.resume import plan_attempt
+        from uniad_airflow.triggers import SlurmStageTrigger
+
+        work_dir = plan.work_dir(self.stage)
+        store = context.get("task_state_store")
+        known = store.get(self.SLURM_JOB_KEY) if store is not None else None
+        job_id, started = (known or {}).get("job_id"), (known or {}).get("started")
+        if job_id and slurm.job_state(job_id)["JobState"] in slurm.ACTIVE:
+            self.log.info("re-attaching to Slurm job %s, submitted by an earlier run of this task", job_id)
+        else:
+            attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
+            if attempt.resumed_from:
+                self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
+            for line in attempt.skipped + attempt.warnings:
+                self.log.warning("%s", line)
+            with domain_errors():
+                facts = slurm.check_cluster(plan.slurm)
+                # The submit host cannot probe the compute nodes: auto means NCCL where the partition has GPUs.
+                requested = attempt.spec.backend
+                backend = requested if requested != "auto" else ("nccl" if "gpu" in facts["gres"] else "gloo")
+                job_file = work_dir.slurm_job_file(context["ti"].try_number)
+                argv, job = build_slurm_job(
+                    attempt.spec, plan.slurm, backend=backend, stage=self.stage, job_file=job_file,
+                    output=work_dir.slurm_output("%j"),
+                )  # fmt: skip
+                job_file.write_text(json.dumps(job, indent=2) + "\n")
+                started = time.time()
+                job_id = slurm.submit(argv)
+            if store is not None:
+                store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
+            slurm.record_job(work_dir, job_id, attempt=context["ti"].try_number, state="PENDING",
+                             partition=facts["partition"], nnodes=plan.slurm.nnodes, backend=backend)  # fmt: skip
+            self.log.info("submitted Slurm job %s: %s", job_id, argv)
+        self.defer(
+            trigger=SlurmStageTrigger(
+                job_id=job_id, stage=self.stage, work_dir=str(work_dir.path),
+                total_epochs=plan.stage(self.stage).max_epochs, started=started,
+                stall_timeout_s=plan.gate.stall_timeout_s, later_epochs=plan.later_epochs(self.stage),
+            ),
+            method_name="execute_complete",
+        )  # fmt: skip
+
+    def execute_complete(self, context: Context, event: dict) -> dict:
+        """The job ended: record it, then succeed, or fail with or without a retry by cause."""
+        from uniad.train import slurm
+        from uniad.train.process import OOM_ADVICE, out_of_memory
+
+        plan = self.typed_plan()
+        work_dir = plan.work_dir(self.stage)
+        state, job_id = event.get("state", {}), event["job_id"]
+        line = slurm.record_job(
+            work_dir, job_id, state=event["status"], nodes=state.get("NodeList"), start=state.get("StartTime"),
+            end=state.get("EndTime"), exit_code=state.get("ExitCode"),
+        )  # fmt: skip
+        self.log.info("Slurm job %s: %s", job_id, line)
+        store = context.get("task_state_store")
+        if store is not None:
+            store.delete(self.SLURM_JOB_KEY)  # ended: a retry submits a new job
+        if event["status"] == "COMPLETED":
+            latest = work_dir.latest_checkpoint()
+            return {"stage": self.stage, "work_dir": str(work_dir.path), "executor": "slurm", "job_id": job_id,
+                    "nodes": state.get("NodeList"), "latest_checkpoint": str(latest) if latest else None}  # fmt: skip
+        tail = slurm.tail(work_dir.slurm_output(job_id))
+        last_lines = "\nlast lines of the job's output:\n" + "\n".join(tail) if tail else ""
+        if event["status"] == "unhealthy":
+            finding = event["finding"]
+            message = f"{self.stage}: Slurm job {job_id} cancelled by the health watch: {finding['code']}: "
+            message += finding["message"] + last_lines
+            # NaN or exploding gradients come back on a retry; a hung rank may not.
+            raise (AirflowException if finding["code"] == "stall" else AirflowFailException)(message)
+        if event["status"] == "OUT_OF_MEMORY" or out_of_memory(tail):
+            raise AirflowFailException(
+                f"{self.stage}: Slurm job {job_id} ended {event['status']}: {OOM_ADVICE}{last_lines}"
+            )
+        # Node failure, preemption, a crashed rank, a job cancelled from outside: the retry resumes in a new job.
+        raise AirflowException(
+            f"{self.stage}: Slurm job {job_id} ended {event['status']} (exit code {state.get('ExitCode')}, "
+            f"reason {state.get('Reason')}); a retry resumes from the newest valid checkpoint in a new job{last_lines}"
+        )
 
 
 class ValidateStageOperator(PlanOperator):

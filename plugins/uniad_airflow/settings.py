@@ -41,6 +41,11 @@ def allowed_roots(profile: str):
     )
 
 
+def slurm_partition() -> str | None:
+    """``UNIAD_SLURM_PARTITION``: the partition of executor=slurm runs that name none (else the cluster's default)."""
+    return os.environ.get("UNIAD_SLURM_PARTITION") or None
+
+
 def default_root() -> str | None:
     """``UNIAD_ROOT``: the UniAD checkout on the GPU workers; makes ``uniad`` the form's default profile."""
     return os.environ.get("UNIAD_ROOT") or None

@@ -3,8 +3,10 @@
 * ``mmcv.runner.checkpoint`` imports torchvision at module load, only to resolve ``torchvision://`` weights. There
   is no CPU build of torchvision for our torch, so when (and only when) it cannot be imported we register an empty
   stand-in whose use fails loudly.
-* ``mmcv.runner.init_dist('pytorch')`` calls ``torch.cuda.set_device(rank % device_count())``, a ZeroDivisionError
-  without GPUs. With GPUs we call mmcv's own function; without, we do the same initialisation minus that line.
+* ``mmcv.runner.init_dist('pytorch')`` and ``init_dist('slurm')`` call ``torch.cuda.set_device(rank %
+  device_count())``, a ZeroDivisionError without GPUs. With GPUs we call mmcv's own function; without, we do the
+  same initialisation minus that line (for slurm: rank, world size and local rank from srun's SLURM_* variables,
+  the first node of the job as MASTER_ADDR unless the job set one).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.machinery
 import logging
 import os
+import subprocess
 import sys
 import types
 
@@ -56,12 +59,21 @@ def init_dist(launcher: str, backend: str = "nccl", **kwargs) -> None:
 
         mmcv_init_dist(launcher, backend=backend, **kwargs)
         return
-    if launcher != "pytorch":
-        raise RuntimeError(f"launcher {launcher!r} needs GPUs; on a CPU-only machine use --launcher pytorch")
+    if launcher not in ("pytorch", "slurm"):
+        raise RuntimeError(f"launcher {launcher!r} needs GPUs; on a CPU-only machine use --launcher pytorch or slurm")
     if backend == "nccl":
         raise RuntimeError(
             "dist_params.backend='nccl' needs CUDA GPUs and none are visible on this machine. "
             "Use gloo: --cfg-options dist_params.backend=gloo (the pipeline's backend='auto' picks it for you)."
         )
+    if launcher == "slurm":
+        proc_id, ntasks = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+        if "MASTER_ADDR" not in os.environ:
+            hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+            os.environ["MASTER_ADDR"] = hosts[0]
+        os.environ.setdefault("MASTER_PORT", str(kwargs.pop("port", None) or 29500))
+        os.environ.update(WORLD_SIZE=str(ntasks), RANK=str(proc_id), LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))
+    kwargs.pop("port", None)
     logger.debug("initialising %s process group without CUDA (rank %s)", backend, os.environ.get("RANK"))
     dist.init_process_group(backend=backend, **kwargs)

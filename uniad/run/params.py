@@ -30,6 +30,16 @@ CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,250}$"
 METRIC_PATTERN = r"^[A-Za-z0-9_./@-]+$"
 REQUIREMENT_PATTERN = r"^\s*[A-Za-z0-9_./@-]+\s*(>=|<=)\s*[-+]?[0-9.]+([eE][-+]?[0-9]+)?\s*$"
 DEFAULT_PUBLISH = "ckpts/uniad_e2e.pth"
+SLURM_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+SLURM_TIME_PATTERN = r"^(\d+-)?\d+(:\d{2}){0,2}$"
+SLURM_ARG_PATTERN = r"^--[a-z][a-z0-9-]*(=[^\s;|&$`<>\\'\"]+)?$"
+# sbatch options the pipeline sets from its own parameters.
+SLURM_MANAGED = {
+    "nodes": "nnodes", "ntasks": "nnodes x nproc_per_node", "ntasks-per-node": "nproc_per_node",
+    "partition": "slurm_partition", "account": "slurm_account", "time": "slurm_time_limit",
+    "output": "the work dir", "error": "the work dir", "chdir": "uniad_root", "wrap": "the stage's command",
+    "job-name": "the stage", "parsable": "the pipeline",
+}  # fmt: skip
 _CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -186,6 +196,32 @@ class PipelineParams:
         {"type": "string"}, "Promoted checkpoint", DEFAULT_CKPT,
         "Where the verified stage-1 checkpoint is published; stage 2 loads it (relative to the root).",
     ))  # fmt: skip
+    executor: str = field(default="local", metadata=param(
+        {"type": "string", "enum": ["local", "slurm"]}, "Executor", "slurm",
+        "local: the stage runs under its Airflow task on a GPU worker. slurm: a batch job per attempt that Airflow "
+        "only follows (the task frees its worker slot), on nnodes nodes.",
+    ))  # fmt: skip
+    nnodes: int = field(default=1, metadata=param(
+        {"type": "integer", "minimum": 1, "maximum": 64}, "Nodes", "2",
+        "Nodes per stage (executor=slurm); nproc_per_node ranks on each.",
+    ))  # fmt: skip
+    slurm_partition: str | None = field(default=None, metadata=param(
+        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm partition", "gpu",
+        "Empty: UNIAD_SLURM_PARTITION, else the cluster's default partition.", "the deployment's default",
+    ))  # fmt: skip
+    slurm_account: str | None = field(default=None, metadata=param(
+        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm account", "perception",
+        "sbatch --account; empty: none.", "none",
+    ))  # fmt: skip
+    slurm_time_limit: str | None = field(default=None, metadata=param(
+        {"type": ["null", "string"], "pattern": SLURM_TIME_PATTERN}, "Slurm time limit", "3-00:00:00",
+        "sbatch --time per job (days-hours:minutes:seconds); empty: the partition's.", "the partition's",
+    ))  # fmt: skip
+    slurm_extra_args: tuple[str, ...] = field(default=(), metadata=param(
+        {"type": "array", "items": {"type": "string", "pattern": SLURM_ARG_PATTERN}}, "Extra sbatch options",
+        '["--gres=gpu:8", "--cpus-per-task=5", "--exclusive"]',
+        "More sbatch options, one --key=value per item, e.g. --gres=gpu:8, --cpus-per-task=5, --exclusive.",
+    ))  # fmt: skip
     validate: bool = field(default=True, metadata=param(
         {"type": "boolean"}, "Evaluate during training", "true",
         "Run the configs' evaluation (UniAD: at evaluation.interval, and always after the final epoch). False passes "
@@ -264,6 +300,19 @@ class PipelineParams:
             )
         if self.uniad_root is not None and not Path(self.uniad_root).is_absolute():
             raise ParamError(f"uniad_root must be an absolute path, got {self.uniad_root!r}; e.g. /workspace/UniAD")
+        object.__setattr__(self, "slurm_extra_args", tuple(self.slurm_extra_args))
+        for arg in self.slurm_extra_args:
+            key = arg[2:].split("=", 1)[0]
+            if key in SLURM_MANAGED:
+                raise ParamError(
+                    f"slurm_extra_args {arg!r}: --{key} is set by the pipeline from {SLURM_MANAGED[key]}; set that "
+                    "parameter instead"
+                )
+        if self.executor == "local" and self.nnodes > 1:
+            raise ParamError(
+                f"nnodes={self.nnodes} needs executor=slurm: a local stage runs on its worker's node only; e.g. "
+                '{"executor": "slurm", "nnodes": 2}'
+            )
         for name in ("stage1_metric_requirements", "stage2_metric_requirements"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
             parse_requirements(getattr(self, name))

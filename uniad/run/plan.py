@@ -10,6 +10,7 @@ Nothing a user typed is interpreted twice or reaches a shell.
       gate: GatePlan(strict, stall_timeout_s, requirements)    how the stages are judged
       storage: StoragePlan(uri, aws_conn_id, pretrained)       S3 uploads and pretrained downloads
       publish: PublishPlan(path, metric, tolerance)            champion/challenger of the end-to-end model
+      slurm: SlurmSettings(nnodes, partition, ...) or None     executor=slurm: each attempt a batch job
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from ..errors import ParamError
 from ..metrics import REFERENCES, Requirement, parse_requirements
 from ..stages import STAGES
-from ..train.launch import StageSpec, final_epoch_evaluation_interval
+from ..train.launch import SlurmSettings, StageSpec, final_epoch_evaluation_interval
 from ..workdir import WorkDir, default_work_dir, pretrained_path, provenance_path
 from .params import PipelineParams
 
@@ -65,6 +66,7 @@ class Plan:
     gate: GatePlan = field(default_factory=GatePlan)
     storage: StoragePlan = field(default_factory=StoragePlan)
     publish: PublishPlan | None = None
+    slurm: SlurmSettings | None = None  # executor=slurm: how each stage's jobs are submitted
 
     @classmethod
     def build(cls, params: PipelineParams, root: Path, python: str) -> Plan:
@@ -119,6 +121,15 @@ class Plan:
             publish=PublishPlan(
                 path=str(root / params.publish_path), metric=params.champion_metric, tolerance=params.champion_tolerance
             ),
+            slurm=SlurmSettings(
+                nnodes=params.nnodes,
+                partition=params.slurm_partition,
+                account=params.slurm_account,
+                time_limit=params.slurm_time_limit,
+                extra_args=params.slurm_extra_args,
+            )
+            if params.executor == "slurm"
+            else None,
         )
 
     # ------------------------------------------------------------------ per stage
@@ -166,6 +177,8 @@ class Plan:
             spec["cfg_options"] = list(spec["cfg_options"])
         data["storage"]["pretrained"] = list(data["storage"]["pretrained"])
         data["gate"]["requirements"] = {k: list(v) for k, v in data["gate"]["requirements"].items()}
+        if data["slurm"] is not None:
+            data["slurm"]["extra_args"] = list(data["slurm"]["extra_args"])
         return data
 
     @classmethod
@@ -194,4 +207,7 @@ class Plan:
                 pretrained=tuple(PretrainedFile(**item) for item in storage["pretrained"]),
             ),
             publish=PublishPlan(**data["publish"]) if data.get("publish") else None,
+            slurm=SlurmSettings(**{**data["slurm"], "extra_args": tuple(data["slurm"]["extra_args"])})
+            if data.get("slurm")
+            else None,
         )

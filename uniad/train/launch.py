@@ -17,6 +17,7 @@ The ``launch`` launcher adds ``--use_env`` so ranks read LOCAL_RANK from the env
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -173,17 +174,9 @@ def build_eval_launch(
     return LaunchCommand(argv=argv, env=env, cwd=uniad_root, backend=backend)
 
 
-def build_launch(
-    spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
-) -> LaunchCommand:
-    """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
-    argv = [
-        *_distributed(spec.python, spec.launcher, spec.nproc_per_node, backend, master_port),
-        "tools/train.py",
-        spec.config,
-        "--launcher",
-        "pytorch",
-    ]
+def _train_args(spec: StageSpec, backend: str, launcher: str) -> tuple[list[str], list[str]]:
+    """``tools/train.py`` and its arguments for one stage, and the PYTHONPATH entries the ranks need."""
+    argv = ["tools/train.py", spec.config, "--launcher", launcher]
     if spec.deterministic:
         argv.append("--deterministic")
     if not spec.validate:
@@ -213,14 +206,63 @@ def build_launch(
             f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}",
         ]
         path.append(str(TRAINSIDE_DIR))
-    argv += ["--cfg-options", *options, *spec.cfg_options]
+    return [*argv, "--cfg-options", *options, *spec.cfg_options], path
 
+
+def _pythonpath(path: list[str], base_env: Mapping[str, str] | None) -> dict[str, str]:
     inherited = (base_env or {}).get("PYTHONPATH", "")
-    env = {
-        "PYTHONPATH": ":".join(path + ([inherited] if inherited else [])),
-        "PYTHONUNBUFFERED": "1",
-    }
-    return LaunchCommand(argv=argv, env=env, cwd=spec.uniad_root, backend=backend)
+    return {"PYTHONPATH": ":".join(path + ([inherited] if inherited else [])), "PYTHONUNBUFFERED": "1"}
+
+
+def build_launch(
+    spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
+) -> LaunchCommand:
+    """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
+    args, path = _train_args(spec, backend, "pytorch")
+    argv = [*_distributed(spec.python, spec.launcher, spec.nproc_per_node, backend, master_port), *args]
+    return LaunchCommand(argv=argv, env=_pythonpath(path, base_env), cwd=spec.uniad_root, backend=backend)
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How a stage runs as a Slurm batch job (validated by uniad.run.params)."""
+
+    nnodes: int = 1
+    partition: str | None = None
+    account: str | None = None
+    time_limit: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+
+def build_slurm_job(
+    spec: StageSpec,
+    slurm: SlurmSettings,
+    *,
+    backend: str,
+    stage: str,
+    job_file: Path,
+    output: Path,
+    base_env: Mapping[str, str] | None = None,
+) -> tuple[list[str], dict]:
+    """The ``sbatch`` argv of one attempt of a stage, and the job file its batch step reads.
+
+    UniAD's own cluster path (``tools/uniad_slurm_train.sh``): srun starts ``nproc_per_node`` tasks on each of
+    ``nnodes`` nodes, each runs ``tools/train.py ... --launcher slurm`` and mmcv derives its rank from SLURM_PROCID.
+    The batch step is ``python -m uniad.train.slurm_job JOB_FILE``: the ranks' argv travels as a JSON list, so no
+    parameter is ever shell text; the only shell words are the interpreter's and the job file's paths, quoted."""
+    args, path = _train_args(spec, backend, "slurm")
+    job = {"argv": [spec.python, *args], "env": _pythonpath(path, base_env), "ntasks_per_node": spec.nproc_per_node}
+    argv = ["sbatch", "--parsable", f"--job-name=uniad-{stage}", f"--nodes={slurm.nnodes}",
+            f"--ntasks-per-node={spec.nproc_per_node}", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
+    if slurm.partition:
+        argv.append(f"--partition={slurm.partition}")
+    if slurm.account:
+        argv.append(f"--account={slurm.account}")
+    if slurm.time_limit:
+        argv.append(f"--time={slurm.time_limit}")
+    argv += list(slurm.extra_args)
+    argv += ["--wrap", f"exec {shlex.quote(spec.python)} -m uniad.train.slurm_job {shlex.quote(str(job_file))}"]
+    return argv, job
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

@@ -77,7 +77,11 @@ class ProgressTracker:
 
     def update(self, line: str) -> Progress | None:
         record = parse_mmcv_train_line(line)
-        if record is None:
+        return self.update_record(record) if record is not None else None
+
+    def update_record(self, record: dict) -> Progress | None:
+        """The same from a parsed train record of a text log (which says the epoch length)."""
+        if record.get("mode") != "train" or not record.get("iters_per_epoch"):
             return None
         now = self._clock()
         per_epoch = record["iters_per_epoch"]

@@ -20,6 +20,7 @@ from ..metrics import HEADLINE
 from ..run.plan import Plan
 from ..stages import STAGES
 from ..train.progress import estimate_eta
+from ..train.slurm import read_jobs
 from ..workdir import WorkDir, log_start_time
 
 MAX_POINTS = 1500  # per series: enough for a chart, small enough to refresh every few seconds
@@ -48,6 +49,8 @@ def stage_view(
         "nproc": nproc,
         "dir": str(directory.path) if directory else None,
     }
+    # executor=slurm: the stage's jobs (id, attempt, state, nodes) from its audit trail.
+    view["slurm_jobs"] = read_jobs(directory) if directory is not None else []
     logs = directory.json_logs() if directory is not None else []
     if not logs:
         view.update(started=False, records=0, findings=[], verdict=None, series=None)

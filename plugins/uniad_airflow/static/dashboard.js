@@ -164,7 +164,9 @@ function stageCard(s) {
     badge(s.task_state), s.verdict ? badge(s.verdict) : null);
   const card = el("div", { class: "card", "data-stage": s.stage }, title);
   if (!s.records) {
+    const job = (s.slurm_jobs || [])[s.slurm_jobs.length - 1];
     card.append(el("p", { class: "muted" }, `${s.max_epochs} epoch(s) on ${s.nproc} process(es); `
+      + (job ? `Slurm job ${job.job_id}: ${job.state}. ` : "")
       + (s.started ? "launched, waiting for the first log record." : "no log yet.")));
     return card;
   }
@@ -184,6 +186,13 @@ function stageCard(s) {
     el("dt", {}, "health gate"), el("dd", {}, s.gate ? badge(s.gate.verdict) : "not run yet",
       s.gate ? el("div", { class: "mono muted" }, s.gate.report) : null),
     el("dt", {}, "work dir"), el("dd", { class: "mono" }, s.dir)));
+  const job = (s.slurm_jobs || [])[s.slurm_jobs.length - 1];
+  if (job) {
+    card.append(el("dl", { class: "kv slurm" },
+      el("dt", {}, "executor"), el("dd", {}, `slurm, ${s.slurm_jobs.length} job(s)`),
+      el("dt", {}, "job"), el("dd", { class: "mono" }, `${job.job_id} (attempt ${job.attempt}): ${job.state}`),
+      el("dt", {}, "nodes"), el("dd", { class: "mono" }, job.nodes || `${job.nnodes} requested`)));
+  }
   return card;
 }
 

@@ -1,0 +1,115 @@
+"""The trigger that follows a stage's Slurm job from Airflow's triggerer, so no worker slot is held while it trains.
+
+It polls the job's state and reads the stage's text log incrementally: progress with ETA in the task log (at most
+once a minute: multi-day task logs stay small), and the live health watch (NaN/Inf, gradient explosion, stall) that
+cancels the job with ``scancel`` when it fires. Everything it needs is in ``serialize()``, so a triggerer restart
+resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+PROGRESS_EVERY_S = 60.0
+
+
+class SlurmStageTrigger(BaseTrigger):
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        stage: str,
+        work_dir: str,
+        total_epochs: int,
+        started: float,
+        stall_timeout_s: float = 600.0,
+        later_epochs: int | None = None,
+        poll_s: float = 5.0,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.stage = stage
+        self.work_dir = work_dir
+        self.total_epochs = total_epochs
+        self.started = started
+        self.stall_timeout_s = stall_timeout_s
+        self.later_epochs = later_epochs
+        self.poll_s = poll_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "stage": self.stage,
+                "work_dir": self.work_dir,
+                "total_epochs": self.total_epochs,
+                "started": self.started,
+                "stall_timeout_s": self.stall_timeout_s,
+                "later_epochs": self.later_epochs,
+                "poll_s": self.poll_s,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from uniad.health.logs import LogReader
+        from uniad.health.monitor import Finding, HealthMonitor, Thresholds
+        from uniad.train.progress import ProgressTracker
+        from uniad.train.slurm import ACTIVE, acancel, ajob_state
+        from uniad.workdir import WorkDir, text_log_of
+
+        work_dir = WorkDir(Path(self.work_dir))
+        monitor = HealthMonitor(Thresholds(stall_min_s=self.stall_timeout_s))
+        tracker = ProgressTracker(self.stage, self.total_epochs, later_epochs=self.later_epochs)
+        output = work_dir.slurm_output(self.job_id)
+        reader: LogReader | None = None
+        last = {}
+        logged_at = 0.0
+        self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
+        while True:
+            state = await ajob_state(self.job_id)
+            if reader is None and (log := work_dir.latest_json_log(newer_than=self.started - 1)) is not None:
+                reader = LogReader(text_log_of(log))  # the text log says the epoch length
+            now = time.monotonic()
+            for record in reader.poll() if reader is not None else []:
+                monitor.feed(record, now)
+                if record.get("mode") == "train":
+                    last = record
+                    progress = tracker.update_record(record)
+                    if progress is not None and now - logged_at >= PROGRESS_EVERY_S:
+                        self.log.info("job %s on %s: %s", self.job_id, state.get("NodeList"), progress.line())
+                        logged_at = now
+            if state["JobState"] in ACTIVE:
+                output_at = output.stat().st_mtime if output.exists() else None
+                # The stall clock only runs while the job runs; output activity counts as liveness.
+                finding: Finding | None = monitor.fatal or (
+                    monitor.check_stall(
+                        now, last.get("epoch"), last.get("iter"), now - (time.time() - output_at) if output_at else None
+                    )  # fmt: skip
+                    if state["JobState"] == "RUNNING"
+                    else None
+                )
+                if finding is not None:
+                    self.log.error("job %s: %s: %s; cancelling it", self.job_id, finding.code, finding.message)
+                    await acancel(self.job_id)
+                    yield TriggerEvent({"job_id": self.job_id, "status": "unhealthy", "finding": asdict(finding),
+                                        "state": state})  # fmt: skip
+                    return
+                await asyncio.sleep(self.poll_s)
+                continue
+            yield TriggerEvent({"job_id": self.job_id, "status": state["JobState"], "state": state})
+            return
+
+    async def on_kill(self) -> None:
+        """The task was marked failed or cleared: the job must not train on alone."""
+        from uniad.train.slurm import acancel
+
+        self.log.warning("the task was stopped: cancelling Slurm job %s", self.job_id)
+        await acancel(self.job_id)

@@ -1,0 +1,48 @@
+"""executor=slurm on a real two-node Slurm cluster on loopback: each stage one batch job over both nodes, followed
+from a deferred trigger; the audit trail, the hand-off and the metrics as with the local executor."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from support import BIN, REPO, processes_mentioning, require_tool, run
+
+DAG_ID = "uniad_e2e_training"
+SCRIPT = REPO / "scripts/slurm_cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm_env(tmp_path_factory):
+    require_tool("/usr/sbin/slurmctld", "slurmctld (Debian's slurm-wlm and munge)")
+    state = tmp_path_factory.mktemp("slurm-executor")
+    env = {**os.environ, "UNIAD_SLURM_DIR": str(state), "UNIAD_SLURM_PORT": "27817"}
+    run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
+    yield {"SLURM_CONF": str(state / "slurm.conf")}
+    run(["bash", str(SCRIPT), "stop"], env=env, timeout=120)
+
+
+def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
+    root = tmp_path / "uniad-mini"
+    conf = {"profile": "mini", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1,
+            "stage1_epochs": 2, "stage2_epochs": 1}  # fmt: skip
+    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=900,
+               check=False)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    assert "Slurm: partition uniad, 2 node(s)" in output
+    for work, epochs in (("stage1_track_map/full_track_map", 2), ("stage2_e2e/full_e2e", 1)):
+        work_dir = root / "projects/work_dirs" / work
+        (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+        assert (job["state"], job["nodes"], job["nnodes"], job["attempt"]) == ("COMPLETED", "n[1-2]", 2, 1), job
+        assert f"submitted Slurm job {job['job_id']}" in output
+        job_output = (work_dir / f"slurm-{job['job_id']}.out").read_text()
+        assert "2 node(s) ['n1', 'n2'], rendezvous 127.0.0.1:" in job_output
+        meta, *records = [json.loads(line) for line in next(work_dir.glob("*.log.json")).read_text().splitlines()]
+        assert records[-1]["mode"] == "val" and records[-1]["epoch"] == epochs
+        assert "world_size: 2" in meta["env_info"]  # one rank on each of the two nodes
+    provenance = json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())
+    assert provenance["epoch"] == 2
+    assert processes_mentioning(str(root)) == []
