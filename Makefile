@@ -1,4 +1,4 @@
-.PHONY: setup demo ui celery slurm slurm-stop test test-fast lint bench clean
+.PHONY: setup demo ui celery slurm slurm-stop slurm-demo test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -17,6 +17,9 @@ slurm:  ## a two-node Slurm cluster on loopback (nodes n1, n2; partition uniad);
 
 slurm-stop:  ## stop it, by the pids in its pid files
 	bash scripts/slurm_cluster.sh stop
+
+slurm-demo:  ## the mini pipeline with both stages as 2-node Slurm jobs (2 ranks per node, gloo), end to end
+	bash scripts/slurm_demo.sh
 
 test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium and docker-compose for tests
 	bash scripts/setup.sh --test-tools

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
         sock.bind(("", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, **job["env"], "MASTER_ADDR": node_addr(nodes[0]), "MASTER_PORT": str(port)}
+    # As torchrun does for several ranks on a node: one intra-op thread each, unless the job says otherwise
+    # (without it, every rank starts a thread per core and they fight over the node's cores).
+    env.setdefault("OMP_NUM_THREADS", os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     print(f"uniad slurm job {os.environ.get('SLURM_JOB_ID')}: {len(nodes)} node(s) {nodes}, "
           f"rendezvous {env['MASTER_ADDR']}:{port}", flush=True)  # fmt: skip
     srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks-per-node={job['ntasks_per_node']}", *job["argv"]]
