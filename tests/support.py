@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,3 +95,17 @@ def require_tool(path: str | Path | None, what: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(message + "; CI must install every tool")
     pytest.skip(message)
+
+
+@contextmanager
+def slurm_cluster(state: Path, port: int):
+    """scripts/slurm_cluster.sh on its own state dir and ports: the environment (with SLURM_CONF) of the running
+    two-node cluster; its daemons are stopped, by pid, on exit."""
+    require_tool("/usr/sbin/slurmctld", "slurmctld (Debian's slurm-wlm and munge)")
+    script = str(REPO / "scripts/slurm_cluster.sh")
+    env = {**os.environ, "UNIAD_SLURM_DIR": str(state), "UNIAD_SLURM_PORT": str(port)}
+    started = run(["bash", script, "start"], env=env, timeout=180)
+    try:
+        yield {**env, "SLURM_CONF": str(state / "slurm.conf"), "started": started.stdout}
+    finally:
+        run(["bash", script, "stop"], env=env, timeout=120)

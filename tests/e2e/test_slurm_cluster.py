@@ -2,30 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 
 import pytest
 
-from support import REPO, require_tool, run
+from support import REPO, run, slurm_cluster
 
 SCRIPT = REPO / "scripts/slurm_cluster.sh"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require_tool("/usr/sbin/slurmctld", "slurmctld (Debian's slurm-wlm and munge)")
     state = tmp_path_factory.mktemp("slurm")
-    env = {**os.environ, "UNIAD_SLURM_DIR": str(state), "UNIAD_SLURM_PORT": "26817"}
-    started = run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
-    assert "partition uniad, nodes n1 n2" in started.stdout
-    # Idempotent: a second start finds the daemons by their pid files and starts nothing.
-    pids = {p.name: p.read_text().strip() for p in state.glob("*.pid")}
-    run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
-    assert {p.name: p.read_text().strip() for p in state.glob("*.pid")} == pids
-    yield {"env": {**env, "SLURM_CONF": str(state / "slurm.conf")}, "state": state, "pids": pids}
-    run(["bash", str(SCRIPT), "stop"], env=env, timeout=120)
+    with slurm_cluster(state, 26817) as env:
+        assert "partition uniad, nodes n1 n2" in env["started"]
+        # Idempotent: a second start finds the daemons by their pid files and starts nothing.
+        pids = {p.name: p.read_text().strip() for p in state.glob("*.pid")}
+        run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
+        assert {p.name: p.read_text().strip() for p in state.glob("*.pid")} == pids
+        yield {"env": env, "state": state, "pids": pids}
 
 
 def test_two_nodes_run_one_task_each(cluster):

@@ -4,24 +4,18 @@ from a deferred trigger; the audit trail, the hand-off and the metrics as with t
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from support import BIN, REPO, processes_mentioning, require_tool, run
+from support import BIN, processes_mentioning, run, slurm_cluster
 
 DAG_ID = "uniad_e2e_training"
-SCRIPT = REPO / "scripts/slurm_cluster.sh"
 
 
 @pytest.fixture(scope="module")
 def slurm_env(tmp_path_factory):
-    require_tool("/usr/sbin/slurmctld", "slurmctld (Debian's slurm-wlm and munge)")
-    state = tmp_path_factory.mktemp("slurm-executor")
-    env = {**os.environ, "UNIAD_SLURM_DIR": str(state), "UNIAD_SLURM_PORT": "27817"}
-    run(["bash", str(SCRIPT), "start"], env=env, timeout=180)
-    yield {"SLURM_CONF": str(state / "slurm.conf")}
-    run(["bash", str(SCRIPT), "stop"], env=env, timeout=120)
+    with slurm_cluster(tmp_path_factory.mktemp("slurm-executor"), 27817) as env:
+        yield {"SLURM_CONF": env["SLURM_CONF"]}
 
 
 def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
