@@ -40,3 +40,26 @@ def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
     provenance = json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())
     assert provenance["epoch"] == 2
     assert processes_mentioning(str(root)) == []
+
+
+def test_nan_cancels_the_job_from_the_trigger_and_fails_without_retry(airflow_home, slurm_env, tmp_path):
+    root = tmp_path / "uniad-mini-nan"
+    conf = {"profile": "mini", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1,
+            "stage1_epochs": 3,
+            "stage1_cfg_options": ["fault_injection.kind=nan_loss", "fault_injection.epoch=2", "fault_injection.iter=5"]}  # fmt: skip
+    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=600,
+               check=False)  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "non_finite_loss: loss is nan at epoch 2" in output and "cancelling it" in output, output[-4000:]
+    assert "AirflowFailException" in output  # no retry: NaN comes back on a plain retry
+    assert output.count("submitted Slurm job") == 1
+    work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+    assert job["state"] == "unhealthy"
+    state = run(["scontrol", "show", "job", job["job_id"]], env=slurm_env).stdout
+    assert "JobState=CANCELLED" in state, state
+    # Cancelled before the stage could go on: no record of epoch 3 (the trigger polls every 5 s).
+    records = [json.loads(line) for line in next(work_dir.glob("*.log.json")).read_text().splitlines()[1:]]
+    assert (records[-1]["epoch"], records[-1]["iter"]) <= (2, 40)
+    assert processes_mentioning(str(root)) == []
