@@ -146,7 +146,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     import time
 
     from .health.analysis import analyze_log
-    from .health.logs import read_log
+    from .health.logs import is_json_log, parse_json_meta, read_log
     from .health.report import write_report
     from .metrics import parse_requirements
 
@@ -156,7 +156,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     requirements = parse_requirements(args.require or [])
     # The stage's output (rank 0's printed metric tables) lies beside its logs; --output names other files.
     outputs = args.output if args.output is not None else WorkDir(path.parent).outputs()
-    _, meta = read_log(path) if path.name.endswith(".json") else ([], None)
+    # Whether the stage evaluates at all: its config, in the json log's first line (not a second read of the log).
+    meta = None
+    if is_json_log(path):
+        with open(path, "rb") as handle:
+            meta = parse_json_meta(handle.readline())
     evaluates = bool(meta and "evaluation = dict(" in (meta.get("config") or ""))
     analysis, _, _ = analyze_log(
         path,
