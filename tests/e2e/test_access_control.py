@@ -57,7 +57,7 @@ def fab(tmp_path_factory):
         for name, role in (("viewer", "Viewer"), ("op", "Op"), ("nodag", "NoDags")):
             users[name] = secrets.token_urlsafe(12)
             run([airflow, "users", "create", "--username", name, "--role", role, "--firstname", name, "--lastname",
-                 "Tester", "--email", f"{name}@example.org", "--password", users[name]], env=env)  # fmt: skip
+                 "Tester", "--email", f"{name}@example.org", f"--password={users[name]}"], env=env)  # fmt: skip
         run([airflow, "dags", "reserialize"], env=env, timeout=300)
         port = find_free_port()
         argv = [airflow, "api-server", "--port", str(port)]
