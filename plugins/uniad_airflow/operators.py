@@ -182,9 +182,9 @@ class UniADTrainOperator(PlanOperator):
     # ------------------------------------------------------------------------------------- executor=slurm
     SLURM_JOB_KEY = "uniad_slurm_job"  # the job id in the task state store: a restarted task re-attaches to it
 
-    def _execute_slurm(self, context: Context, plan: Plan) -> None:
-        """Submit this attempt's batch job (or find the one a restarted task already submitted) and defer to the
-        trigger that follows it; the worker slot is free while the stage trains."""
+    def _execute_slurm(self, context: Context, plan: Plan) -> dict | None:
+        """Submit this attempt's batch job (or adopt the one an earlier run of this task submitted) and defer to
+        the trigger that follows it; the worker slot is free while the stage trains."""
         import json
         import time
 
@@ -194,15 +194,36 @@ class UniADTrainOperator(PlanOperator):
         from uniad_airflow.triggers import SlurmStageTrigger
 
         work_dir = plan.work_dir(self.stage)
+        try_number = context["ti"].try_number
         store = context.get("task_state_store")
-        known = store.get(self.SLURM_JOB_KEY) if store is not None else None
-        job_id, started = (known or {}).get("job_id"), (known or {}).get("started")
-        if job_id and slurm.job_state(job_id)["JobState"] in slurm.ACTIVE:
-            self.log.info("re-attaching to Slurm job %s, submitted by an earlier run of this task", job_id)
+        name = slurm.job_name(self.stage, context["run_id"])
+        known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
+        job_id, started = known.get("job_id"), known.get("started")
+        state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
+        if state["JobState"] == "COMPLETED":  # it ended while no one followed it (a worker lost after the event)
+            self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job_id)
+            return self.execute_complete(context, {"job_id": job_id, "status": "COMPLETED", "state": state})
+        adopt = state["JobState"] in slurm.ACTIVE
+        if not adopt:
+            # A job submitted by a run of this task that was lost before it stored the id: the cluster knows it,
+            # and no one recorded its end. It is followed (and recorded) whatever its state now.
+            ended = {line["job_id"] for line in slurm.read_jobs(work_dir) if line.get("state") not in slurm.ACTIVE}
+            with domain_errors():
+                found = [job for job in slurm.find_jobs(name, work_dir) if job[0] not in ended]
+            if found:
+                (job_id, submitted_by), adopt = found[0], True
+                state = slurm.job_state(job_id)
+                started = slurm.submit_time(state) or time.time()
+                if not any(line["job_id"] == job_id for line in slurm.read_jobs(work_dir)):
+                    slurm.record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"],
+                                     partition=state.get("Partition"), nnodes=plan.slurm.nnodes)  # fmt: skip
+        if adopt:
+            self.log.info("re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id,
+                          state["JobState"])  # fmt: skip
         else:
             attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
             if attempt.resumed_from:
-                self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
+                self.log.info("attempt %s: %s", try_number, attempt.describe())
             for line in attempt.skipped + attempt.warnings:
                 self.log.warning("%s", line)
             with domain_errors():
@@ -210,19 +231,20 @@ class UniADTrainOperator(PlanOperator):
                 # The submit host cannot probe the compute nodes: auto means NCCL where the partition has GPUs.
                 requested = attempt.spec.backend
                 backend = requested if requested != "auto" else ("nccl" if "gpu" in facts["gres"] else "gloo")
-                job_file = work_dir.slurm_job_file(context["ti"].try_number)
+                job_file = work_dir.slurm_job_file(try_number)
                 argv, job = build_slurm_job(
-                    attempt.spec, plan.slurm, backend=backend, stage=self.stage, job_file=job_file,
+                    attempt.spec, plan.slurm, backend=backend, job_name=name,
+                    comment=slurm.job_comment(try_number, work_dir), job_file=job_file,
                     output=work_dir.slurm_output("%j"),
                 )  # fmt: skip
                 job_file.write_text(json.dumps(job, indent=2) + "\n")
                 started = time.time()
                 job_id = slurm.submit(argv)
-            if store is not None:
-                store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
-            slurm.record_job(work_dir, job_id, attempt=context["ti"].try_number, state="PENDING",
-                             partition=facts["partition"], nnodes=plan.slurm.nnodes, backend=backend)  # fmt: skip
+            slurm.record_job(work_dir, job_id, attempt=try_number, state="PENDING", partition=facts["partition"],
+                             nnodes=plan.slurm.nnodes, backend=backend)  # fmt: skip
             self.log.info("submitted Slurm job %s: %s", job_id, argv)
+        if store is not None:
+            store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
         self.defer(
             trigger=SlurmStageTrigger(
                 job_id=job_id, stage=self.stage, work_dir=str(work_dir.path),
@@ -231,6 +253,7 @@ class UniADTrainOperator(PlanOperator):
             ),
             method_name="execute_complete",
         )  # fmt: skip
+        return None
 
     def execute_complete(self, context: Context, event: dict) -> dict:
         """The job ended: record it, then succeed, or fail with or without a retry by cause."""

@@ -38,7 +38,7 @@ SLURM_MANAGED = {
     "nodes": "nnodes", "ntasks": "nnodes x nproc_per_node", "ntasks-per-node": "nproc_per_node",
     "partition": "slurm_partition", "account": "slurm_account", "time": "slurm_time_limit",
     "output": "the work dir", "error": "the work dir", "chdir": "uniad_root", "wrap": "the stage's command",
-    "job-name": "the stage", "parsable": "the pipeline",
+    "job-name": "the stage and run", "comment": "the attempt and work dir", "parsable": "the pipeline",
 }  # fmt: skip
 _CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 

@@ -239,7 +239,8 @@ def build_slurm_job(
     slurm: SlurmSettings,
     *,
     backend: str,
-    stage: str,
+    job_name: str,
+    comment: str,
     job_file: Path,
     output: Path,
     base_env: Mapping[str, str] | None = None,
@@ -249,10 +250,11 @@ def build_slurm_job(
     UniAD's own cluster path (``tools/uniad_slurm_train.sh``): srun starts ``nproc_per_node`` tasks on each of
     ``nnodes`` nodes, each runs ``tools/train.py ... --launcher slurm`` and mmcv derives its rank from SLURM_PROCID.
     The batch step is ``python -m uniad.train.slurm_job JOB_FILE``: the ranks' argv travels as a JSON list, so no
-    parameter is ever shell text; the only shell words are the interpreter's and the job file's paths, quoted."""
+    parameter is ever shell text; the only shell words are the interpreter's and the job file's paths, quoted.
+    ``job_name`` and ``comment`` identify the stage of a run on the cluster (``slurm.find_job``)."""
     args, path = _train_args(spec, backend, "slurm")
     job = {"argv": [spec.python, *args], "env": _pythonpath(path, base_env), "ntasks_per_node": spec.nproc_per_node}
-    argv = ["sbatch", "--parsable", f"--job-name=uniad-{stage}", f"--nodes={slurm.nnodes}",
+    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={slurm.nnodes}",
             f"--ntasks-per-node={spec.nproc_per_node}", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
     if slurm.partition:
         argv.append(f"--partition={slurm.partition}")

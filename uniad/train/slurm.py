@@ -13,10 +13,11 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import ParamError, TrainingFailed
-from ..workdir import WorkDir
+from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
@@ -50,6 +51,40 @@ def check_cluster(slurm: SlurmSettings) -> dict:
             "partition"
         )
     return {"partition": name, **facts}
+
+
+def job_name(stage: str, run_id: str) -> str:
+    """The name of every job of one stage of one run (what ``squeue`` shows; ``find_job`` looks it up)."""
+    return f"uniad-{stage}-{sanitize_run_id(run_id)}"[:128]
+
+
+def job_comment(attempt: int, work_dir: WorkDir) -> str:
+    """The job's comment: which attempt submitted it, for which work dir."""
+    return f"attempt={attempt}:{work_dir.path}"
+
+
+def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int]]:
+    """The jobs the cluster still knows (any state) named ``name`` for ``work_dir``, newest first, each with the
+    attempt that submitted it.
+
+    They cover the gap between ``sbatch`` and the task state store: a worker killed right after submitting leaves
+    a job that only the cluster knows about, and the task's next run must adopt it, not submit a second one."""
+    listed = _run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%k"])
+    found = []
+    for line in listed.splitlines():
+        job_id, _, comment = line.strip().partition("|")
+        attempt, _, path = comment.partition(":")
+        if path == str(work_dir.path) and attempt.startswith("attempt="):
+            found.append((job_id, int(attempt.removeprefix("attempt="))))
+    return sorted(found, key=lambda job: int(job[0]), reverse=True)
+
+
+def submit_time(state: dict[str, str]) -> float | None:
+    """The job's ``SubmitTime`` (the controller's local time) as a timestamp, when Slurm reports one."""
+    try:
+        return datetime.fromisoformat(state["SubmitTime"]).timestamp()
+    except (KeyError, ValueError):
+        return None
 
 
 def submit(argv: list[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import datetime
 
 import pytest
 
@@ -27,13 +28,16 @@ def spec(**overrides) -> StageSpec:
 def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
     settings = SlurmSettings(nnodes=2, partition="gpu", account="perception", time_limit="2-00:00:00",
                              extra_args=("--gres=gpu:8", "--exclusive"))  # fmt: skip
-    argv, job = build_slurm_job(spec(), settings, backend="nccl", stage="stage1", job_file=tmp_path / "job.json",
-                                output=tmp_path / "slurm-%j.out")  # fmt: skip
-    assert argv[:7] == ["sbatch", "--parsable", "--job-name=uniad-stage1", "--nodes=2", "--ntasks-per-node=8",
+    name = slurm.job_name("stage1", "manual__2026-11-24T09:00:00+00:00")
+    comment = slurm.job_comment(2, WorkDir(tmp_path / "work dir"))
+    argv, job = build_slurm_job(spec(), settings, backend="nccl", job_name=name, comment=comment,
+                                job_file=tmp_path / "job.json", output=tmp_path / "slurm-%j.out")  # fmt: skip
+    assert argv[:8] == ["sbatch", "--parsable", "--job-name=uniad-stage1-manual__2026-11-24T09_00_00_00_00",
+                        f"--comment=attempt=2:{tmp_path}/work dir", "--nodes=2", "--ntasks-per-node=8",
                         "--chdir=/workspace/UniAD", f"--output={tmp_path}/slurm-%j.out"]  # fmt: skip
-    assert argv[7:12] == ["--partition=gpu", "--account=perception", "--time=2-00:00:00", "--gres=gpu:8", "--exclusive"]
+    assert argv[8:13] == ["--partition=gpu", "--account=perception", "--time=2-00:00:00", "--gres=gpu:8", "--exclusive"]
     # The only shell words are the interpreter and the job file, quoted; every parameter travels in the job file.
-    assert argv[12] == "--wrap" and shlex.split(argv[13]) == [
+    assert argv[13] == "--wrap" and shlex.split(argv[14]) == [
         "exec", "/opt/uniad-venv/bin/python", "-m", "uniad.train.slurm_job", str(tmp_path / "job.json")
     ]  # fmt: skip
     assert job["argv"][:5] == ["/opt/uniad-venv/bin/python", "tools/train.py",
@@ -63,8 +67,10 @@ def test_slurm_settings_are_validated_with_how_to_fix(values, message):
 def test_scontrol_output_is_parsed():
     line = ("JobId=12 JobName=uniad-stage1 UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
             "ExitCode=0:0 StartTime=2026-11-27T10:00:00 EndTime=Unknown NodeList=n[1-2] NumNodes=2")  # fmt: skip
-    state = slurm._fields(line)
+    state = slurm._fields(line + " SubmitTime=2026-11-27T09:59:58")
     assert (state["JobState"], state["NodeList"], state["ExitCode"]) == ("RUNNING", "n[1-2]", "0:0")
+    assert slurm.submit_time(state) == datetime(2026, 11, 27, 9, 59, 58).timestamp()
+    assert slurm.submit_time({"SubmitTime": "Unknown"}) is None and slurm.submit_time({}) is None
     assert "RUNNING" in slurm.ACTIVE and "NODE_FAIL" in slurm.TERMINAL_FAILURES
 
 
