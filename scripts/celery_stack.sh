@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The production shape on one machine: CeleryExecutor on PostgreSQL + Redis, with api-server, scheduler,
 # dag-processor, triggerer, a Celery worker for the default queue and one that consumes only the gpu queue.
-# Runs in the foreground; Ctrl-C or SIGTERM to its process group stops every part.
+# Runs in the foreground; Ctrl-C or SIGTERM to its process group stops every part. A part that dies is started
+# again, as compose's restart policy does; logs/<part>.pid holds the pid of its current process.
 #
 #   bash scripts/celery_stack.sh            # after `bash scripts/setup.sh`
 #
@@ -10,7 +11,7 @@
 #                                          the database is created when missing)
 #   UNIAD_BROKER_URL      Celery broker   (default redis://127.0.0.1:6379/0)
 #   UNIAD_API_PORT        api-server port (default 8080)
-#   UNIAD_GPU_WORKERS     GPU workers that will consume the gpu queue (default 1; this script starts one)
+#   UNIAD_GPU_WORKERS     GPU workers to start, each consuming the gpu queue (default 1)
 #   UNIAD_GPUS_PER_WORKER GPUs per worker (default: nvidia-smi's count, else 8); gpu pool = workers x GPUs
 #   AIRFLOW_HOME          default ./airflow_home_celery
 #   AIRFLOW__API_AUTH__JWT_SECRET  shared by every part (generated into $AIRFLOW_HOME/jwt_secret when unset)
@@ -88,18 +89,34 @@ airflow pools set gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER 
 echo "==> gpu pool: $SLOTS slots ($GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs; one training task takes a worker)"
 
 trap 'trap - TERM INT; echo "==> stopping"; kill -TERM 0; wait' TERM INT
-start() {  # name, argv...
+start() {  # name, argv...: in the background, started again 5 s after it dies (compose: restart: unless-stopped)
   local name=$1
   shift
-  "$@" > "$AIRFLOW_HOME/logs/$name.log" 2>&1 &
-  echo "==> $name (pid $!): $* (log $AIRFLOW_HOME/logs/$name.log)"
+  (
+    while true; do
+      "$@" >> "$AIRFLOW_HOME/logs/$name.log" 2>&1 &
+      echo $! > "$AIRFLOW_HOME/logs/$name.pid"
+      status=0
+      wait $! || status=$?
+      echo "==> $name exited with status $status; starting it again in 5 s" >> "$AIRFLOW_HOME/logs/$name.log"
+      sleep 5
+    done
+  ) &
+  echo "==> $name: $* (log $AIRFLOW_HOME/logs/$name.log, pid in $name.pid)"
 }
 start api-server airflow api-server --port "$PORT"
 start scheduler airflow scheduler
 start dag-processor airflow dag-processor
 start triggerer airflow triggerer
 start worker-default airflow celery worker --queues default --concurrency 4 --celery-hostname "default@%h"
-# One training task at a time per GPU worker: it uses all of the worker's GPUs.
-start worker-gpu airflow celery worker --queues gpu --concurrency 1 --celery-hostname "gpu@%h"
+# One training task at a time per GPU worker: it uses all of the worker's GPUs. A GPU worker acknowledges a task
+# when it starts it and fetches no task ahead (uniad_airflow/celery_config.py says why).
+for i in $(seq 1 "$GPU_WORKERS"); do
+  name=worker-gpu; host="gpu@%h"; logs=()
+  # Workers on one host share the log server port: the first serves the (shared) log folder.
+  [ "$i" -eq 1 ] || { name=worker-gpu-$i; host="gpu$i@%h"; logs=(--skip-serve-logs); }
+  AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=uniad_airflow.celery_config.GPU_WORKER \
+    start "$name" airflow celery worker --queues gpu --concurrency 1 --celery-hostname "$host" "${logs[@]}"
+done
 echo "==> UI and API on http://127.0.0.1:$PORT (user ${UNIAD_ADMIN_USER:-admin}, the password of UNIAD_ADMIN_PASSWORD)"
 wait

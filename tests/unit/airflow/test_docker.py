@@ -56,6 +56,18 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         "/workspace/UniAD/ckpts": "/srv/uniad-ckpts",
     }
     assert services["worker-default"]["command"][3:5] == ["--queues", "default"]
+    # A GPU worker acknowledges a task when it starts it and fetches none ahead: never redelivered mid-stage.
+    import importlib
+
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    module, name = gpu["environment"]["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"].rsplit(".", 1)
+    gpu_config = getattr(importlib.import_module(module), name)  # what [celery] celery_config_options imports
+    assert (gpu_config["task_acks_late"], gpu_config["worker_disable_prefetch"]) == (False, True)
+    assert {k: v for k, v in gpu_config.items() if k not in ("task_acks_late", "worker_disable_prefetch")} == {
+        k: v for k, v in DEFAULT_CELERY_CONFIG.items() if k != "task_acks_late"
+    }
+    assert "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS" not in services["worker-default"]["environment"]
     for name in ("api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "uniad-worker-gpu"):
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
