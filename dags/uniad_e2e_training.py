@@ -14,7 +14,7 @@ Trigger from the UI form, or:
 
 `profile=mini` trains the built-in mini UniAD (CPU, gloo) in `uniad_root`, or in a per-run folder when that is
 empty. A run may only use the directories of `UNIAD_ALLOWED_ROOTS` (unset: the mini runs folder and `UNIAD_ROOT`). Training tasks run on the `gpu` queue and take `UNIAD_GPUS_PER_WORKER` slots of the `gpu` pool, so two
-runs never share a worker's GPUs. `UNIAD_SCHEDULE` (a cron expression, or `asset:<uri>`) retrains on a schedule;
+runs never share a worker's GPUs. A failed task waits `UNIAD_RETRY_DELAY_S` (default 120) before its retry. `UNIAD_SCHEDULE` (a cron expression, or `asset:<uri>`) retrains on a schedule;
 the connection `uniad_notify` (SMTP) sends an email when a run succeeds or fails.
 """
 
@@ -52,7 +52,7 @@ with DAG(
     on_success_callback=RunOutcomeNotifier(outcome="succeeded"),
     on_failure_callback=RunOutcomeNotifier(outcome="failed"),
     tags=["uniad", "training", "gpu"],
-    default_args={"retries": 0, "retry_delay": timedelta(minutes=2)},
+    default_args={"retries": 0, "retry_delay": timedelta(seconds=settings.retry_delay_s())},
     # The trigger form is derived from the typed parameters (uniad.run.params), which check the same schema.
     params={name: Param(default, **schema) for name, (default, schema) in form_fields(settings.default_root()).items()},
 ) as dag:

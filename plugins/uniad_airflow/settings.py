@@ -41,6 +41,19 @@ def allowed_roots(profile: str):
     )
 
 
+def retry_delay_s() -> float:
+    """``UNIAD_RETRY_DELAY_S`` (default 120): how long a failed task waits before its retry. A training retry
+    resumes from the newest checkpoint, so the wait only needs to outlast a node's or a worker's restart."""
+    value = os.environ.get("UNIAD_RETRY_DELAY_S", "120")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds < 0:
+        raise ValueError(f"UNIAD_RETRY_DELAY_S={value!r}: give the seconds a failed task waits before its retry")
+    return seconds
+
+
 def slurm_partition() -> str | None:
     """``UNIAD_SLURM_PARTITION``: the partition of executor=slurm runs that name none (else the cluster's default)."""
     return os.environ.get("UNIAD_SLURM_PARTITION") or None

@@ -146,3 +146,18 @@ def test_retraining_schedule_from_the_environment(airflow_home, value, expected)
     dag = bag.dags["uniad_e2e_training"]
     assert type(dag.timetable).__name__ == expected
     assert dag.catchup is False and dag.max_active_runs == 1
+
+
+def test_retry_delay_from_the_environment(airflow_home):
+    """UNIAD_RETRY_DELAY_S: every task's wait before its retry; a value that is no number of seconds is refused."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIAD_RETRY_DELAY_S", "15")
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        assert {task.retry_delay.total_seconds() for task in bag.dags["uniad_e2e_training"].tasks} == {15.0}
+        mp.setenv("UNIAD_RETRY_DELAY_S", "2m")
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert "uniad_e2e_training" not in bag.dags
+    (error,) = bag.import_errors.values()
+    assert "UNIAD_RETRY_DELAY_S='2m': give the seconds a failed task waits before its retry" in str(error)
