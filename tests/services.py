@@ -27,6 +27,47 @@ def cli_json(output: str):
     return json.loads("\n".join(lines[start:]))
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren, ... from the process table."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL ``pid`` and every process below it (a Celery worker: its pool, the task supervisors, the task
+    processes), as a host or container crash would; returns the pids, once none is alive."""
+    pids = [pid, *descendants(pid)]
+    for each in pids:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while any(_state(each) not in ("Z", "gone") for each in pids):
+        assert time.monotonic() < deadline, f"processes {pids} outlived SIGKILL"
+        time.sleep(0.1)
+    return pids
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -138,10 +179,11 @@ class CeleryStack:
 
 
 @contextmanager
-def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, gpus_per_worker: int = 2):
+def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, gpus_per_worker: int = 2,
+                 gpu_workers: int = 1, extra_env: dict[str, str] | None = None):  # fmt: skip
     """scripts/celery_stack.sh on a PostgreSQL database of its own (dropped afterwards) and Redis database
     ``redis_db`` (flushed first), ready once the scheduler is healthy. ``gpus_per_worker`` 2: the mini profile's two
-    processes fill a worker's share of the gpu pool."""
+    processes fill a worker's share of the gpu pool. ``extra_env``: more settings for every part."""
     import redis
     from sqlalchemy import create_engine, text
 
@@ -162,6 +204,8 @@ def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, 
         "UNIAD_RUNS_DIR": str(home / "uniad_runs"),
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "UNIAD_ADMIN_PASSWORD": admin[1],
+        "UNIAD_GPU_WORKERS": str(gpu_workers),
+        **(extra_env or {}),
     }
     argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
     try:
