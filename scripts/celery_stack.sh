@@ -70,6 +70,9 @@ export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$DB_URL
 export AIRFLOW__CELERY__BROKER_URL=$BROKER_URL
 export AIRFLOW__CELERY__RESULT_BACKEND=db+$DB_URL
 export AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT=${UNIAD_VISIBILITY_TIMEOUT_S:-604800}
+# A task's supervisor may notice its process's exit only at its next wake-up (every min_heartbeat_interval, 5 s by
+# default): a task that ends skipped or failed held the next task back that long. 1 s; one heartbeat a second.
+export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL=${AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL:-1}
 export AIRFLOW__CORE__DAGS_FOLDER=${UNIAD_DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
@@ -108,7 +111,9 @@ start api-server airflow api-server --port "$PORT"
 start scheduler airflow scheduler
 start dag-processor airflow dag-processor
 start triggerer airflow triggerer
-start worker-default airflow celery worker --queues default --concurrency 4 --celery-hostname "default@%h"
+# The gate's libraries (torch, matplotlib) are imported once, before the worker forks its tasks.
+AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=uniad_airflow.celery_config.DEFAULT_WORKER \
+  start worker-default airflow celery worker --queues default --concurrency 4 --celery-hostname "default@%h"
 # One training task at a time per GPU worker: it uses all of the worker's GPUs. A GPU worker acknowledges a task
 # when it starts it and fetches no task ahead (uniad_airflow/celery_config.py says why).
 for i in $(seq 1 "$GPU_WORKERS"); do

@@ -67,7 +67,9 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     assert {k: v for k, v in gpu_config.items() if k not in ("task_acks_late", "worker_disable_prefetch")} == {
         k: v for k, v in DEFAULT_CELERY_CONFIG.items() if k != "task_acks_late"
     }
-    assert "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS" not in services["worker-default"]["environment"]
+    module, name = services["worker-default"]["environment"]["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"].rsplit(".", 1)
+    default_config = getattr(importlib.import_module(module), name)
+    assert default_config == {**DEFAULT_CELERY_CONFIG, "imports": ("uniad.health.preload",)}
     for name in ("api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "uniad-worker-gpu"):
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
