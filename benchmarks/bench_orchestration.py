@@ -1,13 +1,19 @@
-"""Benchmark: what Airflow adds around the training, and what the DAG file costs to parse.
+"""Benchmark: what Airflow adds around the training, the worker slots a Slurm stage holds, and the DAG file's parse
+cost.
 
-    .venv/bin/python benchmarks/bench_orchestration.py     # or: make bench-orchestration (needs PostgreSQL + Redis)
+    .venv/bin/python benchmarks/bench_orchestration.py     # or: make bench (needs PostgreSQL, Redis, slurm-wlm, root)
 
-1. On the Celery stack (scripts/celery_stack.sh: PostgreSQL, Redis, a default and a gpu worker), one run of
-   uniad_e2e_training on the mini profile (1 + 1 epochs) and one run of benchmarks/dags/bench_empty_chain.py (the
-   same 10 tasks doing nothing, training steps on the gpu queue), in one session, after one warm-up run. Overhead = the run's wall time
-   minus the training processes' wall time (stage1_train and stage2_train report it in XCom); the ratio is that
-   overhead over the empty chain's wall time. Target: <= 1.2.
-2. Parse cost: running the DAG file in a fresh interpreter, after `import airflow.sdk`, median of 7. Target:
+1. On the Celery stack (scripts/celery_stack.sh: PostgreSQL, Redis, a default and a gpu worker) with the two-node
+   Slurm cluster on loopback (scripts/slurm_cluster.sh), in one session, after one warm-up run: one run of
+   benchmarks/dags/bench_empty_chain.py (the pipeline's 10 tasks doing nothing, the training steps on the gpu
+   queue), one run of uniad_e2e_training on the mini profile (1 + 1 epochs) with executor=local and one with
+   executor=slurm (2 nodes, 1 rank each). Overhead = the run's wall time minus the training's: the training
+   processes' wall time (local; stage1_train and stage2_train report it in XCom) or the jobs' run time from
+   StartTime to EndTime (Slurm; slurm_jobs.jsonl). Each ratio is that overhead over the empty chain's wall time.
+   Target for the local path: <= 1.2.
+2. Worker slots held while a Slurm stage trains: sampled twice a second from the gpu pool while a training task is
+   deferred (running_slots: task instances of the pool that hold a worker). Target: 0.
+3. Parse cost: running the DAG file in a fresh interpreter, after `import airflow.sdk`, median of 7. Target:
    <= 50 ms.
 """
 
@@ -55,13 +61,19 @@ def _seconds(start: str, end: str) -> float:
 
 
 def orchestration() -> dict:
+    from support import slurm_cluster
+
     home = Path(tempfile.mkdtemp(prefix="uniad-bench-celery-"))
     dags = home / "dags"
     dags.mkdir()
     shutil.copy(DAG_FILE, dags)
     shutil.copy(REPO / "benchmarks/dags/bench_empty_chain.py", dags)
     try:
-        with celery_stack(home, redis_db=8, dags_folder=dags) as stack:
+        with (
+            slurm_cluster(home / "slurm", 25817) as cluster,
+            celery_stack(home, redis_db=8, dags_folder=dags,
+                         extra_env={"SLURM_CONF": cluster["SLURM_CONF"], "UNIAD_ALLOWED_ROOTS": str(home)}) as stack,
+        ):  # fmt: skip
             port = stack.port
             base = f"http://127.0.0.1:{port}/api/v2/dags"
             token = stack.token()
@@ -78,32 +90,43 @@ def orchestration() -> dict:
                                       body={"logical_date": None, "conf": conf})  # fmt: skip
                 assert status == 200, answer
                 run_id = answer["dag_run_id"]
+                held, deferred_samples = 0, 0
                 while True:
                     status, dag_run = http("GET", f"{base}/{dag_id}/dagRuns/{run_id}", token=token)
                     if dag_run["state"] in ("success", "failed"):
                         break
-                    time.sleep(1)
+                    status, tis = http("GET", f"{base}/{dag_id}/dagRuns/{run_id}/taskInstances", token=token)
+                    if any(t["state"] == "deferred" for t in tis["task_instances"] if t["task_id"].endswith("_train")):
+                        pool = http("GET", f"http://127.0.0.1:{port}/api/v2/pools/gpu", token=token)[1]
+                        held, deferred_samples = max(held, pool["running_slots"]), deferred_samples + 1
+                    time.sleep(0.5)
                 if dag_run["state"] != "success":
                     raise RuntimeError(f"{dag_id} run {run_id} failed; see {home}/logs")
                 status, tis = http("GET", f"{base}/{dag_id}/dagRuns/{run_id}/taskInstances", token=token)
                 tasks = {t["task_id"]: t["duration"] or 0.0 for t in tis["task_instances"]}
                 return {"run_id": run_id, "wall_s": _seconds(dag_run["start_date"], dag_run["end_date"]),
-                        "tasks": tasks}  # fmt: skip
+                        "tasks": tasks, "held_slots": held, "deferred_samples": deferred_samples}  # fmt: skip
+
+            def xcom(run_id: str, task_id: str) -> dict:
+                status, answer = http(
+                    "GET", f"{base}/uniad_e2e_training/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
+                    "return_value?deserialize=true", token=token)  # fmt: skip
+                assert status == 200, answer
+                return answer["value"] if isinstance(answer["value"], dict) else json.loads(answer["value"])
 
             run("bench_empty_chain", {})  # warm-up: the workers' first tasks pay their start-up
             empty = run("bench_empty_chain", {})
-            real = run("uniad_e2e_training", {"profile": "mini", "uniad_root": str(home / "mini"),
-                                              "stage1_epochs": 1, "stage2_epochs": 1})  # fmt: skip
-            training = 0.0
+            conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
+            local = run("uniad_e2e_training", {**conf, "uniad_root": str(home / "mini-local")})
+            local["training_s"] = sum(xcom(local["run_id"], t)["duration_s"] for t in ("stage1_train", "stage2_train"))
+            slurm = run("uniad_e2e_training", {**conf, "uniad_root": str(home / "mini-slurm"), "executor": "slurm",
+                                               "nnodes": 2, "nproc_per_node": 1})  # fmt: skip
+            slurm["training_s"] = 0.0
             for task_id in ("stage1_train", "stage2_train"):
-                status, answer = http(
-                    "GET", f"{base}/uniad_e2e_training/dagRuns/{real['run_id']}/taskInstances/{task_id}/xcomEntries/"
-                    "return_value?deserialize=true", token=token)  # fmt: skip
-                assert status == 200, answer
-                value = answer["value"] if isinstance(answer["value"], dict) else json.loads(answer["value"])
-                training += value["duration_s"]
-            return {"empty_s": empty["wall_s"], "real_s": real["wall_s"], "training_s": training,
-                    "empty_tasks": empty["tasks"], "real_tasks": real["tasks"]}  # fmt: skip
+                work_dir = Path(xcom(slurm["run_id"], task_id)["work_dir"])
+                for job in (json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()):
+                    slurm["training_s"] += _seconds(job["start"], job["end"])
+            return {"empty": empty, "local": local, "slurm": slurm}
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -115,19 +138,29 @@ def main() -> int:
         f"itself: {sdk_s * 1000:.0f} ms); target <= 50 ms: {'met' if parse_s <= 0.05 else 'MISSED'}"
     )
     result = orchestration()
-    overhead = result["real_s"] - result["training_s"]
-    ratio = overhead / result["empty_s"]
+    empty = result["empty"]
+    print(f"empty chain of the same 10 tasks: {empty['wall_s']:.1f} s")
+    for name, what in (("local", "training processes"), ("slurm", "Slurm jobs' run time")):
+        measured = result[name]
+        overhead = measured["wall_s"] - measured["training_s"]
+        ratio = overhead / empty["wall_s"]
+        target = f" (target <= 1.2x: {'met' if ratio <= 1.2 else 'MISSED'})" if name == "local" else ""
+        print(
+            f"executor={name}: {measured['wall_s']:.1f} s wall, of which {what} {measured['training_s']:.1f} s -> "
+            f"orchestration overhead {overhead:.1f} s, ratio {ratio:.2f}x{target}"
+        )
+    slurm = result["slurm"]
     print(
-        f"uniad_e2e_training run: {result['real_s']:.1f} s wall, of which training processes "
-        f"{result['training_s']:.1f} s -> orchestration overhead {overhead:.1f} s"
+        f"worker slots held while a Slurm stage was deferred: {slurm['held_slots']} (max of "
+        f"{slurm['deferred_samples']} samples; target 0: {'met' if slurm['held_slots'] == 0 else 'MISSED'})"
     )
-    print(f"empty chain of the same 10 tasks: {result['empty_s']:.1f} s")
-    print(f"overhead ratio: {ratio:.2f}x (target <= 1.2x: {'met' if ratio <= 1.2 else 'MISSED'})")
-    print("where the time goes (task durations in s, real run / empty chain):")
-    for task_id, seconds in result["real_tasks"].items():
-        print(f"  {task_id:20s} {seconds:6.1f} / {result['empty_tasks'].get(task_id, 0.0):4.1f}")
-    gaps = [result[f"{kind}_s"] - sum(result[f"{kind}_tasks"].values()) for kind in ("real", "empty")]
-    print(f"  {'between tasks':20s} {gaps[0]:6.1f} / {gaps[1]:4.1f}   (wall time minus the sum of task durations)")
+    print("where the time goes (task durations in s: local / slurm / empty chain):")
+    for task_id, seconds in result["local"]["tasks"].items():
+        print(f"  {task_id:20s} {seconds:6.1f} / {slurm['tasks'].get(task_id, 0.0):6.1f} / "
+              f"{empty['tasks'].get(task_id, 0.0):4.1f}")  # fmt: skip
+    gaps = [result[kind]["wall_s"] - sum(result[kind]["tasks"].values()) for kind in ("local", "slurm", "empty")]
+    print(f"  {'between tasks':20s} {gaps[0]:6.1f} / {gaps[1]:6.1f} / {gaps[2]:4.1f}   (wall minus the sum of task "
+          "durations)")  # fmt: skip
     return 0
 
 
