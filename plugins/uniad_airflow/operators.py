@@ -200,24 +200,27 @@ class UniADTrainOperator(PlanOperator):
         known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
         job_id, started = known.get("job_id"), known.get("started")
         state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
-        if state["JobState"] == "COMPLETED":  # it ended while no one followed it (a worker lost after the event)
-            self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job_id)
-            return self.execute_complete(context, {"job_id": job_id, "status": "COMPLETED", "state": state})
-        adopt = state["JobState"] in slurm.ACTIVE
-        if not adopt:
-            # A job submitted by a run of this task that was lost before it stored the id: the cluster knows it,
-            # and no one recorded its end. It is followed (and recorded) whatever its state now.
+        if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
+            # A job submitted by a run of this task that was lost before it stored the id (or before it recorded
+            # the job's end): the cluster still knows it, the audit trail does not know that it ended.
             ended = {line["job_id"] for line in slurm.read_jobs(work_dir) if line.get("state") not in slurm.ACTIVE}
             with domain_errors():
                 found = [job for job in slurm.find_jobs(name, work_dir) if job[0] not in ended]
             if found:
-                (job_id, submitted_by), adopt = found[0], True
-                state = slurm.job_state(job_id)
+                (job_id, submitted_by), state = found[0], slurm.job_state(found[0][0])
                 started = slurm.submit_time(state) or time.time()
                 if not any(line["job_id"] == job_id for line in slurm.read_jobs(work_dir)):
                     slurm.record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"],
                                      partition=state.get("Partition"), nnodes=plan.slurm.nnodes)  # fmt: skip
-        if adopt:
+                if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
+                    slurm.record_job(work_dir, job_id, state=state["JobState"], nodes=state.get("NodeList"),
+                                     start=state.get("StartTime"), end=state.get("EndTime"))  # fmt: skip
+                    self.log.warning("Slurm job %s ended %s while no task followed it; submitting a new job",
+                                     job_id, state["JobState"])  # fmt: skip
+        if state["JobState"] == "COMPLETED":  # it ended while no task followed it
+            self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job_id)
+            return self.execute_complete(context, {"job_id": job_id, "status": "COMPLETED", "state": state})
+        if state["JobState"] in slurm.ACTIVE:
             self.log.info("re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id,
                           state["JobState"])  # fmt: skip
         else:

@@ -54,7 +54,7 @@ def check_cluster(slurm: SlurmSettings) -> dict:
 
 
 def job_name(stage: str, run_id: str) -> str:
-    """The name of every job of one stage of one run (what ``squeue`` shows; ``find_job`` looks it up)."""
+    """The name of every job of one stage of one run (what ``squeue`` shows; ``find_jobs`` looks it up)."""
     return f"uniad-{stage}-{sanitize_run_id(run_id)}"[:128]
 
 
