@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The production shape on one machine: CeleryExecutor on PostgreSQL + Redis, with api-server, scheduler,
-# dag-processor, triggerer, a Celery worker for the default queue and one that consumes only the gpu queue.
+# dag-processor, triggerer, a Celery worker for the default queue and UNIAD_GPU_WORKERS that consume only the gpu
+# queue.
 # Runs in the foreground; Ctrl-C or SIGTERM to its process group stops every part. A part that dies is started
 # again, as compose's restart policy does; logs/<part>.pid holds the pid of its current process.
 #
