@@ -201,20 +201,13 @@ class UniADTrainOperator(PlanOperator):
         job_id, started = known.get("job_id"), known.get("started")
         state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
         if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
-            # A job submitted by a run of this task that was lost before it stored the id (or before it recorded
-            # the job's end): the cluster still knows it, the audit trail does not know that it ended.
-            ended = {line["job_id"] for line in slurm.read_jobs(work_dir) if line.get("state") not in slurm.ACTIVE}
+            # A run of this task lost before it stored the job id, or before it recorded the job's end.
             with domain_errors():
-                found = [job for job in slurm.find_jobs(name, work_dir) if job[0] not in ended]
-            if found:
-                (job_id, submitted_by), state = found[0], slurm.job_state(found[0][0])
+                found = slurm.unfollowed_job(name, work_dir, nnodes=plan.slurm.nnodes)
+            if found is not None:
+                job_id, state = found
                 started = slurm.submit_time(state) or time.time()
-                if not any(line["job_id"] == job_id for line in slurm.read_jobs(work_dir)):
-                    slurm.record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"],
-                                     partition=state.get("Partition"), nnodes=plan.slurm.nnodes)  # fmt: skip
                 if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
-                    slurm.record_job(work_dir, job_id, state=state["JobState"], nodes=state.get("NodeList"),
-                                     start=state.get("StartTime"), end=state.get("EndTime"))  # fmt: skip
                     self.log.warning("Slurm job %s ended %s while no task followed it; submitting a new job",
                                      job_id, state["JobState"])  # fmt: skip
         if state["JobState"] == "COMPLETED":  # it ended while no task followed it

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from services import celery_stack, http, kill_tree
+from services import celery_stack, descendants, http, kill_tree
 from support import processes_mentioning, run, slurm_cluster
 
 DAG_ID = "uniad_e2e_training"
@@ -157,7 +157,7 @@ def test_a_local_stage_outlives_the_visibility_timeout_and_token_lifetimes(stack
     assert stage1["try_number"] == 1
     assert len(executions(stack, "stage1_train", "soak")) == 1, executions(stack, "stage1_train", "soak")
     assert len(list((root / STAGE1).glob("output_*.txt"))) == 1
-    records = (root / STAGE1 / next((root / STAGE1).glob("*.log.json")).name).read_text().splitlines()
+    records = next((root / STAGE1).glob("*.log.json")).read_text().splitlines()
     assert json.loads(records[-1])["epoch"] == 12
 
 
@@ -249,8 +249,6 @@ def _scontrol(stack, job_id: str) -> str:
 
 
 def _tree(pid: int) -> list[int]:
-    from services import descendants
-
     return [pid, *descendants(pid)]
 
 

@@ -251,7 +251,7 @@ def build_slurm_job(
     ``nnodes`` nodes, each runs ``tools/train.py ... --launcher slurm`` and mmcv derives its rank from SLURM_PROCID.
     The batch step is ``python -m uniad.train.slurm_job JOB_FILE``: the ranks' argv travels as a JSON list, so no
     parameter is ever shell text; the only shell words are the interpreter's and the job file's paths, quoted.
-    ``job_name`` and ``comment`` identify the stage of a run on the cluster (``slurm.find_jobs``)."""
+    ``job_name`` and ``comment`` identify the stage of a run on the cluster (``slurm.unfollowed_job``)."""
     args, path = _train_args(spec, backend, "slurm")
     job = {"argv": [spec.python, *args], "env": _pythonpath(path, base_env), "ntasks_per_node": spec.nproc_per_node}
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={slurm.nnodes}",

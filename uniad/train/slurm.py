@@ -54,7 +54,7 @@ def check_cluster(slurm: SlurmSettings) -> dict:
 
 
 def job_name(stage: str, run_id: str) -> str:
-    """The name of every job of one stage of one run (what ``squeue`` shows; ``find_jobs`` looks it up)."""
+    """The name of every job of one stage of one run (what ``squeue`` shows; ``unfollowed_job`` looks it up)."""
     return f"uniad-{stage}-{sanitize_run_id(run_id)}"[:128]
 
 
@@ -65,10 +65,7 @@ def job_comment(attempt: int, work_dir: WorkDir) -> str:
 
 def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int]]:
     """The jobs the cluster still knows (any state) named ``name`` for ``work_dir``, newest first, each with the
-    attempt that submitted it.
-
-    They cover the gap between ``sbatch`` and the task state store: a worker killed right after submitting leaves
-    a job that only the cluster knows about, and the task's next run must adopt it, not submit a second one."""
+    attempt that submitted it."""
     listed = _run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%k"])
     found = []
     for line in listed.splitlines():
@@ -77,6 +74,28 @@ def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int]]:
         if path == str(work_dir.path) and attempt.startswith("attempt="):
             found.append((job_id, int(attempt.removeprefix("attempt="))))
     return sorted(found, key=lambda job: int(job[0]), reverse=True)
+
+
+def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict[str, str]] | None:
+    """The newest job named ``name`` for ``work_dir`` that the cluster knows and the audit trail does not know to
+    have ended, with its state; its line in ``slurm_jobs.jsonl`` is added, and given its end if it ended.
+
+    It covers the gap between ``sbatch`` and the task state store: a worker lost right after submitting (or before
+    it recorded the job's end) leaves a job only the cluster knows about, which the task's next run must adopt
+    rather than submit a second one."""
+    ended = {line["job_id"] for line in read_jobs(work_dir) if line.get("state") not in ACTIVE}
+    found = [job for job in find_jobs(name, work_dir) if job[0] not in ended]
+    if not found:
+        return None
+    job_id, submitted_by = found[0]
+    state = job_state(job_id)
+    if not any(line["job_id"] == job_id for line in read_jobs(work_dir)):
+        record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"], partition=state.get("Partition"),
+                   nnodes=nnodes)  # fmt: skip
+    if state["JobState"] not in ACTIVE | {"COMPLETED"}:
+        record_job(work_dir, job_id, state=state["JobState"], nodes=state.get("NodeList"),
+                   start=state.get("StartTime"), end=state.get("EndTime"))  # fmt: skip
+    return job_id, state
 
 
 def submit_time(state: dict[str, str]) -> float | None:
