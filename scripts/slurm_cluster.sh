@@ -86,6 +86,18 @@ start() {
 }
 
 stop() {
+  # Its jobs first: a job's slurmstepd and srun outlive the daemons that launched them.
+  if alive "$DIR/slurmctld.pid"; then
+    jobs=$(SLURM_CONF=$CONF squeue --noheader --format=%i 2> /dev/null || true)
+    if [ -n "$jobs" ]; then
+      # shellcheck disable=SC2086  # one argument per job id
+      SLURM_CONF=$CONF scancel $jobs || true
+      for _ in $(seq 30); do
+        [ -z "$(SLURM_CONF=$CONF squeue --noheader --format=%i 2> /dev/null)" ] && break
+        sleep 0.5
+      done
+    fi
+  fi
   for pidfile in "$DIR"/slurmd.*.pid "$DIR/slurmctld.pid"; do
     [ -f "$pidfile" ] || continue
     if alive "$pidfile"; then

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 
 import pytest
 
-from support import REPO, run, slurm_cluster
+from support import REPO, processes_mentioning, run, slurm_cluster
 
 SCRIPT = REPO / "scripts/slurm_cluster.sh"
 
@@ -47,15 +48,25 @@ def test_a_batch_job_runs_on_both_nodes(cluster, tmp_path):
     assert sorted(out.read_text().split()) == ["n1", "n2"]
 
 
-def test_stop_ends_every_daemon_by_pid(cluster):
+def test_stop_ends_every_daemon_by_pid_and_every_job(cluster, tmp_path):
     pids = [int(p) for p in cluster["pids"].values()]
     assert len(pids) == 3  # slurmctld, slurmd n1, slurmd n2
+    marker = f"sleep-{uuid.uuid4().hex[:12]}"  # names this job's processes in the process table
+    job = run(["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-o", str(tmp_path / "job.out"),
+               "--wrap", f"srun bash -c 'exec -a {marker} sleep 600'"], env=cluster["env"]).stdout.strip()  # fmt: skip
+    deadline = time.monotonic() + 60
+    while len(processes_mentioning(marker)) < 2:  # one rank on each node
+        assert time.monotonic() < deadline, run(["scontrol", "show", "job", job], env=cluster["env"]).stdout
+        time.sleep(0.5)
     run(["bash", str(SCRIPT), "stop"], env=cluster["env"], timeout=120)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.5)
     assert not any(_alive(p) for p in pids)
     assert not list(cluster["state"].glob("*.pid"))
+    # A running job's slurmstepd, srun and ranks would outlive the daemons: stop cancels the jobs first.
+    assert processes_mentioning(marker) == []
+    assert [p for p in processes_mentioning("slurmstepd") if f"[{job}." in p] == []
 
 
 def _alive(pid: int) -> bool:
