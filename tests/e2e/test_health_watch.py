@@ -46,9 +46,11 @@ def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
         in json.loads(log.read_text().splitlines()[0])["config"]
     )
     records = [json.loads(line) for line in log.read_text().splitlines()[1:]]
-    last = (records[-1]["epoch"], records[-1]["iter"])
-    # Within two log intervals (20 iterations) of the fault.
-    assert last <= (epoch, iter + 20), last
+    # Stopped inside the faulty epoch (its first log record after the fault comes within 10 iterations, the watch
+    # polls every 0.5 s): that epoch never became a checkpoint a resume could pick up. Iteration counts past the
+    # fault depend on how loaded the machine is, so they are not asserted tighter than that.
+    assert records[-1]["epoch"] == epoch, records[-1]
+    assert not (log.parent / f"epoch_{epoch}.pth").exists()
     assert elapsed < 90
 
 
