@@ -99,6 +99,7 @@ class SlurmStageTrigger(BaseTrigger):
                 if finding is not None:
                     self.log.error("job %s: %s: %s; cancelling it", self.job_id, finding.code, finding.message)
                     await acancel(self.job_id)
+                    state = await ajob_state(self.job_id)  # the audit trail gets the cancelled job's end time
                     yield TriggerEvent({"job_id": self.job_id, "status": "unhealthy", "finding": asdict(finding),
                                         "state": state})  # fmt: skip
                     return

@@ -67,6 +67,7 @@ def test_nan_cancels_the_job_from_the_trigger_and_fails_without_retry(airflow_ho
     logged = re.search(r"^(\S+ \S+),\d+ - \S+ - INFO - Epoch \[2\]\[10/", text_log, re.MULTILINE)
     ended = re.search(r"EndTime=(\S+)", state)
     assert logged and ended, (text_log[-2000:], state)
+    assert job["end"] == ended[1]
     latency = datetime.fromisoformat(ended[1]) - datetime.fromisoformat(logged[1])
     assert latency.total_seconds() <= 20, (logged[0], ended[0])
     records = [json.loads(line) for line in next(work_dir.glob("*.log.json")).read_text().splitlines()[1:]]
