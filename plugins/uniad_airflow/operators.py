@@ -259,10 +259,7 @@ class UniADTrainOperator(PlanOperator):
         plan = self.typed_plan()
         work_dir = plan.work_dir(self.stage)
         state, job_id = event.get("state", {}), event["job_id"]
-        line = slurm.record_job(
-            work_dir, job_id, state=event["status"], nodes=state.get("NodeList"), start=state.get("StartTime"),
-            end=state.get("EndTime"), exit_code=state.get("ExitCode"),
-        )  # fmt: skip
+        line = slurm.record_end(work_dir, job_id, state, status=event["status"])
         self.log.info("Slurm job %s: %s", job_id, line)
         store = context.get("task_state_store")
         if store is not None:

@@ -226,6 +226,8 @@ def test_a_cancelled_job_is_retried_from_its_checkpoint_and_marking_failed_cance
     wait_for("the job to be cancelled", lambda: "JobState=CANCELLED" in _scontrol(stack, stage2_job["job_id"]),
              timeout_s=30)  # fmt: skip
     cancel_s = time.monotonic() - marked_at
+    wait_for("the audit trail to record it", lambda: jobs(root / STAGE2)[0]["state"] == "CANCELLED", timeout_s=30)
+    assert jobs(root / STAGE2)[0]["end"] not in (None, "Unknown")
     assert run_state(stack, "cancelled") == "failed"
 
     cancelled, retried = jobs(root / STAGE1)

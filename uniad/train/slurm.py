@@ -93,8 +93,7 @@ def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict
         record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"], partition=state.get("Partition"),
                    nnodes=nnodes)  # fmt: skip
     if state["JobState"] not in ACTIVE | {"COMPLETED"}:
-        record_job(work_dir, job_id, state=state["JobState"], nodes=state.get("NodeList"),
-                   start=state.get("StartTime"), end=state.get("EndTime"))  # fmt: skip
+        record_end(work_dir, job_id, state)
     return job_id, state
 
 
@@ -156,6 +155,12 @@ def _run(argv: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- audit trail
+def record_end(work_dir: WorkDir, job_id: str, state: dict[str, str], status: str | None = None) -> dict:
+    """Record how the job ended (``status``, else its JobState) with where and when it ran, from ``state``."""
+    return record_job(work_dir, job_id, state=status or state["JobState"], nodes=state.get("NodeList"),
+                      start=state.get("StartTime"), end=state.get("EndTime"), exit_code=state.get("ExitCode"))  # fmt: skip
+
+
 def record_job(work_dir: WorkDir, job_id: str, **fields) -> dict:
     """Add or update the line of ``job_id`` in ``slurm_jobs.jsonl`` (rewritten atomically)."""
     path = work_dir.slurm_jobs
