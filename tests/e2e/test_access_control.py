@@ -130,7 +130,8 @@ def test_a_viewer_logs_in_through_the_form_and_sees_the_dashboard(fab):
         driver.find_element(By.NAME, "username").send_keys("viewer")
         driver.find_element(By.NAME, "password").send_keys(fab["users"]["viewer"])
         driver.find_element(By.CSS_SELECTOR, "input[type=submit], button[type=submit]").click()
-        WebDriverWait(driver, 60).until(lambda d: "op_run" in d.find_element(By.TAG_NAME, "body").text)
+        # Looked up afresh on every poll: an element held across the post-login redirect goes stale.
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.LINK_TEXT, "op_run"))
         assert driver.current_url == f"{fab['base']}/uniad/"
         link = driver.find_element(By.LINK_TEXT, "op_run")
         assert link.get_attribute("href").endswith(f"/uniad/runs/{quote('op_run')}")
