@@ -3,8 +3,10 @@ from a deferred trigger; the audit trail, the hand-off and the metrics as with t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from datetime import datetime
 
 import pytest
@@ -73,3 +75,39 @@ def test_nan_cancels_the_job_from_the_trigger_and_fails_without_retry(airflow_ho
     records = [json.loads(line) for line in next(work_dir.glob("*.log.json")).read_text().splitlines()[1:]]
     assert records[-1]["epoch"] < 8
     assert processes_mentioning(str(root)) == []
+
+
+@pytest.mark.parametrize("job_ends_first", [False, True])
+def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, monkeypatch, job_ends_first):
+    """The trigger's on_kill (task marked failed or cleared) on a real job: a running one is cancelled and recorded
+    CANCELLED with its end; one that had already completed keeps COMPLETED in the audit trail."""
+    from uniad.train import slurm
+    from uniad.workdir import WorkDir
+    from uniad_airflow.triggers import SlurmStageTrigger
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    work_dir = WorkDir(tmp_path)
+    marker = tmp_path / "job-ran"
+    script = "true" if job_ends_first else f"touch {marker}; exec sleep 300"
+    job_id = run(["sbatch", "--parsable", "-N1", "-o", str(tmp_path / "job.out"), "--wrap", script],
+                 env=slurm_env).stdout.strip()  # fmt: skip
+    slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
+    wait_for = "JobState=COMPLETED" if job_ends_first else "JobState=RUNNING"
+    deadline = time.monotonic() + 60
+    while wait_for not in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout or not (
+        job_ends_first or marker.exists()
+    ):
+        assert time.monotonic() < deadline, f"job {job_id} never reached {wait_for}"
+        time.sleep(0.5)
+
+    trigger = SlurmStageTrigger(job_id=job_id, stage="stage1", work_dir=str(tmp_path), total_epochs=1,
+                                started=time.time(), stall_timeout_s=600, later_epochs=0)  # fmt: skip
+    asyncio.run(trigger.on_kill())
+
+    (line,) = slurm.read_jobs(work_dir)
+    assert line["state"] == ("COMPLETED" if job_ends_first else "CANCELLED"), line
+    assert line["end"] not in (None, "Unknown") and line["nodes"], line
+    deadline = time.monotonic() + 60
+    while "sleep 300" in run(["ps", "-eo", "args"]).stdout:  # the job's step is killed, not left to run
+        assert time.monotonic() < deadline, "the cancelled job's process outlived it"
+        time.sleep(0.5)
