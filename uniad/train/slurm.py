@@ -83,13 +83,13 @@ def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict
     It covers the gap between ``sbatch`` and the task state store: a worker lost right after submitting (or before
     it recorded the job's end) leaves a job only the cluster knows about, which the task's next run must adopt
     rather than submit a second one."""
-    ended = {line["job_id"] for line in read_jobs(work_dir) if line.get("state") not in ACTIVE}
-    found = [job for job in find_jobs(name, work_dir) if job[0] not in ended]
+    recorded = {line["job_id"]: line.get("state") for line in read_jobs(work_dir)}
+    found = [job for job in find_jobs(name, work_dir) if job[0] not in recorded or recorded[job[0]] in ACTIVE]
     if not found:
         return None
     job_id, submitted_by = found[0]
     state = job_state(job_id)
-    if not any(line["job_id"] == job_id for line in read_jobs(work_dir)):
+    if job_id not in recorded:
         record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"], partition=state.get("Partition"),
                    nnodes=nnodes)  # fmt: skip
     if state["JobState"] not in ACTIVE | {"COMPLETED"}:
