@@ -89,8 +89,9 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     work_dir = WorkDir(tmp_path)
     marker = tmp_path / "job-ran"
     script = "true" if job_ends_first else f"touch {marker}; exec sleep 300"
-    job_id = run(["sbatch", "--parsable", "-N1", "-o", str(tmp_path / "job.out"), "--wrap", script],
-                 env=slurm_env).stdout.strip()  # fmt: skip
+    # Run in tmp_path: its working directory names the job's process in the process table.
+    job_id = run(["sbatch", "--parsable", "-N1", "-D", str(tmp_path), "-o", str(tmp_path / "job.out"),
+                  "--wrap", script], env=slurm_env).stdout.strip()  # fmt: skip
     slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
     wait_for = "JobState=COMPLETED" if job_ends_first else "JobState=RUNNING"
     deadline = time.monotonic() + 60
@@ -100,6 +101,7 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
         assert time.monotonic() < deadline, f"job {job_id} never reached {wait_for}"
         time.sleep(0.5)
 
+    assert job_ends_first or processes_mentioning(str(tmp_path))  # the check below can see the running job
     trigger = SlurmStageTrigger(job_id=job_id, stage="stage1", work_dir=str(tmp_path), total_epochs=1,
                                 started=time.time(), stall_timeout_s=600, later_epochs=0)  # fmt: skip
     asyncio.run(trigger.on_kill())
@@ -108,6 +110,6 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     assert line["state"] == ("COMPLETED" if job_ends_first else "CANCELLED"), line
     assert line["end"] not in (None, "Unknown") and line["nodes"], line
     deadline = time.monotonic() + 60
-    while "sleep 300" in run(["ps", "-eo", "args"]).stdout:  # the job's step is killed, not left to run
+    while processes_mentioning(str(tmp_path)):  # the job's process is killed, not left to run
         assert time.monotonic() < deadline, "the cancelled job's process outlived it"
         time.sleep(0.5)
