@@ -10,22 +10,84 @@ import pytest
 from uniad.errors import ParamError
 from uniad.health.analysis import analyze
 from uniad.health.reference import REFERENCE_CONFIG, reference_evaluation, reference_records
-from uniad.metrics import Requirement, lower_is_better, parse_printed, parse_requirements
+from uniad.metrics import REFERENCES, Requirement, lower_is_better, out_of_range, parse_printed, parse_requirements, unit
 
-# What UniAD's stage-2 evaluation prints to rank 0's stdout (MotionEval's table, the occupancy lines, the planning
-# PrettyTable), then mmcv's val line; the layouts are those of nuscenes_e2e_dataset.py and nuscenes_eval_motion.py.
+# What UniAD's stage-2 evaluation prints to rank 0's stdout, in its order (nuscenes_e2e_dataset.py evaluate and
+# _evaluate_single, nuscenes_eval_motion.py): occupancy, the planning PrettyTable (collision rates as fractions),
+# the detection and tracking evaluations, MotionEval's six tables (motion category: standard, motion_map, epa with
+# its EPA lines; detection category: the same, the second announced as "EPA" by UniAD's own misprint), the metrics
+# dict, then mmcv's val line.
 PRINTED = (Path(__file__).parent / "uniad_stage2_printed.txt").read_text().splitlines()
 
 
 def test_printed_tables_become_metrics_of_the_evaluation_that_follows():
     ((epoch, values),) = parse_printed(PRINTED)
     assert epoch == 20
-    assert values["motion/minADE"] == 0.705 and values["motion/car_min_fde_err"] == 1.02
-    assert math.isnan(values["motion/pedestrian_min_ade_err"])  # an empty class: nan, as nuScenes prints it
-    assert (values["occ/iou_n"], values["occ/iou_f"], values["occ/pq_n"]) == (63.7, 40.1, 54.7)
+    assert values["motion/car_min_fde_err"] == 1.02
+    assert math.isnan(values["motion/truck_min_ade_err"])  # merged into car in the motion category: nan
+    assert (values["occ/iou_n"], values["occ/iou_f"], values["occ/pq_n"], values["occ/rq_f"]) == (63.7, 40.1, 54.7, 47.7)
     assert values["planning/L2_1.0s"] == 0.48 and values["planning/L2_3.0s"] == 1.65
     assert values["planning/L2_avg"] == pytest.approx((0.48 + 0.96 + 1.65) / 3)  # UniAD's avg: 1, 2 and 3 s
-    assert values["planning/obj_col_avg"] == pytest.approx((0.05 + 0.17 + 0.71) / 3)
+    assert values["planning/obj_col_avg"] == pytest.approx((0.0005 + 0.0017 + 0.0071) / 3)
+    assert values["pts_bbox_NuScenes/amota"] == 0.363 and values["lanes_iou"] == 0.313
+
+
+def test_the_headline_motion_numbers_are_the_motion_categorys_standard_table_and_all_six_are_kept():
+    ((_, values),) = parse_printed(PRINTED)
+    # The paper's minADE / minFDE / MR: motion category, standard mode, car (vehicles merged). The last table UniAD
+    # prints (detection category, epa mode) says 0.89 for car, which must not win.
+    assert (values["motion/minADE"], values["motion/minFDE"], values["motion/MR"]) == (0.705, 1.02, 0.15)
+    tables = {"motion": 0.705, "motion/motion_map": 0.67, "motion/epa": 0.74, "motion/det": 0.73,
+              "motion/det_motion_map": 0.69, "motion/det_epa": 0.89}  # fmt: skip
+    assert {prefix: values[f"{prefix}/car_min_ade_err"] for prefix in tables} == tables
+    assert values["motion/det/truck_min_ade_err"] == 0.91  # the detection category keeps the classes apart
+    assert (values["motion/epa/EPA_car"], values["motion/det_epa/EPA_truck"]) == (0.3482, 0.0747)
+
+
+def test_a_motion_table_printed_without_unIADs_category_lines_is_the_standard_one():
+    start = next(i for i, line in enumerate(PRINTED) if "class names" in line) - 1
+    table = PRINTED[start : start + 7]  # rule, header, rule, three rows, rule
+    ((epoch, values),) = parse_printed([*table, "Epoch(val) [3][40]"])
+    assert epoch == 3 and values["motion/minADE"] == 0.705 and values["motion/pedestrian_miss_rate_err"] == 0.12
+
+
+def test_collision_rates_are_fractions_end_to_end():
+    ((_, values),) = parse_printed(PRINTED)
+    assert unit("planning/obj_box_col_avg").startswith("fraction") and unit("occ/iou_n") == "percent"
+    # UniAD's published avg collision (0.31 %) is stated in the same unit as what its evaluation prints.
+    assert REFERENCES["stage2"]["planning/obj_box_col_avg"] == pytest.approx(values["planning/obj_box_col_avg"])
+    assert Requirement.parse("planning/obj_box_col_avg<=0.005").failure(values) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"pts_bbox_NuScenes/amota": 1.776}, "pts_bbox_NuScenes/amota is 1.776, outside its valid range [0, 1]"),
+        ({"planning/obj_box_col_avg": 31.0}, "planning/obj_box_col_avg is 31, outside its valid range [0, 1]"),
+        ({"occ/iou_n": 163.7}, "occ/iou_n is 163.7, outside its valid range [0, 100] (percent)"),
+        ({"lanes_iou": -0.1}, "lanes_iou is -0.1, outside its valid range [0, 1]"),
+        ({"motion/minADE": -1.0}, "motion/minADE is -1, outside its valid range [0, inf]"),
+    ],
+)
+def test_values_outside_their_valid_range_are_named(values, problem):
+    (found,) = out_of_range(values)
+    assert found.startswith(problem)
+
+
+def test_a_real_printout_is_in_range_and_nan_is_no_value():
+    ((_, values),) = parse_printed(PRINTED)
+    assert out_of_range(values) == []
+    assert out_of_range({"pts_bbox_NuScenes/amota": float("nan"), "motion/epa/EPA_car": -0.2}) == []
+
+
+def test_the_gate_reports_an_out_of_range_final_metric_as_an_error():
+    records = reference_records(epochs=1, iters_per_epoch=200)
+    broken = analyze(records + [reference_evaluation(1, **{"pts_bbox_NuScenes/amota": 1.776})], total_epochs=1,
+                     iters_per_epoch=200)  # fmt: skip
+    (finding,) = [f for f in broken.findings if f.code == "metric_out_of_range"]
+    assert finding.severity == "error" and "amota is 1.776" in finding.message and broken.verdict == "unhealthy"
+    fine = analyze(records + [reference_evaluation(1)], total_epochs=1, iters_per_epoch=200)
+    assert "metric_out_of_range" not in {f.code for f in fine.findings}
 
 
 def test_a_printed_metrics_dict_without_a_val_line_is_kept_for_tools_test():

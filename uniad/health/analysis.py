@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..metrics import Requirement, parse_printed
+from ..metrics import Requirement, out_of_range, parse_printed
 from ..workdir import text_log_of
 from .logs import is_json_log, iters_per_epoch_of, parse_json_meta, read_log
 from .monitor import ERROR, INFO, WARNING, Finding, HealthMonitor, Thresholds, as_number, stall_finding
@@ -219,6 +219,14 @@ def analyze_rows(
             "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated",
             last_epoch, last_iter,
         ))  # fmt: skip
+    if final is not None:
+        # A value no metric can take (AMOTA above 1, a collision rate in percent) means the evaluation is wrong:
+        # neither a requirement nor champion/challenger may be decided on it.
+        findings += [
+            Finding(ERROR, "metric_out_of_range", f"{problem}: fix the evaluation before judging the stage on it",
+                    final["epoch"], final["iter"])
+            for problem in out_of_range(final["values"])
+        ]  # fmt: skip
     for requirement in requirements:
         failure = requirement.failure(final["values"] if final else {})
         if failure is not None:

@@ -5,11 +5,12 @@ What ``MiniDriveDataset.evaluate`` returns reaches the log as the ``Epoch(val)``
 ``ids``) and map IoUs (``drivable_iou``, ``lanes_iou``, ``divider_iou``, ``contour_iou``). Motion, occupancy and
 planning are only printed to rank 0's stdout, in the shapes UniAD prints them: MotionEval's table
 (``class names | min_ade_err | min_fde_err | miss_rate_err``), ``Occ-flow Val Results:`` with an ``iou`` line
-(near & far, in percent), and the PrettyTable of planning L2 / ``obj_col`` / ``obj_box_col`` per horizon.
+(near & far, in percent), and the PrettyTable of planning ``obj_col`` / ``obj_box_col`` (fractions) / L2 per
+horizon.
 
-Tracking follows nuScenes' AMOTA: at recall levels 0.1 ... 1.0, the best MOTAR over score thresholds that reach
-that recall (``max(0, 1 - (IDS + FP + FN - (1 - r) P) / (r P))``), averaged; CLEAR-MOT matching per threshold is
-py-motmetrics'. Distances are in the scene's units ([-1, 1]^2 BEV), so thresholds are scaled to it.
+Tracking follows nuScenes' AMOTA: at recall levels r = 0.1 ... 1.0, MOTAR at the highest score threshold that reaches
+r, with the true positives clipped to r P (``max(0, 1 - (IDS + FP) / (r P))``, at most 1), averaged; CLEAR-MOT
+matching per threshold is py-motmetrics'. Distances are in the scene's units ([-1, 1]^2 BEV), so thresholds are scaled to it.
 """
 
 from __future__ import annotations
@@ -59,15 +60,16 @@ def _tracking(dataset, results: list[dict], ground_truth: list[dict]) -> dict[st
     p = summary[0]["num_objects"]
     motars, motps = [], []
     for r in RECALLS:
-        best = None
-        for row in summary:
-            if p and row["num_matches"] / p >= r - 1e-9:
-                errors = row["num_switches"] + row["num_false_positives"] + row["num_misses"] - (1 - r) * p
-                motar = max(0.0, 1.0 - errors / (r * p))
-                if best is None or motar > best[0]:
-                    best = (motar, row["motp"] if math.isfinite(row["motp"]) else MATCH_DIST)
-        motars.append(best[0] if best else 0.0)
-        motps.append(best[1] if best else MATCH_DIST)
+        # nuScenes: at recall r, the highest score threshold that reaches it, with the true positives clipped to
+        # r * P (matches beyond them count as neither TP nor FN): MOTAR = 1 - (IDS + FP) / (r * P), never above 1.
+        reaching = [row for row in summary if p and row["num_matches"] / p >= r - 1e-9]
+        if not reaching:
+            motars.append(0.0)
+            motps.append(MATCH_DIST)
+            continue
+        row = reaching[-1]  # summary rows go up in threshold
+        motars.append(max(0.0, 1.0 - (row["num_switches"] + row["num_false_positives"]) / (r * p)))
+        motps.append(row["motp"] if math.isfinite(row["motp"]) else MATCH_DIST)
 
     # CLEAR-MOT at the threshold with the best MOTA, as nuScenes reports mota/motp beside amota.
     def mota(row: dict) -> float:
@@ -164,7 +166,8 @@ def _planning(results, ground_truth) -> dict[str, np.ndarray]:
         half = gt["gt_boxes"][-1, valid, 2:][:, None] / 2  # (A, 1, 2): each agent's box around its future position
         inside = (np.abs(plan[None] - agents[valid]) <= half).all(-1)
         box_col.append(inside.any(0) if len(inside) else np.zeros(len(plan), bool))
-    return {"L2": np.mean(l2, 0), "obj_col": np.mean(col, 0) * 100, "obj_box_col": np.mean(box_col, 0) * 100}
+    # Collision rates as fractions of the planned trajectories, as UniAD's PlanningMetric computes and prints them.
+    return {"obj_col": np.mean(col, 0), "obj_box_col": np.mean(box_col, 0), "L2": np.mean(l2, 0)}
 
 
 def pretty_table(field_names: list[str], rows: list[list[str]], title: str | None = None) -> str:
@@ -190,6 +193,10 @@ def evaluate(dataset, results: list[dict]) -> dict[str, float]:
     if "motion_trajs" in results[0]:
         table = _motion(dataset, results, ground_truth)
         fields = ["min_ade_err", "min_fde_err", "miss_rate_err"]
+        # UniAD's lines before its paper table (MotionEval's standard mode on the motion category); the mini has
+        # only that one of UniAD's six tables.
+        printer("Evaluate on motion category, merge class for vehicles and pedestrians...")
+        printer("evaluate standard motion metrics...")
         printer(
             pretty_table(
                 ["class names", *fields], [[n, *(f"{row[f]:.4f}" for f in fields)] for n, row in table.items()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
+
 import torch
 
 from support import PYTHON
@@ -68,3 +70,32 @@ def test_the_training_api_asserts_total_epochs_like_uniads(tmp_path):
     argv = [PYTHON, "tools/train.py", STAGE1_CONFIG, "--work-dir", str(tmp_path / "w"), "--cfg-options"]
     done = subprocess.run([*argv, "runner.max_epochs=2"], cwd=root, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "assert cfg.total_epochs == cfg.runner.max_epochs" in done.stderr
+
+
+def _tracks(gt: dict, noise: float, extra: int, rng) -> dict:
+    """Predictions of a tracker that reports every agent present (with ``noise`` on its position) and ``extra``
+    false tracks per frame, scored above the true ones."""
+    frames, agents = gt["gt_boxes"].shape[:2]
+    boxes = np.concatenate([gt["gt_boxes"] + rng.normal(0, noise, gt["gt_boxes"].shape),
+                            rng.uniform(2, 3, (frames, extra, 4))], axis=1)  # fmt: skip
+    probs = np.zeros((frames, agents + extra, 2))
+    probs[:, :agents, 0], probs[:, agents:, 0] = np.where(gt["agent_mask"], 0.9, 0.0), 0.95
+    probs[..., 1] = 1 - probs[..., 0]
+    return {"track_boxes": boxes, "track_probs": probs}
+
+
+def test_amota_is_at_most_one_and_one_only_for_a_perfect_tracker():
+    """nuScenes' MOTAR at recall r clips the true positives to r * P: a tracker that already matched every agent at
+    a low recall level scores 1 there, never more (the mini once reported AMOTA 1.776)."""
+    from uniad.mini.evaluation import _tracking
+
+    rng = np.random.default_rng(0)
+    ground_truth = []
+    for _ in range(6):
+        boxes = rng.uniform(-1, 1, (3, 4, 4))
+        boxes[..., 2:] = 0.1
+        ground_truth.append({"gt_boxes": boxes, "agent_mask": np.array([True, True, True, False])})
+    perfect = _tracking(None, [_tracks(gt, 0.0, 0, rng) for gt in ground_truth], ground_truth)
+    assert perfect["pts_bbox_NuScenes/amota"] == 1.0 and perfect["pts_bbox_NuScenes/recall"] == 1.0
+    noisy = _tracking(None, [_tracks(gt, 0.05, 2, rng) for gt in ground_truth], ground_truth)
+    assert 0.0 <= noisy["pts_bbox_NuScenes/amota"] < 1.0
