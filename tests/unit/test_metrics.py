@@ -10,7 +10,15 @@ import pytest
 from uniad.errors import ParamError
 from uniad.health.analysis import analyze
 from uniad.health.reference import REFERENCE_CONFIG, reference_evaluation, reference_records
-from uniad.metrics import REFERENCES, Requirement, lower_is_better, out_of_range, parse_printed, parse_requirements, unit
+from uniad.metrics import (
+    REFERENCES,
+    Requirement,
+    lower_is_better,
+    out_of_range,
+    parse_printed,
+    parse_requirements,
+    unit,
+)
 
 # What UniAD's stage-2 evaluation prints to rank 0's stdout, in its order (nuscenes_e2e_dataset.py evaluate and
 # _evaluate_single, nuscenes_eval_motion.py): occupancy, the planning PrettyTable (collision rates as fractions),
@@ -25,7 +33,12 @@ def test_printed_tables_become_metrics_of_the_evaluation_that_follows():
     assert epoch == 20
     assert values["motion/car_min_fde_err"] == 1.02
     assert math.isnan(values["motion/truck_min_ade_err"])  # merged into car in the motion category: nan
-    assert (values["occ/iou_n"], values["occ/iou_f"], values["occ/pq_n"], values["occ/rq_f"]) == (63.7, 40.1, 54.7, 47.7)
+    assert (values["occ/iou_n"], values["occ/iou_f"], values["occ/pq_n"], values["occ/rq_f"]) == (
+        63.7,
+        40.1,
+        54.7,
+        47.7,
+    )
     assert values["planning/L2_1.0s"] == 0.48 and values["planning/L2_3.0s"] == 1.65
     assert values["planning/L2_avg"] == pytest.approx((0.48 + 0.96 + 1.65) / 3)  # UniAD's avg: 1, 2 and 3 s
     assert values["planning/obj_col_avg"] == pytest.approx((0.0005 + 0.0017 + 0.0071) / 3)

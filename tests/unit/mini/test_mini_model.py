@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
-
 import torch
 
 from support import PYTHON
