@@ -69,9 +69,11 @@ with DAG(
     stage2_train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan, retries=1, **gpu)
     validate_stage2 = ValidateStageOperator(task_id="validate_stage2", stage="stage2", plan=plan, retries=0)
     upload_stage2 = UploadArtifactsOperator(task_id="upload_stage2", stage="stage2", plan=plan, retries=2)
+    # On a GPU worker: a champion published without metrics is evaluated there first (tools/test.py).
     publish = PublishModelOperator(
-        task_id="publish_model", plan=plan, gate=validate_stage2.output, retries=1, outlets=[settings.PUBLISHED_ASSET]
-    )
+        task_id="publish_model", plan=plan, gate=validate_stage2.output, retries=1, outlets=[settings.PUBLISHED_ASSET],
+        **gpu,
+    )  # fmt: skip
 
     chain(preflight, fetch, stage1_train, validate_stage1, promote, stage2_train, validate_stage2, upload_stage2)
     validate_stage2 >> publish  # champion/challenger beside the upload

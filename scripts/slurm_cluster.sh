@@ -8,7 +8,10 @@
 #
 # Needs Debian's slurm-wlm and munge (apt-get install slurm-wlm munge) and root: both slurmd run on this host, each
 # with its own port (NodeAddr=127.0.0.1), ProctrackType=proctrack/linuxproc, TaskPlugin=task/none and no accounting
-# daemon. Settings: UNIAD_SLURM_DIR (default ./.slurm), UNIAD_SLURM_CPUS (CPUs per node, default: this host's),
+# daemon. Each node declares UNIAD_SLURM_GPUS GPUs (default 2) as generic resources backed by stand-in character
+# devices (mknod c 1 3, what /dev/null is): Slurm hands them out as on a GPU cluster, setting CUDA_VISIBLE_DEVICES for
+# the ranks of a job that requests --gres=gpu:N and nothing for one that requests none.
+# Settings: UNIAD_SLURM_DIR (default ./.slurm), UNIAD_SLURM_CPUS (CPUs per node, default: this host's),
 # UNIAD_SLURM_PORT (slurmctld's port, default 16817; slurmd and the two nodes take the next ones).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,7 @@ CONF=$DIR/slurm.conf
 CPUS=${UNIAD_SLURM_CPUS:-$(nproc)}
 MUNGE_PID=/run/munge/munged.pid
 PORT=${UNIAD_SLURM_PORT:-16817}
+GPUS=${UNIAD_SLURM_GPUS:-2}
 
 need() {
   for tool in slurmctld slurmd munged sinfo; do
@@ -28,7 +32,15 @@ need() {
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2> /dev/null; }
 
 write_conf() {
-  mkdir -p "$DIR/spool" "$DIR/log"
+  mkdir -p "$DIR/spool" "$DIR/log" "$DIR/dev"
+  # Stand-in GPU device files: n1 gets fakegpu0.., n2 the next ones.
+  for i in $(seq 0 $((2 * GPUS - 1))); do
+    [ -e "$DIR/dev/fakegpu$i" ] || mknod "$DIR/dev/fakegpu$i" c 1 3
+  done
+  cat > "$DIR/gres.conf" <<GRES
+NodeName=n1 Name=gpu File=$DIR/dev/fakegpu[0-$((GPUS - 1))]
+NodeName=n2 Name=gpu File=$DIR/dev/fakegpu[$GPUS-$((2 * GPUS - 1))]
+GRES
   cat > "$CONF" <<CONF
 ClusterName=uniad
 SlurmctldHost=localhost(127.0.0.1)
@@ -53,8 +65,9 @@ MpiDefault=none
 ReturnToService=2
 SlurmdTimeout=60
 MinJobAge=600
-NodeName=n1 NodeAddr=127.0.0.1 NodeHostname=localhost Port=$((PORT + 2)) CPUs=$CPUS State=UNKNOWN
-NodeName=n2 NodeAddr=127.0.0.1 NodeHostname=localhost Port=$((PORT + 3)) CPUs=$CPUS State=UNKNOWN
+GresTypes=gpu
+NodeName=n1 NodeAddr=127.0.0.1 NodeHostname=localhost Port=$((PORT + 2)) CPUs=$CPUS Gres=gpu:$GPUS State=UNKNOWN
+NodeName=n2 NodeAddr=127.0.0.1 NodeHostname=localhost Port=$((PORT + 3)) CPUs=$CPUS Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=uniad Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 }
@@ -73,7 +86,7 @@ start() {
   done
   for _ in $(seq 60); do
     if [ "$(sinfo -h -p uniad -o '%D %t' 2> /dev/null)" = "2 idle" ]; then
-      echo "==> Slurm cluster up: partition uniad, nodes n1 n2 ($CPUS CPUs each)"
+      echo "==> Slurm cluster up: partition uniad, nodes n1 n2 ($CPUS CPUs and $GPUS stand-in GPUs each)"
       echo "    export SLURM_CONF=$CONF"
       return 0
     fi

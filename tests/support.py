@@ -109,3 +109,44 @@ def slurm_cluster(state: Path, port: int):
         yield {**env, "SLURM_CONF": str(state / "slurm.conf"), "started": started.stdout}
     finally:
         run(["bash", script, "stop"], env=env, timeout=120)
+
+
+STANDIN = REPO / "tests" / "standin"
+
+
+def uniad_interpreter(version: str = "3.8") -> Path:
+    """pyenv's Python ``version`` (UniAD main's 3.8, v2.0's 3.9): what UniAD's own stack runs on."""
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    found = sorted(root.glob(f"versions/{version}.*/bin/python{version}"))
+    require_tool(found[-1] if found else None, f"Python {version} from pyenv (`pyenv install {version}`)")
+    return found[-1]
+
+
+def standin_python(base: Path, version: str = "3.8") -> Path:
+    """A virtual environment of pyenv's Python ``version`` with the contract stand-in of UniAD's stack (torch,
+    mmcv; tests/standin/stack) and nothing of the pipeline: what UNIAD_PYTHON is on a real GPU worker."""
+    venv = base / f"uniad-py{version}"
+    if not (venv / "bin/python").exists():
+        run([str(uniad_interpreter(version)), "-m", "venv", "--without-pip", str(venv)])
+        (venv / f"lib/python{version}/site-packages/uniad_standin.pth").write_text(f"{STANDIN / 'stack'}\n")
+    return venv / "bin/python"
+
+
+def standin_root(path: Path, train_samples: int = 80, val_samples: int = 20) -> Path:
+    """A UniAD checkout for the contract stand-in (tests/standin/root) with its data prepared: the info files and
+    motion anchors its configs name, and stage 1's pretrained load_from."""
+    import pickle
+    import shutil
+
+    shutil.copytree(STANDIN / "root", path)
+    for split, count in (("train", train_samples), ("val", val_samples)):
+        infos = {"infos": [{"token": f"{split}-{i}"} for i in range(count)], "metadata": {"version": "v1.0-trainval"}}
+        target = path / f"data/infos/nuscenes_infos_temporal_{split}.pkl"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(pickle.dumps(infos, protocol=4))
+    (path / "data/others").mkdir(parents=True)
+    (path / "data/others/motion_anchor_infos_mode6.pkl").write_bytes(pickle.dumps({"anchors": []}, protocol=4))
+    (path / "data/nuscenes").mkdir(parents=True)
+    (path / "ckpts").mkdir()
+    save_mmcv_checkpoint(path / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
+    return path

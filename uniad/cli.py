@@ -24,10 +24,12 @@ from pathlib import Path
 
 from .errors import ParamError, PipelineError
 from .health.monitor import Thresholds
+from .run.configs import read_configs
 from .run.params import DEFAULT_NPROC, check_field, check_iteration_checkpoints, parse_cfg_options
+from .run.plan import stage_spec
 from .stages import STAGES
-from .train.launch import BACKENDS, LAUNCHERS, StageSpec, final_epoch_evaluation_interval
-from .workdir import WorkDir, default_work_dir, text_log_of
+from .train.launch import BACKENDS, LAUNCHERS
+from .workdir import WorkDir, text_log_of
 
 
 def _cmd_init_mini(args: argparse.Namespace) -> int:
@@ -80,23 +82,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     root = Path(args.uniad_root).resolve()
     if not (root / args.config).is_file():
         raise ParamError(f"--config {args.config!r} not found under {root}")
-    spec = StageSpec(
-        uniad_root=str(root),
-        config=args.config,
-        work_dir=args.work_dir or default_work_dir(args.config),
-        max_epochs=args.epochs,
-        nproc_per_node=args.nproc_per_node,
-        backend=args.backend,
-        launcher=args.launcher,
-        deterministic=args.deterministic,
-        seed=args.seed,
-        load_from=args.load_from,
-        resume_from=args.resume_from,
-        cfg_options=cfg_options,
-        python=args.python,
-        checkpoint_interval_iters=args.checkpoint_interval_iters,
-        evaluation_interval=final_epoch_evaluation_interval((root / args.config).read_text(), args.epochs),
-    )
+    (facts,) = read_configs(args.python, root, [(args.config, cfg_options)])
+    spec = stage_spec(
+        root, facts, epochs=args.epochs, work_dir=args.work_dir, nproc_per_node=args.nproc_per_node,
+        backend=args.backend, launcher=args.launcher, deterministic=args.deterministic, seed=args.seed,
+        load_from=args.load_from, resume_from=args.resume_from, cfg_options=cfg_options, python=args.python,
+        checkpoint_interval_iters=args.checkpoint_interval_iters, validate=args.validate, needs_gpus=args.needs_gpus,
+    )  # fmt: skip
 
     def show_output(line: str) -> None:
         # Train lines carry 100+ loss keys; the progress line summarises them. Everything else is shown.
@@ -296,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-interval-iters", type=int, metavar="N", help="also checkpoint every N iterations of an epoch"
     )
     p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="no evaluation during training")
+    p.add_argument(
+        "--needs-gpus", action="store_true",
+        help="refuse to launch on a worker without GPUs (a real UniAD's ranks die in mmcv's init without one)",
+    )  # fmt: skip
     p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
     p.add_argument("--no-watch", dest="watch", action="store_false", help="do not stop on NaN/explosion/stall")
     p.add_argument(

@@ -103,6 +103,12 @@ def out_of_range(values: dict[str, float]) -> list[str]:
     return problems
 
 
+def finite(values: dict[str, float]) -> dict[str, float]:
+    """The values that are numbers: what may travel as JSON (XCom, provenance). UniAD reports class-level nan
+    (``pts_bbox_NuScenes/traffic_cone_orient_err``, a class no motion table row has), normal and never a value."""
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+
+
 def _float(text: str) -> float:
     return float(text) if text.lower() != "nan" else math.nan
 

@@ -11,6 +11,7 @@ writes is spelled here, and nowhere else.
       slurm_jobs.jsonl           executor=slurm: one line per submitted job (id, attempt, nodes, state, times)
       slurm-<job id>.out         executor=slurm: a job's output (all ranks; what output_*.txt is for a local run)
       slurm-attempt-<N>.json     the job file the batch step of attempt N reads (the ranks' argv as a list)
+      .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
       health/                    the gate's report.md and plots
       previous_runs/<run>-<time>/  what older runs left here, moved aside when a new run claims the folder
     <published>.pth.provenance.json  beside a promoted checkpoint: source, sha256, epoch
@@ -42,6 +43,7 @@ TEXT_LOGS = "*.log"
 OUTPUTS = "output_*.txt"
 SLURM_OUTPUTS = "slurm-*.out"
 SLURM_JOBS = "slurm_jobs.jsonl"
+TRAINSIDE = ".uniad_trainside"
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -151,6 +153,11 @@ class WorkDir:
 
     def slurm_job_file(self, attempt: int) -> Path:
         return self.path / f"slurm-attempt-{attempt}.json"
+
+    @property
+    def trainside(self) -> Path:
+        """Where an attempt's copy of the trainside modules lies (``uniad.train.launch.ship_trainside``)."""
+        return self.path / TRAINSIDE
 
     @property
     def health_dir(self) -> Path:

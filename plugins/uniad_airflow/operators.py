@@ -19,7 +19,14 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from uniad_airflow.settings import allowed_roots, gpus_per_worker, runs_dir, slurm_partition, training_python
+from uniad_airflow.settings import (
+    allowed_roots,
+    gpus_per_worker,
+    runs_dir,
+    slurm_export,
+    slurm_partition,
+    training_python,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,8 +93,7 @@ class UniADPreflightOperator(BaseOperator):
     def execute(self, context: Context) -> dict:
         from uniad.errors import ParamError
         from uniad.run.params import PipelineParams
-        from uniad.run.plan import Plan
-        from uniad.run.root import prepare_root
+        from uniad.run.plan import prepare
         from uniad.workdir import sanitize_run_id
 
         with domain_errors(prefix="invalid parameters: "):
@@ -100,14 +106,19 @@ class UniADPreflightOperator(BaseOperator):
                     "reserves on a worker (UNIAD_GPUS_PER_WORKER); lower nproc_per_node"
                 )
             run_dir = runs_dir() / self.dag_id / sanitize_run_id(context["run_id"])
-            root = prepare_root(params, mini_run_dir=run_dir, allowed=allowed_roots(params.profile))
-            plan = Plan.build(params, root, python=training_python())
+            # The configs are read by mmcv's Config in this worker's UNIAD_PYTHON (else its own interpreter); the
+            # stages' interpreter, GPUs and backend are decided by the worker that trains, at each attempt.
+            plan, notes = prepare(
+                params, python=training_python(), mini_run_dir=run_dir, allowed=allowed_roots(params.profile)
+            )
+            for note in notes:
+                self.log.warning("%s", note)
             if plan.slurm is not None:
                 from uniad.train.slurm import check_cluster
 
-                facts = check_cluster(plan.slurm)
-                self.log.info("Slurm: partition %s, %d node(s), gres %s", facts["partition"], facts["nodes"],
-                              facts["gres"])  # fmt: skip
+                facts = check_cluster(plan.slurm, params.nproc, needs_gpus=params.profile == "uniad")
+                self.log.info("Slurm: partition %s, %d node(s), gres %s, %d CPU(s) per rank", facts["partition"],
+                              facts["nodes"], facts["gres"], facts["cpus_per_task"])  # fmt: skip
         self.log.info("profile %s, UniAD root %s", plan.profile, plan.uniad_root)
         for stage, spec in plan.stages.items():
             self.log.info(
@@ -145,7 +156,7 @@ class UniADTrainOperator(PlanOperator):
         plan = self.typed_plan()
         if plan.slurm is not None:
             return self._execute_slurm(context, plan)
-        attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
+        attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"])
         if attempt.resumed_from:
             self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
         for line in attempt.skipped + attempt.warnings:
@@ -179,6 +190,11 @@ class UniADTrainOperator(PlanOperator):
         if self._run is not None:
             self._run.terminate(reason="the Airflow task was stopped")
 
+    def attempt_spec(self, plan: Plan):
+        """The stage as this worker launches it: with its own training interpreter (``UNIAD_PYTHON`` here, not
+        where preflight ran)."""
+        return replace(plan.stage(self.stage), python=training_python())
+
     # ------------------------------------------------------------------------------------- executor=slurm
     SLURM_JOB_KEY = "uniad_slurm_job"  # the job id in the task state store: a restarted task re-attaches to it
 
@@ -186,10 +202,12 @@ class UniADTrainOperator(PlanOperator):
         """Submit this attempt's batch job (or adopt the one an earlier run of this task submitted) and defer to
         the trigger that follows it; the worker slot is free while the stage trains."""
         import json
+        import os
         import time
 
         from uniad.train import slurm
-        from uniad.train.launch import build_slurm_job
+        from uniad.train.launch import build_slurm_job, ship_trainside
+        from uniad.train.probes import check_data_files
         from uniad.train.resume import plan_attempt
         from uniad_airflow.triggers import SlurmStageTrigger
 
@@ -217,21 +235,22 @@ class UniADTrainOperator(PlanOperator):
             self.log.info("re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id,
                           state["JobState"])  # fmt: skip
         else:
-            attempt = plan_attempt(plan.stage(self.stage), self.stage, run_id=context["run_id"])
+            attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"])
             if attempt.resumed_from:
                 self.log.info("attempt %s: %s", try_number, attempt.describe())
             for line in attempt.skipped + attempt.warnings:
                 self.log.warning("%s", line)
             with domain_errors():
-                facts = slurm.check_cluster(plan.slurm)
-                # The submit host cannot probe the compute nodes: auto means NCCL where the partition has GPUs.
-                requested = attempt.spec.backend
-                backend = requested if requested != "auto" else ("nccl" if "gpu" in facts["gres"] else "gloo")
+                spec = attempt.spec
+                facts = slurm.check_cluster(plan.slurm, spec.nproc_per_node, needs_gpus=spec.needs_gpus)
+                check_data_files(spec)
+                # The submit host cannot probe the compute nodes: auto means NCCL where the job has its GPUs.
+                backend = spec.backend if spec.backend != "auto" else ("nccl" if plan.slurm.gpus_per_node else "gloo")
                 job_file = work_dir.slurm_job_file(try_number)
                 argv, job = build_slurm_job(
-                    attempt.spec, plan.slurm, backend=backend, job_name=name,
-                    comment=slurm.job_comment(try_number, work_dir), job_file=job_file,
-                    output=work_dir.slurm_output("%j"),
+                    spec, plan.slurm, backend=backend, job_name=name, comment=slurm.job_comment(try_number, work_dir),
+                    job_file=job_file, output=work_dir.slurm_output("%j"), trainside=ship_trainside(work_dir.trainside),
+                    cpus_per_task=facts["cpus_per_task"], env=slurm.job_environment(os.environ, slurm_export()),
                 )  # fmt: skip
                 job_file.write_text(json.dumps(job, indent=2) + "\n")
                 started = time.time()
@@ -429,9 +448,11 @@ class PublishModelOperator(PlanOperator):
             )
 
         def score(champion: Path) -> dict:
+            # On a GPU worker (this task's queue and pool), with its own training interpreter.
             return evaluate_checkpoint(
-                spec.uniad_root, spec.config, str(champion), nproc_per_node=spec.nproc_per_node, python=spec.python,
-                launcher=spec.launcher, backend=spec.backend, emit_output=lambda line: self.log.info("%s", line),
+                spec.uniad_root, spec.config, str(champion), nproc_per_node=spec.nproc_per_node,
+                python=training_python(), launcher=spec.launcher, backend=spec.backend, needs_gpus=spec.needs_gpus,
+                emit_output=lambda line: self.log.info("%s", line),
             )  # fmt: skip
 
         latest = plan.work_dir("stage2").latest

@@ -27,8 +27,17 @@ def runs_dir() -> Path:
 
 
 def training_python() -> str:
-    """``UNIAD_PYTHON`` (default: the worker's own): the interpreter with the UniAD stack that runs train.py."""
+    """``UNIAD_PYTHON`` (default: the worker's own): the interpreter with the UniAD stack that runs train.py. Read
+    where it is used: by the GPU worker that launches an attempt, and by preflight's worker to read the configs
+    with mmcv's Config (every worker's own interpreter has mmcv 1.x)."""
     return os.environ.get("UNIAD_PYTHON", sys.executable)
+
+
+def slurm_export() -> list[str]:
+    """``UNIAD_SLURM_EXPORT``: environment variables, comma-separated, that a Slurm job's ranks get from the
+    submitting worker beside PATH, the locale, NCCL_* and OMP_* (``uniad.train.slurm.job_environment``), e.g.
+    ``http_proxy,WANDB_MODE``. Nothing else travels: the worker's environment holds Airflow's secrets."""
+    return [name.strip() for name in os.environ.get("UNIAD_SLURM_EXPORT", "").split(",") if name.strip()]
 
 
 def allowed_roots(profile: str):

@@ -32,6 +32,17 @@ def test_two_nodes_run_one_task_each(cluster):
     assert sorted(out.stdout.split("\n")[:2]) == ["n1 0", "n2 1"]
 
 
+def test_stand_in_gpus_are_handed_out_as_on_a_gpu_cluster(cluster):
+    """Each node's two stand-in GPUs (GRES backed by device files): the ranks of a job that requests them see them
+    all in CUDA_VISIBLE_DEVICES, a job that requests none sees none."""
+    env = cluster["env"]
+    assert run(["sinfo", "-h", "-o", "%G"], env=env).stdout.strip() == "gpu:2"
+    command = ["bash", "-c", 'echo "$SLURMD_NODENAME $SLURM_PROCID ${CUDA_VISIBLE_DEVICES:-none}"']
+    with_gpus = run(["srun", "-N2", "--ntasks-per-node=2", "--gres=gpu:2", *command], env=env, timeout=60)
+    assert sorted(with_gpus.stdout.split("\n")[:4]) == ["n1 0 0,1", "n1 1 0,1", "n2 2 0,1", "n2 3 0,1"]
+    assert run(["srun", "-N1", "-n1", *command], env=env, timeout=60).stdout.split()[2] == "none"
+
+
 def test_a_batch_job_runs_on_both_nodes(cluster, tmp_path):
     env = cluster["env"]
     out = tmp_path / "job.out"

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from ..artifacts.checkpoints import inspect_checkpoint
 from ..errors import GateFailed
-from ..metrics import HEADLINE, Requirement
+from ..metrics import HEADLINE, Requirement, finite
 from ..workdir import JSON_LOGS, WorkDir
 from .analysis import INFO, analyze_log
 from .report import write_report
@@ -70,6 +70,7 @@ def validate_stage(
         "logs": [str(path) for path in logs],
         "progress": analysis.progress,
         "findings": analysis.to_dict()["findings"],
-        "metrics": analysis.metrics,
+        # The final evaluation's numbers (nan, normal for some classes in nuScenes, is no number: the report has it).
+        "metrics": {**analysis.metrics, "values": finite(analysis.metrics["values"])} if analysis.metrics else None,
         "checkpoint": checkpoint.to_dict(),
     }

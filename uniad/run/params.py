@@ -39,6 +39,9 @@ SLURM_MANAGED = {
     "partition": "slurm_partition", "account": "slurm_account", "time": "slurm_time_limit",
     "output": "the work dir", "error": "the work dir", "chdir": "uniad_root", "wrap": "the stage's command",
     "job-name": "the stage and run", "comment": "the attempt and work dir", "parsable": "the pipeline",
+    "gres": "slurm_gpus_per_node and slurm_gpu_type", "gpus-per-node": "slurm_gpus_per_node",
+    "gpus": "slurm_gpus_per_node", "gpus-per-task": "slurm_gpus_per_node", "cpus-per-task": "slurm_cpus_per_task",
+    "export": "the pipeline (the job's environment is explicit: no Airflow setting may reach it)",
 }  # fmt: skip
 _CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
@@ -217,10 +220,26 @@ class PipelineParams:
         {"type": ["null", "string"], "pattern": SLURM_TIME_PATTERN}, "Slurm time limit", "3-00:00:00",
         "sbatch --time per job (days-hours:minutes:seconds); empty: the partition's.", "the partition's",
     ))  # fmt: skip
+    slurm_gpus_per_node: int | None = field(default=None, metadata=param(
+        {"type": ["null", "integer"], "minimum": 0, "maximum": 64}, "Slurm GPUs per node", "8",
+        "--gres=gpu:N for each node of the job (executor=slurm). Empty: nproc_per_node for profile uniad (one GPU "
+        "per rank, as UniAD's tools/uniad_slurm_train.sh), none for mini.",
+        "nproc_per_node for uniad, none for mini",
+    ))  # fmt: skip
+    slurm_gpu_type: str | None = field(default=None, metadata=param(
+        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm GPU type", "a100",
+        "The GPU type where the cluster names them (--gres=gpu:TYPE:N); empty: any.", "any type",
+    ))  # fmt: skip
+    slurm_cpus_per_task: int | None = field(default=None, metadata=param(
+        {"type": ["null", "integer"], "minimum": 1, "maximum": 256}, "Slurm CPUs per rank", "5",
+        "--cpus-per-task on sbatch and srun, for each rank's data loader workers (UniAD's script: 5). Empty: the "
+        "partition's CPUs per GPU.",
+        "the partition's CPUs per GPU",
+    ))  # fmt: skip
     slurm_extra_args: tuple[str, ...] = field(default=(), metadata=param(
         {"type": "array", "items": {"type": "string", "pattern": SLURM_ARG_PATTERN}}, "Extra sbatch options",
-        '["--gres=gpu:8", "--cpus-per-task=5", "--exclusive"]',
-        "More sbatch options, one --key=value per item, e.g. --gres=gpu:8, --cpus-per-task=5, --exclusive.",
+        '["--exclusive", "--qos=high"]',
+        "More sbatch options, one --key=value per item, e.g. --exclusive, --qos=high, --constraint=a100.",
     ))  # fmt: skip
     validate: bool = field(default=True, metadata=param(
         {"type": "boolean"}, "Evaluate during training", "true",
@@ -308,6 +327,16 @@ class PipelineParams:
                     f"slurm_extra_args {arg!r}: --{key} is set by the pipeline from {SLURM_MANAGED[key]}; set that "
                     "parameter instead"
                 )
+        if self.executor == "slurm" and self.profile == "uniad" and self.gpus_per_node == 0:
+            raise ParamError(
+                "slurm_gpus_per_node=0 but profile uniad needs a GPU per rank (mmcv pins rank r to GPU r % GPUs and "
+                "dies without one); leave it empty (one per rank) or set it to nproc_per_node"
+            )
+        if self.executor == "slurm" and 0 < self.gpus_per_node < self.nproc:
+            raise ParamError(
+                f"slurm_gpus_per_node={self.gpus_per_node} for nproc_per_node={self.nproc} ranks per node: ranks would "
+                f"share GPUs (mmcv puts rank r on GPU r % {self.gpus_per_node}); request one GPU per rank"
+            )
         if self.executor == "local" and self.nnodes > 1:
             raise ParamError(
                 f"nnodes={self.nnodes} needs executor=slurm: a local stage runs on its worker's node only; e.g. "
@@ -346,6 +375,13 @@ class PipelineParams:
     @property
     def nproc(self) -> int:
         return self.nproc_per_node if self.nproc_per_node is not None else DEFAULT_NPROC[self.profile]
+
+    @property
+    def gpus_per_node(self) -> int:
+        """GPUs a Slurm job requests per node: the setting, else one per rank for uniad and none for the mini."""
+        if self.slurm_gpus_per_node is not None:
+            return self.slurm_gpus_per_node
+        return self.nproc if self.profile == "uniad" else 0
 
 
 def check_field(field_name: str, value: Any, label: str | None = None) -> None:

@@ -11,10 +11,14 @@ Nothing a user typed is interpreted twice or reaches a shell.
       storage: StoragePlan(uri, aws_conn_id, pretrained)       S3 uploads and pretrained downloads
       publish: PublishPlan(path, metric, tolerance)            champion/challenger of the end-to-end model
       slurm: SlurmSettings(nnodes, partition, ...) or None     executor=slurm: each attempt a batch job
+
+What depends on the worker that launches an attempt (the training interpreter, its GPUs, the backend) is not in the
+plan: that worker resolves it at each attempt (``StageSpec.python`` is None here).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,9 +27,27 @@ from ..metrics import REFERENCES, Requirement, parse_requirements
 from ..stages import STAGES
 from ..train.launch import SlurmSettings, StageSpec, final_epoch_evaluation_interval
 from ..workdir import WorkDir, default_work_dir, pretrained_path, provenance_path
+from .allowlist import AllowedRoots
+from .configs import ConfigFacts, read_configs
 from .params import PipelineParams
+from .root import check_data, check_load_from, check_paths, choose_configs, prepare_root
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+
+
+def stage_spec(root: Path, facts: ConfigFacts, *, epochs: int, work_dir: str | None = None, **launch) -> StageSpec:
+    """One stage's launch settings, for the DAG's plan and the CLI alike: what its config says (``facts``: the final
+    epoch evaluated, the data files the worker that trains checks again) and ``launch``, more of StageSpec's fields.
+    The work dir is UniAD's for the config unless given."""
+    return StageSpec(
+        uniad_root=str(root),
+        config=facts.config,
+        work_dir=work_dir or default_work_dir(facts.config),
+        max_epochs=epochs,
+        evaluation_interval=final_epoch_evaluation_interval(facts.evaluation_interval, epochs),
+        data_files=tuple(str(root / path) for _, path in facts.data_files),
+        **launch,
+    )
 
 
 @dataclass(frozen=True)
@@ -69,42 +91,26 @@ class Plan:
     slurm: SlurmSettings | None = None  # executor=slurm: how each stage's jobs are submitted
 
     @classmethod
-    def build(cls, params: PipelineParams, root: Path, python: str) -> Plan:
-        """The plan for a prepared root: absolute paths, and each stage's launch settings from the params."""
+    def build(cls, params: PipelineParams, root: Path, facts: Mapping[str, ConfigFacts]) -> Plan:
+        """The plan for a prepared root: absolute paths, each stage's launch settings from the params and what its
+        config says (``facts``, per stage: ``uniad.run.configs``)."""
         root = root.resolve()
         ckpt = root / params.ckpt_path  # an absolute ckpt_path stays as it is
         common = dict(
-            uniad_root=str(root),
             nproc_per_node=params.nproc,
             backend=params.backend,
             launcher=params.launcher,
             deterministic=params.deterministic,
             seed=params.seed,
-            python=python,
+            needs_gpus=params.profile == "uniad",
             checkpoint_interval_iters=params.checkpoint_interval_iters,
             validate=params.validate,
         )
-
-        def evaluation_interval(config: str, epochs: int) -> int | None:
-            return final_epoch_evaluation_interval((root / config).read_text(errors="replace"), epochs)
-
-        stage1 = StageSpec(
-            config=params.stage1_config,
-            work_dir=default_work_dir(params.stage1_config),
-            max_epochs=params.stage1_epochs,
-            cfg_options=params.stage1_cfg_options,
-            evaluation_interval=evaluation_interval(params.stage1_config, params.stage1_epochs),
-            **common,
-        )
-        stage2 = StageSpec(
-            config=params.stage2_config,
-            work_dir=default_work_dir(params.stage2_config),
-            max_epochs=params.stage2_epochs,
-            load_from=str(ckpt),  # explicit: never rely on the config's own load_from pointing at the right file
-            cfg_options=params.stage2_cfg_options,
-            evaluation_interval=evaluation_interval(params.stage2_config, params.stage2_epochs),
-            **common,
-        )
+        stage1 = stage_spec(root, facts["stage1"], epochs=params.stage1_epochs, cfg_options=params.stage1_cfg_options,
+                            **common)  # fmt: skip
+        # load_from explicit: never rely on the config's own load_from pointing at the promoted file.
+        stage2 = stage_spec(root, facts["stage2"], epochs=params.stage2_epochs, cfg_options=params.stage2_cfg_options,
+                            load_from=str(ckpt), **common)  # fmt: skip
         pretrained = tuple(PretrainedFile(uri, str(pretrained_path(root, uri))) for uri in params.pretrained_s3_uris)
         return cls(
             profile=params.profile,
@@ -127,6 +133,9 @@ class Plan:
                 account=params.slurm_account,
                 time_limit=params.slurm_time_limit,
                 extra_args=params.slurm_extra_args,
+                gpus_per_node=params.gpus_per_node,
+                gpu_type=params.slurm_gpu_type,
+                cpus_per_task=params.slurm_cpus_per_task,
             )
             if params.executor == "slurm"
             else None,
@@ -175,6 +184,7 @@ class Plan:
         data["version"] = PLAN_VERSION
         for spec in data["stages"].values():
             spec["cfg_options"] = list(spec["cfg_options"])
+            spec["data_files"] = list(spec["data_files"])
         data["storage"]["pretrained"] = list(data["storage"]["pretrained"])
         data["gate"]["requirements"] = {k: list(v) for k, v in data["gate"]["requirements"].items()}
         if data["slurm"] is not None:
@@ -191,7 +201,8 @@ class Plan:
             )
         stages = {}
         for name, spec in data["stages"].items():
-            stages[name] = StageSpec(**{**spec, "cfg_options": tuple(spec.get("cfg_options") or ())})
+            stages[name] = StageSpec(**{**spec, "cfg_options": tuple(spec["cfg_options"]),
+                                        "data_files": tuple(spec["data_files"])})  # fmt: skip
         storage = data["storage"]
         return cls(
             profile=data["profile"],
@@ -211,3 +222,24 @@ class Plan:
             if data.get("slurm")
             else None,
         )
+
+
+def prepare(
+    params: PipelineParams, *, python: str, mini_run_dir: Path | None = None, allowed: AllowedRoots | None = None
+) -> tuple[Plan, list[str]]:
+    """Preflight, before any GPU is taken: the root (a mini one written), the stage configs (UniAD's upstream ones
+    where the defaults are absent), every path against the allowed roots, what the configs say read by mmcv's
+    Config in ``python``, the data they name, stage 1's ``load_from``. Returns the plan and notes to log."""
+    root = prepare_root(params, mini_run_dir=mini_run_dir, allowed=allowed)
+    params, notes = choose_configs(params, root)
+    if allowed is not None:
+        check_paths(params, root, allowed)
+    stage1, stage2 = read_configs(
+        python,
+        root,
+        [(params.stage1_config, params.stage1_cfg_options), (params.stage2_config, params.stage2_cfg_options)],
+    )
+    for facts in (stage1, stage2):
+        check_data(root, facts)
+    check_load_from(root, stage1, {pretrained_path(root, uri) for uri in params.pretrained_s3_uris})
+    return Plan.build(params, root, {"stage1": stage1, "stage2": stage2}), notes

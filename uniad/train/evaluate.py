@@ -26,11 +26,13 @@ def evaluate_checkpoint(
     launcher: str = "torchrun",
     backend: str = "auto",
     cfg_options: Sequence[str] = (),
+    needs_gpus: bool = False,
     emit_output: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Run ``tools/test.py`` on ``checkpoint`` and return every metric it printed (the returned dict, and the
-    motion, occupancy and planning tables). Raises TrainingFailed when it fails, PipelineError when it printed none."""
-    resolved, why = worker_backend(python, backend, nproc_per_node, "evaluate")
+    motion, occupancy and planning tables). Raises TrainingFailed when it fails, PipelineError when it printed none;
+    ``needs_gpus`` (profile uniad): LaunchError on a worker without GPUs, before anything is launched."""
+    resolved, why = worker_backend(python, backend, nproc_per_node, "evaluate", needs_gpus)
     command = build_eval_launch(
         uniad_root=uniad_root, config=config, checkpoint=checkpoint, nproc_per_node=nproc_per_node,
         backend=resolved, master_port=find_free_port(), launcher=launcher, python=python, cfg_options=cfg_options,

@@ -16,8 +16,8 @@ The ``launch`` launcher adds ``--use_env`` so ranks read LOCAL_RANK from the env
 
 from __future__ import annotations
 
-import re
 import shlex
+import shutil
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +36,10 @@ MANAGED_KEYS = {
     "runner.checkpoint_interval_iters": "checkpoint_interval_iters",
     "evaluation.interval": "stage1_epochs / stage2_epochs (the final epoch is always evaluated; validate=false: none)",
 }
-# The training-side module that adds iteration checkpoints, and the config keys that select it.
+# The modules that run in the training interpreter (uniad/trainside): shipped into each work dir before a launch,
+# since UniAD's interpreter does not have this package installed and a compute node may not see its install.
 TRAINSIDE_DIR = Path(__file__).resolve().parents[1] / "trainside"
+TRAINSIDE_MODULES = ("uniad_workdir.py", "uniad_iter_checkpoint.py", "uniad_slurm_job.py", "uniad_config_facts.py")
 ITER_CHECKPOINT_MODULE = "uniad_iter_checkpoint"
 ITER_CHECKPOINT_RUNNER = "IterCheckpointEpochBasedRunner"
 ITER_CHECKPOINT_KEYS = ("runner.type", "custom_imports")
@@ -61,7 +63,14 @@ class StageSpec:
     load_from: str | None = None
     resume_from: str | None = None
     cfg_options: tuple[str, ...] = field(default_factory=tuple)
-    python: str = "python"
+    # The training interpreter (UNIAD_PYTHON) of the worker that launches an attempt: resolved there at each
+    # attempt, never at planning time, since preflight runs on another worker. None in a plan.
+    python: str | None = None
+    # Profile uniad: ranks need a GPU each (mmcv's init pins rank r to GPU r % device_count, ZeroDivisionError with
+    # none), so a worker or partition without GPUs is refused before launch.
+    needs_gpus: bool = False
+    # Absolute paths of the data files the config names, checked again by the worker that launches an attempt.
+    data_files: tuple[str, ...] = field(default_factory=tuple)
     # Also checkpoint every N iterations inside an epoch (trainside/uniad_iter_checkpoint.py); None: per epoch only.
     checkpoint_interval_iters: int | None = None
     # False: --no-validate (no evaluation during training, on purpose). evaluation_interval: set when the config's
@@ -84,19 +93,26 @@ class LaunchCommand:
     backend: str
 
 
-_EVALUATION_INTERVAL = re.compile(r"^evaluation\s*=\s*dict\((?:[^()]|\([^()]*\))*?\binterval\s*=\s*(\d+)", re.M | re.S)
-
-
-def final_epoch_evaluation_interval(config_text: str, max_epochs: int) -> int | None:
-    """The ``evaluation.interval`` that makes mmcv's eval hook run after the final epoch, or None when the config's
-    own one already does (or the config has no evaluation). UniAD's configs evaluate every 6 (stage 1) or 4 (stage 2)
-    epochs: with 5 epochs the last one would never be evaluated. Then only the final epoch is: intermediate
-    evaluations of a real UniAD stage cost hours each, and the gate judges the final one."""
-    match = _EVALUATION_INTERVAL.search(config_text)
-    if match is None:
+def final_epoch_evaluation_interval(interval: int | None, max_epochs: int) -> int | None:
+    """The ``evaluation.interval`` that makes mmcv's eval hook run after the final epoch, given the config's own
+    (``interval``, after inheritance and cfg options; None: the config does not evaluate), or None when the config's
+    one already does. UniAD's configs evaluate every 6 (stage 1) or 4 (stage 2) epochs: with 5 epochs the last one
+    would never be evaluated. Then only the final epoch is: intermediate evaluations of a real UniAD stage cost hours
+    each, and the gate judges the final one."""
+    if interval is None:
         return None
-    interval = int(match.group(1))
     return None if interval > 0 and max_epochs % interval == 0 else max_epochs
+
+
+def ship_trainside(target: Path) -> Path:
+    """Copy the trainside modules into ``target`` (a folder of the work dir, on the filesystem the GPU workers and
+    compute nodes share) and return it: what the ranks and the batch step import from, in UniAD's interpreter."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in TRAINSIDE_MODULES:
+        partial = target / f".{name}.part"
+        shutil.copyfile(TRAINSIDE_DIR / name, partial)
+        partial.replace(target / name)  # a job reading the previous copy never sees half a file
+    return target
 
 
 def resolve_backend(
@@ -136,8 +152,9 @@ def resolve_backend(
     return "nccl", "requested nccl, probe all-reduce passed"
 
 
-def _distributed(python: str, launcher: str, nproc_per_node: int, backend: str, master_port: int) -> list[str]:
+def _distributed(python: str | None, launcher: str, nproc_per_node: int, backend: str, master_port: int) -> list[str]:
     """The launcher's part of an argv: one node, ``nproc_per_node`` ranks, rendezvous on loopback."""
+    _check_python(python)
     if backend not in ("nccl", "gloo"):
         raise LaunchError(f"a launch needs a resolved backend (nccl or gloo), got {backend!r}")
     if not 1024 <= master_port <= 65535:
@@ -174,8 +191,17 @@ def build_eval_launch(
     return LaunchCommand(argv=argv, env=env, cwd=uniad_root, backend=backend)
 
 
-def _train_args(spec: StageSpec, backend: str, launcher: str) -> tuple[list[str], list[str]]:
-    """``tools/train.py`` and its arguments for one stage, and the PYTHONPATH entries the ranks need."""
+def _check_python(python: str | None) -> None:
+    if not python:
+        raise LaunchError(
+            "no training interpreter: it is resolved on the worker that launches the attempt (UNIAD_PYTHON there), "
+            "set StageSpec.python before building the launch"
+        )
+
+
+def _train_args(spec: StageSpec, backend: str, launcher: str, trainside: Path) -> tuple[list[str], list[str]]:
+    """``tools/train.py`` and its arguments for one stage, and the PYTHONPATH entries the ranks need
+    (``trainside``: the work dir's copy of the trainside modules, ``ship_trainside``)."""
     argv = ["tools/train.py", spec.config, "--launcher", launcher]
     if spec.deterministic:
         argv.append("--deterministic")
@@ -205,7 +231,7 @@ def _train_args(spec: StageSpec, backend: str, launcher: str) -> tuple[list[str]
             f"runner.type={ITER_CHECKPOINT_RUNNER}",
             f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}",
         ]
-        path.append(str(TRAINSIDE_DIR))
+        path.append(str(trainside))
     return [*argv, "--cfg-options", *options, *spec.cfg_options], path
 
 
@@ -215,10 +241,10 @@ def _pythonpath(path: list[str], base_env: Mapping[str, str] | None) -> dict[str
 
 
 def build_launch(
-    spec: StageSpec, *, backend: str, master_port: int, base_env: Mapping[str, str] | None = None
+    spec: StageSpec, *, backend: str, master_port: int, trainside: Path, base_env: Mapping[str, str] | None = None
 ) -> LaunchCommand:
     """The argv, environment additions and working directory of one stage; ``backend`` is already resolved."""
-    args, path = _train_args(spec, backend, "pytorch")
+    args, path = _train_args(spec, backend, "pytorch", trainside)
     argv = [*_distributed(spec.python, spec.launcher, spec.nproc_per_node, backend, master_port), *args]
     return LaunchCommand(argv=argv, env=_pythonpath(path, base_env), cwd=spec.uniad_root, backend=backend)
 
@@ -232,6 +258,18 @@ class SlurmSettings:
     account: str | None = None
     time_limit: str | None = None
     extra_args: tuple[str, ...] = ()
+    # GPUs requested per node (UniAD's script: --gres=gpu:GPUS_PER_NODE), of gpu_type when the site names types.
+    gpus_per_node: int = 0
+    gpu_type: str | None = None
+    # CPUs per rank (UniAD's script: 5); None: the partition's CPUs per GPU, decided when the job is submitted.
+    cpus_per_task: int | None = None
+
+    @property
+    def gres(self) -> str | None:
+        """The ``--gres`` value, or None without a GPU request."""
+        if not self.gpus_per_node:
+            return None
+        return f"gpu:{self.gpu_type}:{self.gpus_per_node}" if self.gpu_type else f"gpu:{self.gpus_per_node}"
 
 
 def build_slurm_job(
@@ -243,19 +281,37 @@ def build_slurm_job(
     comment: str,
     job_file: Path,
     output: Path,
-    base_env: Mapping[str, str] | None = None,
+    trainside: Path,
+    cpus_per_task: int,
+    env: Mapping[str, str],
 ) -> tuple[list[str], dict]:
     """The ``sbatch`` argv of one attempt of a stage, and the job file its batch step reads.
 
     UniAD's own cluster path (``tools/uniad_slurm_train.sh``): srun starts ``nproc_per_node`` tasks on each of
-    ``nnodes`` nodes, each runs ``tools/train.py ... --launcher slurm`` and mmcv derives its rank from SLURM_PROCID.
-    The batch step is ``python -m uniad.train.slurm_job JOB_FILE``: the ranks' argv travels as a JSON list, so no
-    parameter is ever shell text; the only shell words are the interpreter's and the job file's paths, quoted.
-    ``job_name`` and ``comment`` identify the stage of a run on the cluster (``slurm.unfollowed_job``)."""
-    args, path = _train_args(spec, backend, "slurm")
-    job = {"argv": [spec.python, *args], "env": _pythonpath(path, base_env), "ntasks_per_node": spec.nproc_per_node}
+    ``nnodes`` nodes with ``--gres=gpu:N`` and ``--cpus-per-task``, each runs ``tools/train.py ... --launcher slurm``
+    and mmcv derives its rank from SLURM_PROCID. The batch step is ``trainside/uniad_slurm_job.py JOB_FILE`` from
+    the work dir's copy (``trainside``), run by the training interpreter: the ranks' argv travels as a JSON list, so
+    no parameter is ever shell text; the only shell words are the interpreter's and the files' paths, quoted.
+    ``--export=NONE``: the job's environment is ``env`` (``slurm.job_environment``), written into the job file,
+    never the submitting worker's. ``job_name`` and ``comment`` identify the stage of a run on the cluster."""
+    _check_python(spec.python)
+    if spec.needs_gpus and not slurm.gres:
+        raise LaunchError(
+            "profile uniad needs a GPU per rank and this job requests none: set slurm_gpus_per_node (default: "
+            "nproc_per_node); without a GPU request its ranks see no GPU (device cgroups) or use GPUs Slurm gave to "
+            "another job"
+        )
+    args, path = _train_args(spec, backend, "slurm", trainside)
+    resources = [f"--ntasks-per-node={spec.nproc_per_node}", f"--cpus-per-task={cpus_per_task}"]
+    if slurm.gres:
+        resources.append(f"--gres={slurm.gres}")
+    job = {
+        "argv": [spec.python, *args],
+        "env": {**env, "PYTHONPATH": ":".join(path), "PYTHONUNBUFFERED": "1"},
+        "srun": resources,  # again on the srun line: a step inherits neither --cpus-per-task nor, always, --gres
+    }
     argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={slurm.nnodes}",
-            f"--ntasks-per-node={spec.nproc_per_node}", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
+            *resources, "--export=NONE", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
     if slurm.partition:
         argv.append(f"--partition={slurm.partition}")
     if slurm.account:
@@ -263,7 +319,8 @@ def build_slurm_job(
     if slurm.time_limit:
         argv.append(f"--time={slurm.time_limit}")
     argv += list(slurm.extra_args)
-    argv += ["--wrap", f"exec {shlex.quote(spec.python)} -m uniad.train.slurm_job {shlex.quote(str(job_file))}"]
+    step = [spec.python, str(trainside / "uniad_slurm_job.py"), str(job_file)]
+    argv += ["--wrap", "exec " + " ".join(shlex.quote(word) for word in step)]
     return argv, job
 
 

@@ -13,16 +13,17 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..errors import TrainingFailed
-from .launch import find_free_port
+from ..errors import LaunchError, TrainingFailed
+from .launch import StageSpec, find_free_port
 
 TAIL_LINES = 40
 
 
 def probe_visible_gpus(python: str, timeout_s: float = 120.0) -> int:
     """How many CUDA devices the training interpreter sees (it may not be this process's interpreter). A machine
-    without NVIDIA device files has none, which is known without starting an interpreter and importing torch."""
-    if not any(Path("/dev").glob("nvidia[0-9]*")):
+    without NVIDIA device files, where nothing names devices in CUDA_VISIBLE_DEVICES either, has none, which is
+    known without starting an interpreter and importing torch."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")) and not os.environ.get("CUDA_VISIBLE_DEVICES"):
         return 0
     code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
     try:
@@ -82,3 +83,28 @@ def probe_nccl(python: str, nproc_per_node: int, timeout_s: float = 180.0) -> st
         if re.match(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception|NCCL)\b", line.strip()) and "ChildFailedError" not in line
     ]
     return (errors[0] if errors else f"probe exited with code {proc.returncode}")[:500]
+
+
+def check_gpus(visible_gpus: int, python: str) -> None:
+    """A stage or evaluation that needs GPUs (profile uniad) on a worker whose training interpreter sees none:
+    refused before launch, saying what to fix. UniAD's ranks would each die inside mmcv's init
+    (``torch.cuda.set_device(rank % 0)``: ZeroDivisionError)."""
+    if visible_gpus == 0:
+        raise LaunchError(
+            f"profile uniad needs a GPU per rank, and the training interpreter {python} on this worker sees none "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): UniAD's ranks would die in "
+            "mmcv's init (torch.cuda.set_device(rank % 0)). Run it on a GPU worker (the gpu queue); check that "
+            "worker's NVIDIA driver and /dev/nvidia* devices, that UNIAD_PYTHON is a CUDA build of torch, and "
+            "CUDA_VISIBLE_DEVICES; or try the pipeline on CPUs with profile mini"
+        )
+
+
+def check_data_files(spec: StageSpec) -> None:
+    """The data files the stage's config names, as this worker sees them: preflight checked them on its own worker,
+    which may mount other paths than the one that trains."""
+    missing = [path for path in spec.data_files if not Path(path).is_file()]
+    if missing:
+        raise LaunchError(
+            f"{spec.config} needs data files this worker does not see: {', '.join(missing)}. Mount UniAD's data at "
+            "the same path on every GPU worker and compute node as on the workers that run preflight"
+        )

@@ -24,8 +24,8 @@ from ..errors import TrainingFailed
 from ..health.logs import LogReader
 from ..health.monitor import ERROR, Finding, HealthMonitor, Thresholds
 from ..workdir import WorkDir
-from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend
-from .probes import TAIL_LINES, probe_nccl, probe_visible_gpus
+from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend, ship_trainside
+from .probes import TAIL_LINES, check_data_files, check_gpus, probe_nccl, probe_visible_gpus
 from .progress import Progress, ProgressTracker, format_duration
 
 logger = logging.getLogger(__name__)
@@ -298,9 +298,14 @@ def processes_with_token(token: str) -> list[int]:
     return found
 
 
-def worker_backend(python: str, requested: str, nproc_per_node: int, stage: str) -> tuple[str, str]:
-    """The backend this worker trains (or evaluates) with, and why: its GPUs and NCCL's probe decide ``auto``."""
+def worker_backend(
+    python: str, requested: str, nproc_per_node: int, stage: str, needs_gpus: bool = False
+) -> tuple[str, str]:
+    """The backend this worker trains (or evaluates) with, and why: its GPUs and NCCL's probe decide ``auto``.
+    ``needs_gpus`` (profile uniad): a worker without GPUs is refused before anything is launched."""
     gpus = probe_visible_gpus(python)
+    if needs_gpus:
+        check_gpus(gpus, python)
     probe = requested != "gloo" and gpus >= nproc_per_node
     nccl_error = probe_nccl(python, nproc_per_node) if probe else None
     backend, why = resolve_backend(requested, gpus, nproc_per_node, nccl_error)
@@ -319,16 +324,23 @@ def make_stage_run(
     later_epochs: int | None = None,
     resume_point: tuple[int, int] | None = None,
 ) -> StageRun:
-    """Resolve the backend on this worker, pick a free rendezvous port and build the stage's process."""
-    backend, why = worker_backend(spec.python, spec.backend, spec.nproc_per_node, stage)
-    command = build_launch(spec, backend=backend, master_port=find_free_port(), base_env=os.environ)
+    """Check this worker can train the stage (its data, its GPUs), resolve the backend here, ship the trainside
+    modules into the work dir, pick a free rendezvous port and build the stage's process. ``spec.python``: this
+    worker's training interpreter."""
+    check_data_files(spec)
+    backend, why = worker_backend(spec.python, spec.backend, spec.nproc_per_node, stage, spec.needs_gpus)
+    work_dir = WorkDir(spec.work_dir_path)
+    trainside = ship_trainside(work_dir.trainside)
+    command = build_launch(
+        spec, backend=backend, master_port=find_free_port(), trainside=trainside, base_env=os.environ
+    )
     return StageRun(
         command,
         stage=stage,
         total_epochs=spec.max_epochs,
         emit_output=emit_output,
         emit_progress=emit_progress,
-        work_dir=WorkDir(spec.work_dir_path) if watch else None,
+        work_dir=work_dir if watch else None,
         thresholds=thresholds,
         later_epochs=later_epochs,
         resume_point=resume_point,

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -21,36 +23,97 @@ from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
-TERMINAL_FAILURES = {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL",
-                     "DEADLINE"}  # fmt: skip
 
 
-def check_cluster(slurm: SlurmSettings) -> dict:
-    """Before a GPU is taken: sbatch is there, the partition exists and has ``nnodes`` nodes. Returns its facts."""
+# What a job's ranks get of the submitting worker's environment: where programs, libraries and the locale are, and
+# NCCL's and OpenMP's settings. Nothing else: a worker's environment holds Airflow's database URL, fernet key and
+# JWT secret, which sbatch's default --export=ALL would copy into every job.
+PASSED_NAMES = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "LD_LIBRARY_PATH")
+PASSED_PREFIXES = ("NCCL_", "OMP_", "MKL_")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def job_environment(environ: Mapping[str, str], extra_names: Sequence[str] = ()) -> dict[str, str]:
+    """The environment a job's ranks get from the submitting worker: ``PASSED_NAMES``, ``PASSED_PREFIXES`` and the
+    deployment's ``extra_names`` (``UNIAD_SLURM_EXPORT``); never an Airflow setting."""
+    for name in extra_names:
+        if not _ENV_NAME.match(name) or name.upper().startswith("AIRFLOW"):
+            raise ParamError(
+                f"UNIAD_SLURM_EXPORT names {name!r}: give environment variable names, comma-separated, e.g. "
+                "http_proxy,WANDB_MODE; Airflow's own settings never go into a job"
+            )
+    return {
+        key: value
+        for key, value in environ.items()
+        if key in PASSED_NAMES or key.startswith(PASSED_PREFIXES) or key in extra_names
+    }
+
+
+def gpus_per_node(gres: str, gpu_type: str | None = None) -> int:
+    """GPUs per node in sinfo's GRES column (``gpu:8``, ``gpu:a100:8(S:0-1)``, ``gpu:a100:4,gpu:v100:4``), of
+    ``gpu_type`` when given; 0 for ``(null)``."""
+    total = 0
+    for item in re.sub(r"\([^)]*\)", "", gres).split(","):
+        parts = item.strip().split(":")
+        if parts[0] != "gpu" or len(parts) < 2 or not parts[-1].isdigit():
+            continue
+        kind = parts[1] if len(parts) == 3 else None
+        if gpu_type is None or kind == gpu_type:
+            total += int(parts[-1])
+    return total
+
+
+def check_cluster(slurm: SlurmSettings, nproc_per_node: int, *, needs_gpus: bool) -> dict:
+    """Before a GPU is taken: sbatch is there, the partition exists with ``nnodes`` nodes, the GPUs per node the
+    stage asks for (``needs_gpus``: profile uniad, whose ranks die without one) and CPUs for its ranks. Returns its
+    facts, with ``cpus_per_task`` decided: the setting, else the partition's CPUs per GPU (UniAD's script: 5)."""
     if shutil.which("sbatch") is None:
         raise ParamError(
             "executor=slurm but sbatch is not on the PATH of the Airflow workers: install Slurm's client (Debian: "
             "apt-get install slurm-client) and point SLURM_CONF at the cluster's slurm.conf, or use executor=local"
         )
-    listed = _run(["sinfo", "-h", "-o", "%P|%D|%G"])
-    partitions = {}
-    for line in listed.splitlines():
-        name, nodes, gres = line.split("|")
-        default = name.endswith("*")
-        partitions[name.rstrip("*")] = {"nodes": int(nodes), "gres": gres, "default": default}
+    partitions: dict[str, dict] = {}
+    for line in _run(["sinfo", "-h", "-o", "%P|%D|%G|%c"]).splitlines():
+        name, nodes, gres, cpus = line.split("|")
+        entry = partitions.setdefault(name.rstrip("*"), {"nodes": 0, "gres": gres, "default": name.endswith("*"),
+                                                         "gpus_per_node": None, "cpus_per_node": None})  # fmt: skip
+        # Nodes of one partition that differ are listed apart: count them all, and plan for the smallest.
+        entry["nodes"] += int(nodes)
+        gpus, cores = gpus_per_node(gres, slurm.gpu_type), int(cpus.rstrip("+"))
+        entry["gpus_per_node"] = gpus if entry["gpus_per_node"] is None else min(entry["gpus_per_node"], gpus)
+        entry["cpus_per_node"] = cores if entry["cpus_per_node"] is None else min(entry["cpus_per_node"], cores)
     name = slurm.partition or next((p for p, facts in partitions.items() if facts["default"]), None)
     if name not in partitions:
         raise ParamError(
             f"slurm_partition {slurm.partition!r} is not a partition of this cluster; partitions: "
             f"{', '.join(sorted(partitions)) or 'none'} (set slurm_partition or UNIAD_SLURM_PARTITION)"
         )
-    facts = partitions[name]
+    facts = {"partition": name, **partitions[name]}
     if slurm.nnodes > facts["nodes"]:
         raise ParamError(
             f"nnodes={slurm.nnodes} but partition {name} has {facts['nodes']} node(s); lower nnodes or pick a larger "
             "partition"
         )
-    return {"partition": name, **facts}
+    gpus, kind = facts["gpus_per_node"], f" of type {slurm.gpu_type}" if slurm.gpu_type else ""
+    if needs_gpus and not slurm.gpus_per_node:
+        raise ParamError(
+            "profile uniad needs a GPU per rank, and this job would request none: set slurm_gpus_per_node (default: "
+            "nproc_per_node)"
+        )
+    if slurm.gpus_per_node > gpus:
+        raise ParamError(
+            f"slurm_gpus_per_node={slurm.gpus_per_node} but the nodes of partition {name} have {gpus} GPU(s){kind} "
+            f"(sinfo GRES {facts['gres']!r}); pick a GPU partition with slurm_partition, or lower nproc_per_node and "
+            "slurm_gpus_per_node"
+        )
+    cpus = facts["cpus_per_node"]
+    facts["cpus_per_task"] = slurm.cpus_per_task or max(1, cpus // max(gpus if gpus else 0, nproc_per_node, 1))
+    if facts["cpus_per_task"] * nproc_per_node > cpus:
+        raise ParamError(
+            f"{nproc_per_node} rank(s) x slurm_cpus_per_task={facts['cpus_per_task']} is more than the {cpus} CPUs of "
+            f"a node of partition {name}; lower slurm_cpus_per_task"
+        )
+    return facts
 
 
 def job_name(stage: str, run_id: str) -> str:

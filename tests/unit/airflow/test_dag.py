@@ -66,12 +66,14 @@ def test_dag_shape(dag):
 
 
 def test_training_tasks_take_the_gpu_pool_and_queue(dag):
-    for task_id in ("stage1_train", "stage2_train"):
+    """Training, and publish_model (which may evaluate the champion with tools/test.py), run where the GPUs are."""
+    on_gpus = ("stage1_train", "stage2_train", "publish_model")
+    for task_id in on_gpus:
         task = dag.get_task(task_id)
         assert (task.pool, task.pool_slots, task.queue) == ("gpu", 8, "gpu")
         assert task.retries == 1
     for task in dag.tasks:
-        if task.task_id not in ("stage1_train", "stage2_train"):
+        if task.task_id not in on_gpus:
             assert task.pool != "gpu" and task.queue != "gpu", task.task_id
 
 

@@ -68,7 +68,7 @@ def test_the_training_health_watch_decides_retry():
 def test_tasks_take_the_plan_as_a_template_field():
     task = ValidateStageOperator(task_id="validate_stage1", stage="stage1", plan={"not": "a plan"})
     assert isinstance(task, PlanOperator) and task.template_fields == ("plan",)
-    with pytest.raises(AirflowFailException, match="not a version-1 plan"):
+    with pytest.raises(AirflowFailException, match="not a version-2 plan"):
         task.typed_plan()
     train = UniADTrainOperator(task_id="stage1_train", stage="stage1", plan={})
     assert train.stage == "stage1" and train.plan == {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -93,8 +94,11 @@ def test_metric_requirements_fail_the_gate_with_both_numbers(tmp_path, healthy):
     work = work_dir(tmp_path, healthy)
     ok = validate_stage(WorkDir(work), "stage1", expect_epoch=2, requirements=[Requirement.parse("lanes_iou>=0.25")])
     assert ok["metrics"]["epoch"] == 2 and ok["metrics"]["values"]["pts_bbox_NuScenes/amota"] == 0.3896
-    # A class-level nan (normal in nuScenes evaluation) is no finding.
+    # A class-level nan (normal in nuScenes evaluation) is no finding, and no value in what the gate hands on: XCom
+    # and the published model's provenance take strict JSON.
     assert [f["code"] for f in ok["findings"]] == ["zero_by_design"]
+    assert "pts_bbox_NuScenes/traffic_cone_orient_err" not in ok["metrics"]["values"]
+    json.dumps(ok, allow_nan=False)
     impossible = Requirement.parse("pts_bbox_NuScenes/amota>=0.5")
     with pytest.raises(GateFailed, match=r"pts_bbox_NuScenes/amota is 0.3896, required >= 0.5"):
         validate_stage(WorkDir(work), "stage1", expect_epoch=2, requirements=[impossible])

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from support import PYTHON
 from uniad.errors import ParamError
 from uniad.run.allowlist import AllowedRoots
 from uniad.run.params import PipelineParams
-from uniad.run.root import prepare_root
+from uniad.run.plan import prepare
 
 
 @pytest.fixture
@@ -52,20 +53,24 @@ def test_unset_allows_the_mini_runs_folder_for_mini_and_uniad_root():
 def test_preflight_checks_the_root_before_writing_and_every_path_after(allowed, tmp_path):
     outside = tmp_path / "outside-root"
     with pytest.raises(ParamError, match="uniad_root"):
-        prepare_root(PipelineParams(profile="mini", uniad_root=str(outside)), allowed=allowed)
+        prepare(PipelineParams(profile="mini", uniad_root=str(outside)), python=PYTHON, allowed=allowed)
     assert not outside.exists()  # refused before anything was written
     inside = tmp_path / "allowed/root"
     with pytest.raises(ParamError, match="ckpt_path"):
-        prepare_root(PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path="/etc/x.pth"), allowed=allowed)
+        prepare(
+            PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path="/etc/x.pth"),
+            python=PYTHON,
+            allowed=allowed,
+        )
     # ckpts/ replaced by a symlink out of the allowed roots: the S3 download target would land outside.
     (tmp_path / "elsewhere").mkdir()
     (inside / "ckpts").rename(tmp_path / "old-ckpts")
     (inside / "ckpts").symlink_to(tmp_path / "elsewhere")
     with pytest.raises(ParamError, match="ckpt_path"):
-        prepare_root(PipelineParams(profile="mini", uniad_root=str(inside)), allowed=allowed)
+        prepare(PipelineParams(profile="mini", uniad_root=str(inside)), python=PYTHON, allowed=allowed)
     with pytest.raises(ParamError, match="publish_path"):
-        prepare_root(PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path=str(inside / "p.pth")),
-                     allowed=allowed)  # fmt: skip
+        prepare(PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path=str(inside / "p.pth")),
+                     python=PYTHON, allowed=allowed)  # fmt: skip
     params = PipelineParams(
         profile="mini",
         uniad_root=str(inside),
@@ -74,4 +79,4 @@ def test_preflight_checks_the_root_before_writing_and_every_path_after(allowed, 
         pretrained_s3_uris=("s3://bucket/pre/bev.pth",),
     )
     with pytest.raises(ParamError, match="download target of s3://bucket/pre/bev.pth"):
-        prepare_root(params, allowed=allowed)
+        prepare(params, python=PYTHON, allowed=allowed)

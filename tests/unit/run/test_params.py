@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 import pytest
 
 from support import PYTHON
 from uniad.errors import ParamError
 from uniad.mini.scaffold import MARKER, init_mini_root
+from uniad.run.configs import ConfigFacts
 from uniad.run.params import PipelineParams, check_field, parse_cfg_options
-from uniad.run.root import prepare_root
+from uniad.run.plan import prepare
+from uniad.run.root import UPSTREAM_CONFIGS, check_load_from, choose_configs, prepare_root
 
 
 @pytest.mark.parametrize(
@@ -101,13 +104,13 @@ def test_the_cli_checks_its_settings_with_the_same_rules():
 def test_uniad_profile_checks_the_checkout(tmp_path):
     params = PipelineParams(profile="uniad", uniad_root=str(tmp_path))
     with pytest.raises(ParamError, match="is not a UniAD checkout"):
-        prepare_root(params)
+        prepare(params, python=PYTHON)
     (tmp_path / "tools").mkdir()
     (tmp_path / "tools/train.py").write_text("")
     with pytest.raises(
         ParamError, match="stage1_config 'projects/configs/stage1_track_map/full_track_map.py' not found"
     ):
-        prepare_root(params)
+        prepare(params, python=PYTHON)
 
 
 def test_mini_root_is_written_for_the_run(tmp_path):
@@ -138,29 +141,70 @@ def _uniad_checkout(root, stage1_text="total_epochs = 6\n"):
     return root
 
 
-def test_a_missing_config_lists_the_configs_that_exist(tmp_path):
-    """Upstream UniAD has base_*.py; the full_*.py defaults exist only in forks."""
+def test_an_upstream_checkout_trains_its_base_configs_and_says_so(tmp_path):
+    """The form's defaults are the DL4AGX fork's full_*.py; upstream UniAD has base_*.py only."""
     params = PipelineParams(profile="uniad", uniad_root=str(_uniad_checkout(tmp_path)))
+    chosen, notes = choose_configs(params, tmp_path)
+    assert (chosen.stage1_config, chosen.stage2_config) == (UPSTREAM_CONFIGS["stage1_config"],
+                                                            UPSTREAM_CONFIGS["stage2_config"])  # fmt: skip
+    assert len(notes) == 2 and "full_track_map.py is not in" in notes[0] and "base_track_map.py" in notes[0]
+    named = replace(params, stage1_config="projects/configs/stage1_track_map/tiny_track_map.py")
     with pytest.raises(ParamError, match="configs there: projects/configs/stage1_track_map/base_track_map.py"):
-        prepare_root(params)
+        choose_configs(named, tmp_path)
 
 
 def test_stage1_load_from_must_exist_and_load_with_weights_only(tmp_path):
     from support import save_mmcv_checkpoint
 
-    root = _uniad_checkout(tmp_path, 'load_from = "ckpts/bevformer_r101_dcn_24ep.pth"\n')
-    values = {"profile": "uniad", "uniad_root": str(root), "stage1_config": "projects/configs/stage1_track_map/base_track_map.py",
-              "stage2_config": "projects/configs/stage2_e2e/base_e2e.py"}  # fmt: skip
+    root = _uniad_checkout(tmp_path)
+    facts = ConfigFacts(UPSTREAM_CONFIGS["stage1_config"], load_from="ckpts/bevformer_r101_dcn_24ep.pth")
     with pytest.raises(
         ParamError, match=r"load_from='ckpts/bevformer_r101_dcn_24ep.pth', which is not at .*pretrained_s3_uris"
     ):
-        prepare_root(PipelineParams.from_mapping(values))
+        check_load_from(root, facts, set())
     # Fetched by this run before stage 1: not checked at preflight.
-    fetched = {**values, "pretrained_s3_uris": ["s3://bucket/pretrained/bevformer_r101_dcn_24ep.pth"]}
-    assert prepare_root(PipelineParams.from_mapping(fetched)) == root
+    assert check_load_from(root, facts, {root / "ckpts/bevformer_r101_dcn_24ep.pth"}) is not None
     (root / "ckpts").mkdir()
     (root / "ckpts/bevformer_r101_dcn_24ep.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ParamError, match="is not usable: .*refused to unpickle"):
-        prepare_root(PipelineParams.from_mapping(values))
+        check_load_from(root, facts, set())
     save_mmcv_checkpoint(root / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
-    assert prepare_root(PipelineParams.from_mapping(values)) == root
+    assert check_load_from(root, facts, set()) == root / "ckpts/bevformer_r101_dcn_24ep.pth"
+
+
+# A UniAD-shaped stage-1 config: the data files and load_from come from its _base_ file, which a text search of the
+# config itself would not see.
+_BASE = """info_root = "data/infos/"
+data = dict(train=dict(data_root="data/nuscenes/", ann_file=info_root + "nuscenes_infos_temporal_train.pkl"),
+            val=dict(data_root="data/nuscenes/", ann_file=info_root + "nuscenes_infos_temporal_val.pkl"))
+load_from = "ckpts/bevformer_r101_dcn_24ep.pth"
+evaluation = dict(interval=6, pipeline=[dict(type="X", interval=9)])
+"""
+
+
+def test_preflight_reads_the_configs_with_mmcv_and_refuses_missing_data(tmp_path):
+    from support import save_mmcv_checkpoint
+
+    root = _uniad_checkout(tmp_path, '_base_ = ["../_base_/nus.py"]\ntotal_epochs = 6\n')
+    (root / "projects/configs/_base_").mkdir()
+    (root / "projects/configs/_base_/nus.py").write_text(_BASE)
+    (root / "ckpts").mkdir()
+    save_mmcv_checkpoint(root / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
+    params = PipelineParams.from_mapping({"profile": "uniad", "uniad_root": str(root), "stage1_epochs": 5,
+                                          "stage1_cfg_options": ["data.val.ann_file=data/infos/mine.pkl"]})  # fmt: skip
+    with pytest.raises(ParamError) as refused:
+        prepare(params, python=PYTHON)
+    message = str(refused.value)
+    assert "data/infos/nuscenes_infos_temporal_train.pkl (data.train.ann_file)" in message
+    assert "data/infos/mine.pkl (data.val.ann_file)" in message  # the cfg option, not the base file's value
+    assert "data/nuscenes/ (data.train.data_root)" in message and "tools/uniad_create_data.sh" in message
+    (root / "data/infos").mkdir(parents=True)
+    (root / "data/nuscenes").mkdir()
+    for name in ("nuscenes_infos_temporal_train.pkl", "mine.pkl"):
+        (root / "data/infos" / name).write_bytes(b"infos")
+    plan, notes = prepare(params, python=PYTHON)
+    stage1 = plan.stage("stage1")
+    assert stage1.config == UPSTREAM_CONFIGS["stage1_config"] and len(notes) == 2
+    assert stage1.evaluation_interval == 5  # the base file's interval 6 would skip the final epoch 5
+    assert stage1.data_files == (f"{root}/data/infos/nuscenes_infos_temporal_train.pkl", f"{root}/data/infos/mine.pkl")
+    assert stage1.needs_gpus and stage1.python is None

@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from uniad.errors import LaunchError
-from uniad.train.launch import StageSpec, build_launch, final_epoch_evaluation_interval, find_free_port, resolve_backend
+from uniad.train.launch import (
+    StageSpec,
+    build_launch,
+    final_epoch_evaluation_interval,
+    find_free_port,
+    resolve_backend,
+    ship_trainside,
+)
+
+TRAINSIDE = Path("/workspace/UniAD/projects/work_dirs/stage2_e2e/full_e2e/.uniad_trainside")
 
 
 def spec(**overrides) -> StageSpec:
@@ -25,7 +34,8 @@ def spec(**overrides) -> StageSpec:
 
 
 def test_reference_run_stage2_command_with_torchrun():
-    cmd = build_launch(spec(), backend="gloo", master_port=28599, base_env={"PYTHONPATH": "/opt/extra"})
+    cmd = build_launch(spec(), backend="gloo", master_port=28599, trainside=TRAINSIDE,
+                       base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
     assert cmd.argv == [
         "/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes=1",
         "--nproc_per_node=8", "--master_addr=127.0.0.1", "--master_port=28599",
@@ -46,6 +56,7 @@ def test_launch_launcher_uses_env_and_never_drops_launcher_pytorch():
         spec(launcher="launch", deterministic=False, seed=7, resume_from="w/epoch_3.pth", load_from=None),
         backend="nccl",
         master_port=29500,
+        trainside=TRAINSIDE,
     )
     assert cmd.argv[1:4] == ["-m", "torch.distributed.launch", "--use_env"]
     assert cmd.argv[cmd.argv.index("--launcher") + 1] == "pytorch"
@@ -58,13 +69,14 @@ def test_launch_launcher_uses_env_and_never_drops_launcher_pytorch():
 
 def test_shell_metacharacters_stay_one_literal_argv_item():
     nasty = "data.samples_per_gpu=1; touch /tmp/pwned $(id) `id` | cat"
-    cmd = build_launch(spec(cfg_options=(nasty,)), backend="gloo", master_port=29500)
+    cmd = build_launch(spec(cfg_options=(nasty,)), backend="gloo", master_port=29500, trainside=TRAINSIDE)
     assert cmd.argv[-1] == nasty
     assert isinstance(cmd.argv, list) and all(isinstance(item, str) for item in cmd.argv)
 
 
-def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits():
-    cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599,
+def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(tmp_path):
+    shipped = ship_trainside(tmp_path / ".uniad_trainside")
+    cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599, trainside=shipped,
                        base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
     options = cmd.argv[cmd.argv.index("--cfg-options") + 1 :]
     assert options[4:8] == [
@@ -74,10 +86,11 @@ def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(
         "runner.checkpoint_interval_iters=500",
     ]
     root, trainside, inherited = cmd.env["PYTHONPATH"].split(":")
-    assert (root, inherited) == ("/workspace/UniAD", "/opt/extra")
-    assert (Path(trainside) / "uniad_iter_checkpoint.py").is_file()
+    assert (root, trainside, inherited) == ("/workspace/UniAD", str(shipped), "/opt/extra")
+    # The work dir's copy has what the runner imports (this package is not installed in UniAD's interpreter).
+    assert {p.name for p in shipped.iterdir()} >= {"uniad_iter_checkpoint.py", "uniad_workdir.py"}
     # Without the option the launch is the reference one: no extra module on the path, no runner override.
-    plain = build_launch(spec(), backend="gloo", master_port=28599)
+    plain = build_launch(spec(), backend="gloo", master_port=28599, trainside=TRAINSIDE)
     assert plain.env["PYTHONPATH"] == "/workspace/UniAD" and not any("runner.type" in a for a in plain.argv)
 
 
@@ -125,9 +138,9 @@ def test_nccl_probe_reports_why_it_failed_on_a_cpu_worker():
 
 def test_build_launch_needs_a_resolved_backend_and_sane_port():
     with pytest.raises(LaunchError, match="resolved backend"):
-        build_launch(spec(), backend="auto", master_port=29500)
+        build_launch(spec(), backend="auto", master_port=29500, trainside=TRAINSIDE)
     with pytest.raises(LaunchError, match="master_port"):
-        build_launch(spec(), backend="gloo", master_port=80)
+        build_launch(spec(), backend="gloo", master_port=80, trainside=TRAINSIDE)
 
 
 def test_find_free_port_is_bindable():
@@ -136,32 +149,28 @@ def test_find_free_port_is_bindable():
         sock.bind(("127.0.0.1", port))
 
 
-UNIAD_STAGE2_TAIL = """total_epochs = 20
-evaluation = dict(
-    interval=4,
-    pipeline=test_pipeline,
-    planning_evaluation_strategy=planning_evaluation_strategy,
-)
-runner = dict(type="EpochBasedRunner", max_epochs=total_epochs)
-"""
-
-
 @pytest.mark.parametrize(
-    ("config", "epochs", "expected"),
+    ("interval", "epochs", "expected"),
     [
-        (UNIAD_STAGE2_TAIL, 20, None),  # 4 divides 20: the config's own interval evaluates epoch 20
-        (UNIAD_STAGE2_TAIL, 5, 5),  # epoch 4 would be the last evaluated: evaluate the final one instead
-        (UNIAD_STAGE2_TAIL.replace("interval=4", "interval=6"), 3, 3),  # stage 1 (interval 6) for 3 epochs
-        ("evaluation = dict(pipeline=dict(type='X', interval=9), interval=2)\n", 4, None),
-        ("total_epochs = 6\n", 5, None),  # no evaluation in the config: nothing to move
+        (4, 20, None),  # UniAD stage 2: 4 divides 20, the config's own interval evaluates epoch 20
+        (4, 5, 5),  # epoch 4 would be the last evaluated: evaluate the final one instead
+        (6, 3, 3),  # stage 1 (interval 6) for 3 epochs
+        (None, 5, None),  # no evaluation in the config: nothing to move
     ],
 )
-def test_the_final_epoch_is_always_evaluated(config, epochs, expected):
-    assert final_epoch_evaluation_interval(config, epochs) == expected
+def test_the_final_epoch_is_always_evaluated(interval, epochs, expected):
+    assert final_epoch_evaluation_interval(interval, epochs) == expected
+
+
+def test_a_launch_without_the_workers_interpreter_is_refused():
+    with pytest.raises(LaunchError, match="resolved on the worker that launches the attempt"):
+        build_launch(spec(python=None), backend="gloo", master_port=29500, trainside=TRAINSIDE)
 
 
 def test_evaluation_settings_reach_train_py():
-    with_interval = build_launch(spec(evaluation_interval=5), backend="gloo", master_port=29500)
+    with_interval = build_launch(spec(evaluation_interval=5), backend="gloo", master_port=29500, trainside=TRAINSIDE)
     assert "evaluation.interval=5" in with_interval.argv and "--no-validate" not in with_interval.argv
-    off = build_launch(spec(validate=False, evaluation_interval=5), backend="gloo", master_port=29500)
+    off = build_launch(
+        spec(validate=False, evaluation_interval=5), backend="gloo", master_port=29500, trainside=TRAINSIDE
+    )
     assert "--no-validate" in off.argv and not any(a.startswith("evaluation.") for a in off.argv)
