@@ -12,6 +12,7 @@ writes is spelled here, and nowhere else.
       slurm-<job id>.out         executor=slurm: a job's output (all ranks; what output_*.txt is for a local run)
       slurm-attempt-<N>.json     the job file the batch step of attempt N reads (the ranks' argv as a list)
       .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
+      champion_evaluation/       executor=slurm: the job that scored a champion published without metrics
       health/                    the gate's report.md and plots
       previous_runs/<run>-<time>/  what older runs left here, moved aside when a new run claims the folder
     <published>.pth.provenance.json  beside a promoted checkpoint: source, sha256, epoch
@@ -44,6 +45,7 @@ OUTPUTS = "output_*.txt"
 SLURM_OUTPUTS = "slurm-*.out"
 SLURM_JOBS = "slurm_jobs.jsonl"
 TRAINSIDE = ".uniad_trainside"
+CHAMPION_EVALUATION = "champion_evaluation"
 
 
 def sanitize_run_id(run_id: str) -> str:
@@ -153,6 +155,11 @@ class WorkDir:
 
     def slurm_job_file(self, attempt: int) -> Path:
         return self.path / f"slurm-attempt-{attempt}.json"
+
+    @property
+    def champion_evaluation(self) -> WorkDir:
+        """Where a Slurm job scoring the champion keeps its job file and output, apart from the stage's own."""
+        return WorkDir(self.path / CHAMPION_EVALUATION)
 
     @property
     def trainside(self) -> Path:

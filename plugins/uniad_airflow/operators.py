@@ -435,8 +435,11 @@ class PublishModelOperator(PlanOperator):
         self.gate = gate
 
     def execute(self, context: Context) -> dict:
+        import os
+
         from uniad.artifacts.publish import ChampionRule, publish_model
-        from uniad.train.evaluate import evaluate_checkpoint
+        from uniad.train import slurm
+        from uniad.train.evaluate import evaluate_checkpoint, evaluate_checkpoint_on_slurm
 
         plan = self.typed_plan()
         spec = plan.stage("stage2")
@@ -448,7 +451,15 @@ class PublishModelOperator(PlanOperator):
             )
 
         def score(champion: Path) -> dict:
-            # On a GPU worker (this task's queue and pool), with its own training interpreter.
+            # Where the GPUs are: on the cluster for executor=slurm, else on this GPU worker (the task's queue and
+            # pool), with the training interpreter of where it runs.
+            if plan.slurm is not None:
+                return evaluate_checkpoint_on_slurm(
+                    replace(spec, python=training_python()), plan.slurm, str(champion),
+                    work_dir=plan.work_dir("stage2").champion_evaluation,
+                    env=slurm.job_environment(os.environ, slurm_export()),
+                    job_name=slurm.job_name("evaluate", context["run_id"]), emit=self.log.info,
+                )  # fmt: skip
             return evaluate_checkpoint(
                 spec.uniad_root, spec.config, str(champion), nproc_per_node=spec.nproc_per_node,
                 python=training_python(), launcher=spec.launcher, backend=spec.backend, needs_gpus=spec.needs_gpus,

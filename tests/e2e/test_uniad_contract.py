@@ -12,7 +12,15 @@ import subprocess
 
 import pytest
 
-from support import BIN, processes_mentioning, run, slurm_cluster, standin_python, standin_root
+from support import (
+    BIN,
+    processes_mentioning,
+    run,
+    save_mmcv_checkpoint,
+    slurm_cluster,
+    standin_python,
+    standin_root,
+)
 from uniad.errors import ParamError
 from uniad.run.params import PipelineParams
 from uniad.run.plan import prepare
@@ -122,10 +130,17 @@ def test_two_node_slurm_jobs_get_gpus_cpus_and_no_airflow_secret(airflow_home, p
     secrets = {"AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
                "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret-that-must-stay-home",
                "AWS_SECRET_ACCESS_KEY": "aws-secret-that-must-stay-home"}  # fmt: skip
+    # A champion published by hand, without metrics: publish_model scores it where the GPUs are, in a Slurm job.
+    save_mmcv_checkpoint(root / "ckpts/uniad_e2e.pth", "stage2", 20)
     conf = {"profile": "uniad", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 2,
             "stage1_epochs": 2, "stage2_epochs": 1}  # fmt: skip
     done, output = dags_test(conf, {**slurm_env, **secrets, "UNIAD_PYTHON": str(python38)})
     assert done.returncode == 0, output[-6000:]
+    assert re.search(r"evaluating .*uniad_e2e.pth in Slurm job \d+: \[.*'--nodes=1'.*'--gres=gpu:2'", output)
+    # The champion (epoch 20) scores higher than the 1-epoch challenger and stays.
+    assert "challenger 0.31, champion 0.5, tolerance 0: keeping the champion" in output
+    evaluation = root / STAGE2 / "champion_evaluation"
+    assert "'pts_bbox_NuScenes/amota': 0.5" in next(evaluation.glob("slurm-*.out")).read_text()
     submitted = re.findall(r"submitted Slurm job \d+: (\[.*\])", output)
     assert len(submitted) == 2
     for line in submitted:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
-from ..metrics import lower_is_better
+from ..metrics import finite, lower_is_better
 from ..workdir import provenance_path
 from .checkpoints import CHUNK, inspect_checkpoint
 
@@ -175,7 +175,7 @@ def publish_model(
             if score_champion is None:
                 raise CheckpointError(f"the champion {target} has no recorded metrics and cannot be scored here")
             logger.info("the champion %s has no recorded metrics: scoring it", target)
-            champion_metrics = score_champion(target)
+            champion_metrics = finite(score_champion(target))  # tables print nan for empty classes
         publish, comparison = rule.decide(metrics, champion_metrics)
         if not publish:
             return {"published": False, "comparison": comparison, "champion": {**champion, "metrics": champion_metrics}}

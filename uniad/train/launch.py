@@ -284,6 +284,7 @@ def build_slurm_job(
     trainside: Path,
     cpus_per_task: int,
     env: Mapping[str, str],
+    evaluate: str | None = None,
 ) -> tuple[list[str], dict]:
     """The ``sbatch`` argv of one attempt of a stage, and the job file its batch step reads.
 
@@ -293,7 +294,9 @@ def build_slurm_job(
     the work dir's copy (``trainside``), run by the training interpreter: the ranks' argv travels as a JSON list, so
     no parameter is ever shell text; the only shell words are the interpreter's and the files' paths, quoted.
     ``--export=NONE``: the job's environment is ``env`` (``slurm.job_environment``), written into the job file,
-    never the submitting worker's. ``job_name`` and ``comment`` identify the stage of a run on the cluster."""
+    never the submitting worker's. ``job_name`` and ``comment`` identify the stage of a run on the cluster.
+    ``evaluate``: a checkpoint to evaluate with ``tools/test.py ... --eval bbox`` on one node instead
+    (``tools/uniad_slurm_eval.sh``)."""
     _check_python(spec.python)
     if spec.needs_gpus and not slurm.gres:
         raise LaunchError(
@@ -301,7 +304,13 @@ def build_slurm_job(
             "nproc_per_node); without a GPU request its ranks see no GPU (device cgroups) or use GPUs Slurm gave to "
             "another job"
         )
-    args, path = _train_args(spec, backend, "slurm", trainside)
+    if evaluate is None:
+        args, path = _train_args(spec, backend, "slurm", trainside)
+        nodes = slurm.nnodes
+    else:
+        args = ["tools/test.py", spec.config, evaluate, "--launcher", "slurm", "--eval", "bbox", "--cfg-options",
+                f"dist_params.backend={backend}"]  # fmt: skip
+        path, nodes = [spec.uniad_root], 1
     resources = [f"--ntasks-per-node={spec.nproc_per_node}", f"--cpus-per-task={cpus_per_task}"]
     if slurm.gres:
         resources.append(f"--gres={slurm.gres}")
@@ -310,7 +319,7 @@ def build_slurm_job(
         "env": {**env, "PYTHONPATH": ":".join(path), "PYTHONUNBUFFERED": "1"},
         "srun": resources,  # again on the srun line: a step inherits neither --cpus-per-task nor, always, --gres
     }
-    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={slurm.nnodes}",
+    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={nodes}",
             *resources, "--export=NONE", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
     if slurm.partition:
         argv.append(f"--partition={slurm.partition}")

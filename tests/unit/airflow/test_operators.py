@@ -72,3 +72,20 @@ def test_tasks_take_the_plan_as_a_template_field():
         task.typed_plan()
     train = UniADTrainOperator(task_id="stage1_train", stage="stage1", plan={})
     assert train.stage == "stage1" and train.plan == {}
+
+
+def test_a_stage_runs_with_the_interpreter_of_the_worker_that_trains(tmp_path, monkeypatch):
+    """preflight runs on a default-queue worker whose UNIAD_PYTHON (if any) is not the GPU worker's: the plan names
+    no interpreter, and each attempt takes the one of the worker it runs on."""
+    from uniad.mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG
+    from uniad.run.configs import ConfigFacts
+    from uniad.run.params import PipelineParams
+    from uniad.run.plan import Plan
+
+    monkeypatch.setenv("UNIAD_PYTHON", "/opt/airflow-venv/bin/python")  # preflight's worker
+    facts = {"stage1": ConfigFacts(STAGE1_CONFIG), "stage2": ConfigFacts(STAGE2_CONFIG)}
+    plan = Plan.build(PipelineParams(profile="mini", uniad_root=str(tmp_path)), tmp_path, facts).to_json()
+    assert all(spec["python"] is None for spec in plan["stages"].values())
+    monkeypatch.setenv("UNIAD_PYTHON", "/opt/uniad-venv/bin/python")  # the GPU worker
+    train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan)
+    assert train.attempt_spec(train.typed_plan()).python == "/opt/uniad-venv/bin/python"
