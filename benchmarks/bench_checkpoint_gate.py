@@ -48,19 +48,36 @@ def make_checkpoint(path: Path, gigabytes: float) -> None:
     import torch
 
     params = int(gigabytes * 1e9 / 4 / 3)  # fp32 weights + exp_avg + exp_avg_sq
-    prefixes = ["img_backbone.layer", "img_neck.fpn", "pts_bbox_head.transformer", "seg_head.decoder",
-                "query_interact.ffn", "memory_bank.update", "query_embedding", "reference_points"]  # fmt: skip
+    prefixes = [
+        "img_backbone.layer",
+        "img_neck.fpn",
+        "pts_bbox_head.transformer",
+        "seg_head.decoder",
+        "query_interact.ffn",
+        "memory_bank.update",
+        "query_embedding",
+        "reference_points",
+    ]
     # Many tensors of up to 2M parameters (a ResNet-101 conv is 2.4M at most), as in a real checkpoint.
     sizes = [min(2_000_000, params - i) for i in range(0, params, 2_000_000)]
     prefixes = [f"{prefixes[i % len(prefixes)]}{i}" for i in range(len(sizes))]
     generator = torch.Generator().manual_seed(0)
     state = {f"{p}.weight": torch.randn(n, generator=generator) for p, n in zip(prefixes, sizes)}
-    optimizer = {"state": {i: {"step": torch.tensor(1000.0), "exp_avg": torch.randn(t.numel(), generator=generator),
-                               "exp_avg_sq": torch.rand(t.numel(), generator=generator)}
-                           for i, t in enumerate(state.values())},
-                 "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(state)))}]}  # fmt: skip
-    torch.save({"meta": {"epoch": 6, "iter": 21102, "mmcv_version": "1.7.2"}, "state_dict": state,
-                "optimizer": optimizer}, path)  # fmt: skip
+    optimizer = {
+        "state": {
+            i: {
+                "step": torch.tensor(1000.0),
+                "exp_avg": torch.randn(t.numel(), generator=generator),
+                "exp_avg_sq": torch.rand(t.numel(), generator=generator),
+            }
+            for i, t in enumerate(state.values())
+        },
+        "param_groups": [{"lr": 2e-4, "betas": (0.9, 0.999), "params": list(range(len(state)))}],
+    }
+    torch.save(
+        {"meta": {"epoch": 6, "iter": 21102, "mmcv_version": "1.7.2"}, "state_dict": state, "optimizer": optimizer},
+        path,
+    )
 
 
 def best(fn, repeats: int):
@@ -90,8 +107,9 @@ def main() -> int:
         def gate() -> tuple[float, float, dict]:
             dst = tmp / "ckpts" / "full_track_map.pth"
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", GATE, str(src), str(dst)], check=True, capture_output=True,
-                                  text=True, cwd=REPO)  # fmt: skip
+            done = subprocess.run(
+                [sys.executable, "-c", GATE, str(src), str(dst)], check=True, capture_output=True, text=True, cwd=REPO
+            )
             wall = time.perf_counter() - start
             result = json.loads(done.stdout.strip().splitlines()[-1])
             return result["seconds"], wall, result

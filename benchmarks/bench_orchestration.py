@@ -71,9 +71,13 @@ def orchestration() -> dict:
     try:
         with (
             slurm_cluster(home / "slurm", 25817) as cluster,
-            celery_stack(home, redis_db=8, dags_folder=dags,
-                         extra_env={"SLURM_CONF": cluster["SLURM_CONF"], "UNIAD_ALLOWED_ROOTS": str(home)}) as stack,
-        ):  # fmt: skip
+            celery_stack(
+                home,
+                redis_db=8,
+                dags_folder=dags,
+                extra_env={"SLURM_CONF": cluster["SLURM_CONF"], "UNIAD_ALLOWED_ROOTS": str(home)},
+            ) as stack,
+        ):
             port = stack.port
             base = f"http://127.0.0.1:{port}/api/v2/dags"
             token = stack.token()
@@ -86,8 +90,9 @@ def orchestration() -> dict:
                 time.sleep(2)
 
             def run(dag_id: str, conf: dict) -> dict:
-                status, answer = http("POST", f"{base}/{dag_id}/dagRuns", token=token,
-                                      body={"logical_date": None, "conf": conf})  # fmt: skip
+                status, answer = http(
+                    "POST", f"{base}/{dag_id}/dagRuns", token=token, body={"logical_date": None, "conf": conf}
+                )
                 assert status == 200, answer
                 run_id = answer["dag_run_id"]
                 held, deferred_samples = 0, 0
@@ -104,13 +109,21 @@ def orchestration() -> dict:
                     raise RuntimeError(f"{dag_id} run {run_id} failed; see {home}/logs")
                 status, tis = http("GET", f"{base}/{dag_id}/dagRuns/{run_id}/taskInstances", token=token)
                 tasks = {t["task_id"]: t["duration"] or 0.0 for t in tis["task_instances"]}
-                return {"run_id": run_id, "wall_s": _seconds(dag_run["start_date"], dag_run["end_date"]),
-                        "tasks": tasks, "held_slots": held, "deferred_samples": deferred_samples}  # fmt: skip
+                return {
+                    "run_id": run_id,
+                    "wall_s": _seconds(dag_run["start_date"], dag_run["end_date"]),
+                    "tasks": tasks,
+                    "held_slots": held,
+                    "deferred_samples": deferred_samples,
+                }
 
             def xcom(run_id: str, task_id: str) -> dict:
                 status, answer = http(
-                    "GET", f"{base}/uniad_e2e_training/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
-                    "return_value?deserialize=true", token=token)  # fmt: skip
+                    "GET",
+                    f"{base}/uniad_e2e_training/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/"
+                    "return_value?deserialize=true",
+                    token=token,
+                )
                 assert status == 200, answer
                 return answer["value"] if isinstance(answer["value"], dict) else json.loads(answer["value"])
 
@@ -119,8 +132,10 @@ def orchestration() -> dict:
             conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
             local = run("uniad_e2e_training", {**conf, "uniad_root": str(home / "mini-local")})
             local["training_s"] = sum(xcom(local["run_id"], t)["duration_s"] for t in ("stage1_train", "stage2_train"))
-            slurm = run("uniad_e2e_training", {**conf, "uniad_root": str(home / "mini-slurm"), "executor": "slurm",
-                                               "nnodes": 2, "nproc_per_node": 1})  # fmt: skip
+            slurm = run(
+                "uniad_e2e_training",
+                {**conf, "uniad_root": str(home / "mini-slurm"), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1},
+            )
             slurm["training_s"] = 0.0
             for task_id in ("stage1_train", "stage2_train"):
                 work_dir = Path(xcom(slurm["run_id"], task_id)["work_dir"])
@@ -156,11 +171,15 @@ def main() -> int:
     )
     print("where the time goes (task durations in s: local / slurm / empty chain):")
     for task_id, seconds in result["local"]["tasks"].items():
-        print(f"  {task_id:20s} {seconds:6.1f} / {slurm['tasks'].get(task_id, 0.0):6.1f} / "
-              f"{empty['tasks'].get(task_id, 0.0):4.1f}")  # fmt: skip
+        print(
+            f"  {task_id:20s} {seconds:6.1f} / {slurm['tasks'].get(task_id, 0.0):6.1f} / "
+            f"{empty['tasks'].get(task_id, 0.0):4.1f}"
+        )
     gaps = [result[kind]["wall_s"] - sum(result[kind]["tasks"].values()) for kind in ("local", "slurm", "empty")]
-    print(f"  {'between tasks':20s} {gaps[0]:6.1f} / {gaps[1]:6.1f} / {gaps[2]:4.1f}   (wall minus the sum of task "
-          "durations)")  # fmt: skip
+    print(
+        f"  {'between tasks':20s} {gaps[0]:6.1f} / {gaps[1]:6.1f} / {gaps[2]:4.1f}   (wall minus the sum of task "
+        "durations)"
+    )
     return 0
 
 

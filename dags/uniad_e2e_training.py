@@ -20,16 +20,14 @@ the connection `uniad_notify` (SMTP) sends an email when a run succeeds or fails
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
-import pendulum
 from airflow.sdk import DAG, Param, chain
 
 from uniad.run.params import form_fields
-from uniad_airflow import settings
+from uniad_airflow import names, settings
 from uniad_airflow.notify import RunOutcomeNotifier
 from uniad_airflow.operators import (
-    DAG_ID,
     FetchPretrainedOperator,
     PromoteCheckpointOperator,
     PublishModelOperator,
@@ -43,10 +41,10 @@ from uniad_airflow.operators import (
 GPUS_PER_WORKER = settings.gpus_per_worker()
 
 with DAG(
-    dag_id=DAG_ID,
+    dag_id=names.DAG_ID,
     doc_md=__doc__,
     schedule=settings.schedule(),
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
     on_success_callback=RunOutcomeNotifier(outcome="succeeded"),
@@ -56,25 +54,35 @@ with DAG(
     # The trigger form is derived from the typed parameters (uniad.run.params), which check the same schema.
     params={name: Param(default, **schema) for name, (default, schema) in form_fields(settings.default_root()).items()},
 ) as dag:
-    preflight = UniADPreflightOperator(task_id="preflight", retries=0)
+    preflight = UniADPreflightOperator(task_id=names.PREFLIGHT, retries=0)
     plan = preflight.output  # every later task works from the plan preflight validated
-    fetch = FetchPretrainedOperator(task_id="fetch_pretrained", plan=plan, retries=2)
+    fetch = FetchPretrainedOperator(task_id=names.FETCH_PRETRAINED, plan=plan, retries=2)
+    # Training, and publish_model (which may evaluate the champion with tools/test.py), run where the GPUs are.
     gpu = {"pool": "gpu", "pool_slots": GPUS_PER_WORKER, "queue": "gpu"}
-    stage1_train = UniADTrainOperator(task_id="stage1_train", stage="stage1", plan=plan, retries=1, **gpu)
-    validate_stage1 = ValidateStageOperator(task_id="validate_stage1", stage="stage1", plan=plan, retries=0)
-    promote = PromoteCheckpointOperator(
-        task_id="promote_checkpoint", plan=plan, retries=1, outlets=[settings.PROMOTED_ASSET]
-    )
-    upload_stage1 = UploadArtifactsOperator(task_id="upload_stage1", stage="stage1", plan=plan, retries=2)
-    stage2_train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan, retries=1, **gpu)
-    validate_stage2 = ValidateStageOperator(task_id="validate_stage2", stage="stage2", plan=plan, retries=0)
-    upload_stage2 = UploadArtifactsOperator(task_id="upload_stage2", stage="stage2", plan=plan, retries=2)
-    # On a GPU worker: a champion published without metrics is evaluated there first (tools/test.py).
+    train, validate, upload = {}, {}, {}
+    for stage in ("stage1", "stage2"):
+        train[stage] = UniADTrainOperator(task_id=names.TRAIN[stage], stage=stage, plan=plan, retries=1, **gpu)
+        validate[stage] = ValidateStageOperator(task_id=names.VALIDATE[stage], stage=stage, plan=plan, retries=0)
+        upload[stage] = UploadArtifactsOperator(task_id=names.UPLOAD[stage], stage=stage, plan=plan, retries=2)
+    promote = PromoteCheckpointOperator(task_id=names.PROMOTE, plan=plan, retries=1, outlets=[settings.PROMOTED_ASSET])
     publish = PublishModelOperator(
-        task_id="publish_model", plan=plan, gate=validate_stage2.output, retries=1, outlets=[settings.PUBLISHED_ASSET],
+        task_id=names.PUBLISH,
+        plan=plan,
+        gate=validate["stage2"].output,
+        retries=1,
+        outlets=[settings.PUBLISHED_ASSET],
         **gpu,
-    )  # fmt: skip
+    )
 
-    chain(preflight, fetch, stage1_train, validate_stage1, promote, stage2_train, validate_stage2, upload_stage2)
-    validate_stage2 >> publish  # champion/challenger beside the upload
-    promote >> upload_stage1  # beside stage 2, which does not wait for the upload
+    chain(
+        preflight,
+        fetch,
+        train["stage1"],
+        validate["stage1"],
+        promote,
+        train["stage2"],
+        validate["stage2"],
+        upload["stage2"],
+    )
+    validate["stage2"] >> publish  # champion/challenger beside the upload
+    promote >> upload["stage1"]  # beside stage 2, which does not wait for the upload

@@ -6,7 +6,8 @@ from __future__ import annotations
 from airflow.plugins_manager import AirflowPlugin
 
 from uniad_airflow.dashboard import create_app
-from uniad_airflow.operators import DASHBOARD_PREFIX, TrainingDashboardLink
+from uniad_airflow.names import DASHBOARD_PREFIX
+from uniad_airflow.operators import TrainingDashboardLink
 
 
 class UniADDashboardPlugin(AirflowPlugin):
@@ -14,7 +15,11 @@ class UniADDashboardPlugin(AirflowPlugin):
     fastapi_apps = [{"app": create_app(), "url_prefix": DASHBOARD_PREFIX, "name": "UniAD training dashboard"}]
     external_views = [
         {"name": "UniAD training", "href": f"{DASHBOARD_PREFIX}/", "destination": "nav", "url_route": "uniad-training"},
-        {"name": "Training curves", "href": f"{DASHBOARD_PREFIX}/runs/{{RUN_ID}}", "destination": "dag_run",
-         "url_route": "uniad-training-run"},
-    ]  # fmt: skip
+        {
+            "name": "Training curves",
+            "href": f"{DASHBOARD_PREFIX}/runs/{{RUN_ID}}",
+            "destination": "dag_run",
+            "url_route": "uniad-training-run",
+        },
+    ]
     operator_extra_links = [TrainingDashboardLink()]

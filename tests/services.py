@@ -179,8 +179,15 @@ class CeleryStack:
 
 
 @contextmanager
-def celery_stack(home: Path, *, redis_db: int, dags_folder: Path | None = None, gpus_per_worker: int = 2,
-                 gpu_workers: int = 1, extra_env: dict[str, str] | None = None):  # fmt: skip
+def celery_stack(
+    home: Path,
+    *,
+    redis_db: int,
+    dags_folder: Path | None = None,
+    gpus_per_worker: int = 2,
+    gpu_workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+):
     """scripts/celery_stack.sh on a PostgreSQL database of its own (dropped afterwards) and Redis database
     ``redis_db`` (flushed first), ready once the scheduler is healthy. ``gpus_per_worker`` 2: the mini profile's two
     processes fill a worker's share of the gpu pool. ``extra_env``: more settings for every part."""

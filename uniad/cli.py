@@ -28,12 +28,13 @@ from .run.configs import read_configs
 from .run.params import DEFAULT_NPROC, check_field, check_iteration_checkpoints, parse_cfg_options
 from .run.plan import stage_spec
 from .stages import STAGES
-from .train.launch import BACKENDS, LAUNCHERS
+from .vocabulary import BACKENDS, LAUNCHERS
 from .workdir import WorkDir, text_log_of
 
 
 def _cmd_init_mini(args: argparse.Namespace) -> int:
-    from .mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG, init_mini_root
+    from .mini.scaffold import init_mini_root
+    from .vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
 
     root = init_mini_root(args.dir)
     print(f"mini UniAD root ready at {root}")
@@ -84,11 +85,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ParamError(f"--config {args.config!r} not found under {root}")
     (facts,) = read_configs(args.python, root, [(args.config, cfg_options)])
     spec = stage_spec(
-        root, facts, epochs=args.epochs, work_dir=args.work_dir, nproc_per_node=args.nproc_per_node,
-        backend=args.backend, launcher=args.launcher, deterministic=args.deterministic, seed=args.seed,
-        load_from=args.load_from, resume_from=args.resume_from, cfg_options=cfg_options, python=args.python,
-        checkpoint_interval_iters=args.checkpoint_interval_iters, validate=args.validate, needs_gpus=args.needs_gpus,
-    )  # fmt: skip
+        root,
+        facts,
+        epochs=args.epochs,
+        work_dir=args.work_dir,
+        nproc_per_node=args.nproc_per_node,
+        backend=args.backend,
+        launcher=args.launcher,
+        deterministic=args.deterministic,
+        seed=args.seed,
+        load_from=args.load_from,
+        resume_from=args.resume_from,
+        cfg_options=cfg_options,
+        python=args.python,
+        checkpoint_interval_iters=args.checkpoint_interval_iters,
+        validate=args.validate,
+        needs_gpus=args.needs_gpus,
+    )
 
     def show_output(line: str) -> None:
         # Train lines carry 100+ loss keys; the progress line summarises them. Everything else is shown.
@@ -170,9 +183,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     else:
         latest = analysis.latest
         print(f"verdict    {analysis.verdict}")
-        print(f"latest     epoch {latest.get('epoch')}/{analysis.total_epochs or '?'} iter {latest.get('iter')}"
-              f"/{latest.get('iters_per_epoch') or '?'}"
-              + (f" ({analysis.progress:.0%})" if analysis.progress is not None else ""))  # fmt: skip
+        print(
+            f"latest     epoch {latest.get('epoch')}/{analysis.total_epochs or '?'} iter {latest.get('iter')}"
+            f"/{latest.get('iters_per_epoch') or '?'}"
+            + (f" ({analysis.progress:.0%})" if analysis.progress is not None else "")
+        )
         print(f"loss       {analysis.loss.get('first')} -> {analysis.loss.get('latest')}")
         print(f"lr         peak {analysis.lr.get('peak')} latest {analysis.lr.get('latest')}")
         print(f"grad_norm  latest {analysis.grad_norm.get('latest')} median {analysis.grad_norm.get('median')}")
@@ -197,10 +212,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ParamError(f"{what} {path} does not exist")
     metrics = evaluate_checkpoint(
-        str(root), args.config, str(checkpoint), nproc_per_node=args.nproc_per_node, python=args.python,
-        launcher=args.launcher, backend=args.backend, cfg_options=parse_cfg_options(args.cfg_options or []),
+        str(root),
+        args.config,
+        str(checkpoint),
+        nproc_per_node=args.nproc_per_node,
+        python=args.python,
+        launcher=args.launcher,
+        backend=args.backend,
+        cfg_options=parse_cfg_options(args.cfg_options or []),
         emit_output=lambda line: print(line, file=sys.stderr, flush=True) if args.verbose else None,
-    )  # fmt: skip
+    )
     document = {"config": args.config, "checkpoint": str(checkpoint), "metrics": metrics}
     text = json.dumps(document, indent=2)
     if args.out:
@@ -244,18 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write report.md and PNG plots into DIR")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument(
-        "--require", action="append", metavar="METRIC>=VALUE",
+        "--require",
+        action="append",
+        metavar="METRIC>=VALUE",
         help="a requirement on the final evaluation's metrics (>= or <=), repeatable, e.g. "
         "pts_bbox_NuScenes/amota>=0.35; each one not met is an error finding (exit 1)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--output", action="append", metavar="FILE",
+        "--output",
+        action="append",
+        metavar="FILE",
         help="a stage output with rank 0's printed metric tables (default: the output_*.txt beside the log)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--no-validate", action="store_true",
+        "--no-validate",
+        action="store_true",
         help="validation was off on purpose: no not_evaluated finding for a final epoch without metrics",
-    )  # fmt: skip
+    )
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint with the root's tools/test.py; metrics as JSON")
@@ -290,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", default=os.environ.get("UNIAD_PYTHON", sys.executable))
     p.add_argument("--no-validate", dest="validate", action="store_false", help="no evaluation during training")
     p.add_argument(
-        "--needs-gpus", action="store_true",
+        "--needs-gpus",
+        action="store_true",
         help="refuse to launch on a worker without GPUs (a real UniAD's ranks die in mmcv's init without one)",
-    )  # fmt: skip
+    )
     p.add_argument("--stage-name", help="label for progress lines; default: the config's name")
     p.add_argument("--no-watch", dest="watch", action="store_false", help="do not stop on NaN/explosion/stall")
     p.add_argument(
@@ -302,9 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", choices=STAGES, help="checkpoint layout to resume from (with --run-id)")
     p.add_argument(
-        "--stall-timeout", type=float, default=Thresholds().stall_min_s, metavar="S",
+        "--stall-timeout",
+        type=float,
+        default=Thresholds().stall_min_s,
+        metavar="S",
         help="stop when the log is silent this long (and 5x the usual interval); default %(default)s",
-    )  # fmt: skip
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="also print every raw train line")
     p.set_defaults(func=_cmd_train)
     return parser

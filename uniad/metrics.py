@@ -67,8 +67,10 @@ _NUMBER = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$|^nan$", re.I)
 _DICT_ITEM = re.compile(r"'([^']+)':\s*(?:np\.float\d*\()?([-+]?[\d.]+(?:[eE][-+]?\d+)?|nan|inf|-inf)\)?")
 _EPA_LINE = re.compile(r"^EPA\s+(\S+)\s+([-+]?[\d.]+(?:[eE][-+]?\d+)?|nan)$")
 # MotionEval's tables, in the order UniAD prints them: per category, the standard, motion_map and epa modes.
-_MOTION_PREFIXES = {"motion": ("motion", "motion/motion_map", "motion/epa"),
-                    "detection": ("motion/det", "motion/det_motion_map", "motion/det_epa")}  # fmt: skip
+_MOTION_PREFIXES = {
+    "motion": ("motion", "motion/motion_map", "motion/epa"),
+    "detection": ("motion/det", "motion/det_motion_map", "motion/det_epa"),
+}
 _MOTION_CATEGORY = {"Evaluate on motion category": "motion", "Evaluate on detection category": "detection"}
 
 
@@ -133,8 +135,12 @@ def _planning_metrics(header: list[str], rows: list[list[str]]) -> dict[str, flo
 
 def _motion_metrics(prefix: str, header: list[str], rows: list[list[str]]) -> dict[str, float]:
     """One MotionEval table: one row per class; the paper's table also gives the headline car numbers."""
-    out = {f"{prefix}/{row[0]}_{col}": _float(value) for row in rows for col, value in zip(header[1:], row[1:])
-           if _NUMBER.match(value)}  # fmt: skip
+    out = {
+        f"{prefix}/{row[0]}_{col}": _float(value)
+        for row in rows
+        for col, value in zip(header[1:], row[1:])
+        if _NUMBER.match(value)
+    }
     if prefix == "motion":
         for short, col in (("minADE", "min_ade_err"), ("minFDE", "min_fde_err"), ("MR", "miss_rate_err")):
             if f"motion/car_{col}" in out:

@@ -103,9 +103,6 @@ class WorkDir:
         """The epoch file ``latest.pth`` points to, resolved; None before the first epoch ends."""
         return self.latest.resolve() if self.latest.exists() else None
 
-    def epoch_file(self, epoch: int) -> Path:
-        return self.path / EPOCH_FILE.format(epoch)
-
     def resume_candidates(self) -> list[tuple[tuple[int, int], Path]]:
         """Checkpoints with their position (epochs complete, iterations of the next epoch), newest first:
         ``epoch_N.pth`` is (N, 0), ``epoch_E_iter_K.pth`` is (E - 1, K). ``latest.pth`` is only a link to one."""

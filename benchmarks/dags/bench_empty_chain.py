@@ -9,8 +9,16 @@ import pendulum
 from airflow.sdk import DAG, chain, task
 
 GPUS_PER_WORKER = int(os.environ.get("UNIAD_GPUS_PER_WORKER", "8"))
-STEPS = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint", "stage2_train",
-         "validate_stage2", "upload_stage2"]  # fmt: skip
+STEPS = [
+    "preflight",
+    "fetch_pretrained",
+    "stage1_train",
+    "validate_stage1",
+    "promote_checkpoint",
+    "stage2_train",
+    "validate_stage2",
+    "upload_stage2",
+]
 
 
 @task

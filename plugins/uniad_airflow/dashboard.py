@@ -20,10 +20,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from uniad_airflow.operators import DAG_ID, DASHBOARD_PREFIX
+from uniad_airflow.names import DAG_ID, DASHBOARD_PREFIX, PREFLIGHT, PROMOTE, PUBLISH, TRAIN, VALIDATE
 
-PLAN_TASK = "preflight"  # the task whose return value is the run's plan
-GATE_TASKS = {"stage1": "validate_stage1", "stage2": "validate_stage2"}
 RUN_LIMIT = 100
 
 
@@ -89,10 +87,10 @@ def run_detail(run_id: str) -> dict:
             xcom.task_id: XComModel.deserialize_value(xcom)
             for xcom in session.scalars(XComModel.get_many(run_id=run_id, dag_ids=DAG_ID, key="return_value"))
         }
-    plan = results.get(PLAN_TASK)
+    plan = results.get(PREFLIGHT)
     detail = {"run": summary, "tasks": tasks, "view": None, "message": None}
     if not isinstance(plan, dict):
-        state = tasks.get(PLAN_TASK, {}).get("state")
+        state = tasks.get(PREFLIGHT, {}).get("state")
         detail["message"] = (
             "preflight failed: the parameters were refused (see the preflight task's log)"
             if state == "failed"
@@ -100,7 +98,7 @@ def run_detail(run_id: str) -> dict:
         )
         return detail
     gates = {}
-    for stage, task_id in GATE_TASKS.items():
+    for stage, task_id in VALIDATE.items():
         result = results.get(task_id)
         if isinstance(result, dict):
             gates[stage] = {"verdict": result.get("verdict"), "report": result.get("report")}
@@ -108,9 +106,9 @@ def run_detail(run_id: str) -> dict:
         detail["view"] = run_view(
             Plan.from_json(plan),
             run_id,
-            task_states={task_id: info["state"] for task_id, info in tasks.items()},
-            promoted=results.get("promote_checkpoint"),
-            published=results.get("publish_model"),
+            stage_states={stage: tasks.get(task_id, {}).get("state") for stage, task_id in TRAIN.items()},
+            promoted=results.get(PROMOTE),
+            published=results.get(PUBLISH),
             gates=gates,
         )
     except (OSError, PipelineError) as exc:

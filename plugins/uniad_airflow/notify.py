@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseNotifier
 
-from uniad_airflow.operators import dashboard_url
+from uniad_airflow.names import dashboard_url
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

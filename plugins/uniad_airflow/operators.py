@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from uniad_airflow.names import dashboard_url
 from uniad_airflow.settings import (
     allowed_roots,
     gpus_per_worker,
@@ -33,13 +33,6 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
     from uniad.run.plan import Plan
-
-DAG_ID = "uniad_e2e_training"
-DASHBOARD_PREFIX = "/uniad"  # where the training dashboard (uniad_airflow.dashboard) is mounted in the api-server
-
-
-def dashboard_url(run_id: str) -> str:
-    return f"{DASHBOARD_PREFIX}/runs/{quote(run_id, safe='')}"
 
 
 class TrainingDashboardLink(BaseOperatorLink):
@@ -117,8 +110,13 @@ class UniADPreflightOperator(BaseOperator):
                 from uniad.train.slurm import check_cluster
 
                 facts = check_cluster(plan.slurm, params.nproc, needs_gpus=params.profile == "uniad")
-                self.log.info("Slurm: partition %s, %d node(s), gres %s, %d CPU(s) per rank", facts["partition"],
-                              facts["nodes"], facts["gres"], facts["cpus_per_task"])  # fmt: skip
+                self.log.info(
+                    "Slurm: partition %s, %d node(s), gres %s, %d CPU(s) per rank",
+                    facts["partition"],
+                    facts["nodes"],
+                    facts["gres"],
+                    facts["cpus_per_task"],
+                )
         self.log.info("profile %s, UniAD root %s", plan.profile, plan.uniad_root)
         for stage, spec in plan.stages.items():
             self.log.info(
@@ -134,15 +132,22 @@ class UniADPreflightOperator(BaseOperator):
         return plan.to_json()
 
 
-class UniADTrainOperator(PlanOperator):
+class StageOperator(PlanOperator):
+    """A task of one stage (``stage1`` or ``stage2``) of the plan."""
+
+    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stage = stage
+
+
+class UniADTrainOperator(StageOperator):
     """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
 
     ui_color = "#fde8e8"
     operator_extra_links = (TrainingDashboardLink(),)
 
-    def __init__(self, *, stage: str, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stage = stage
         self._run = None
 
     def execute(self, context: Context) -> dict:
@@ -226,14 +231,18 @@ class UniADTrainOperator(PlanOperator):
                 job_id, state = found
                 started = slurm.submit_time(state) or time.time()
                 if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
-                    self.log.warning("Slurm job %s ended %s while no task followed it; submitting a new job",
-                                     job_id, state["JobState"])  # fmt: skip
+                    self.log.warning(
+                        "Slurm job %s ended %s while no task followed it; submitting a new job",
+                        job_id,
+                        state["JobState"],
+                    )
         if state["JobState"] == "COMPLETED":  # it ended while no task followed it
             self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job_id)
             return self.execute_complete(context, {"job_id": job_id, "status": "COMPLETED", "state": state})
         if state["JobState"] in slurm.ACTIVE:
-            self.log.info("re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id,
-                          state["JobState"])  # fmt: skip
+            self.log.info(
+                "re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id, state["JobState"]
+            )
         else:
             attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"])
             if attempt.resumed_from:
@@ -248,26 +257,44 @@ class UniADTrainOperator(PlanOperator):
                 backend = spec.backend if spec.backend != "auto" else ("nccl" if plan.slurm.gpus_per_node else "gloo")
                 job_file = work_dir.slurm_job_file(try_number)
                 argv, job = build_slurm_job(
-                    spec, plan.slurm, backend=backend, job_name=name, comment=slurm.job_comment(try_number, work_dir),
-                    job_file=job_file, output=work_dir.slurm_output("%j"), trainside=ship_trainside(work_dir.trainside),
-                    cpus_per_task=facts["cpus_per_task"], env=slurm.job_environment(os.environ, slurm_export()),
-                )  # fmt: skip
+                    spec,
+                    plan.slurm,
+                    backend=backend,
+                    job_name=name,
+                    comment=slurm.job_comment(try_number, work_dir),
+                    job_file=job_file,
+                    output=work_dir.slurm_output("%j"),
+                    trainside=ship_trainside(work_dir.trainside),
+                    cpus_per_task=facts["cpus_per_task"],
+                    env=slurm.job_environment(os.environ, slurm_export()),
+                )
                 job_file.write_text(json.dumps(job, indent=2) + "\n")
                 started = time.time()
                 job_id = slurm.submit(argv)
-            slurm.record_job(work_dir, job_id, attempt=try_number, state="PENDING", partition=facts["partition"],
-                             nnodes=plan.slurm.nnodes, backend=backend)  # fmt: skip
+            slurm.record_job(
+                work_dir,
+                job_id,
+                attempt=try_number,
+                state="PENDING",
+                partition=facts["partition"],
+                nnodes=plan.slurm.nnodes,
+                backend=backend,
+            )
             self.log.info("submitted Slurm job %s: %s", job_id, argv)
         if store is not None:
             store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
         self.defer(
             trigger=SlurmStageTrigger(
-                job_id=job_id, stage=self.stage, work_dir=str(work_dir.path),
-                total_epochs=plan.stage(self.stage).max_epochs, started=started,
-                stall_timeout_s=plan.gate.stall_timeout_s, later_epochs=plan.later_epochs(self.stage),
+                job_id=job_id,
+                stage=self.stage,
+                work_dir=str(work_dir.path),
+                total_epochs=plan.stage(self.stage).max_epochs,
+                started=started,
+                stall_timeout_s=plan.gate.stall_timeout_s,
+                later_epochs=plan.later_epochs(self.stage),
             ),
             method_name="execute_complete",
-        )  # fmt: skip
+        )
         return None
 
     def execute_complete(self, context: Context, event: dict) -> dict:
@@ -285,8 +312,14 @@ class UniADTrainOperator(PlanOperator):
             store.delete(self.SLURM_JOB_KEY)  # ended: a retry submits a new job
         if event["status"] == "COMPLETED":
             latest = work_dir.latest_checkpoint()
-            return {"stage": self.stage, "work_dir": str(work_dir.path), "executor": "slurm", "job_id": job_id,
-                    "nodes": state.get("NodeList"), "latest_checkpoint": str(latest) if latest else None}  # fmt: skip
+            return {
+                "stage": self.stage,
+                "work_dir": str(work_dir.path),
+                "executor": "slurm",
+                "job_id": job_id,
+                "nodes": state.get("NodeList"),
+                "latest_checkpoint": str(latest) if latest else None,
+            }
         tail = slurm.tail(work_dir.slurm_output(job_id))
         last_lines = "\nlast lines of the job's output:\n" + "\n".join(tail) if tail else ""
         if event["status"] == "unhealthy":
@@ -306,17 +339,13 @@ class UniADTrainOperator(PlanOperator):
         )
 
 
-class ValidateStageOperator(PlanOperator):
+class ValidateStageOperator(StageOperator):
     """The gate of a stage: analyse its log and its evaluations (report in ``<work_dir>/health/``) and check that
     its ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
     (or a warning when the run is ``strict``), on a metric requirement not met, on a final epoch that was not
     evaluated (unless validation was off), and on an invalid checkpoint. Returns the final metrics too."""
 
     ui_color = "#e8fde8"
-
-    def __init__(self, *, stage: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stage = stage
 
     def execute(self, context: Context) -> dict:
         from uniad.health.gate import validate_stage
@@ -361,15 +390,11 @@ class FetchPretrainedOperator(PlanOperator):
         return fetched
 
 
-class UploadArtifactsOperator(PlanOperator):
+class UploadArtifactsOperator(StageOperator):
     """Upload a finished stage's checkpoint(s), logs and health report to ``<s3_uri>/<run_id>/`` through the
     amazon provider's S3 hook (``aws_conn_id``). Skipped when the run has no ``s3_uri``."""
 
     ui_color = "#f0e8fd"
-
-    def __init__(self, *, stage: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stage = stage
 
     def execute(self, context: Context) -> list[dict]:
         from uniad.artifacts.storage import S3Location, parse_s3_uri, upload_artifacts
@@ -455,23 +480,37 @@ class PublishModelOperator(PlanOperator):
             # pool), with the training interpreter of where it runs.
             if plan.slurm is not None:
                 return evaluate_checkpoint_on_slurm(
-                    replace(spec, python=training_python()), plan.slurm, str(champion),
+                    replace(spec, python=training_python()),
+                    plan.slurm,
+                    str(champion),
                     work_dir=plan.work_dir("stage2").champion_evaluation,
                     env=slurm.job_environment(os.environ, slurm_export()),
-                    job_name=slurm.job_name("evaluate", context["run_id"]), emit=self.log.info,
-                )  # fmt: skip
+                    job_name=slurm.job_name("evaluate", context["run_id"]),
+                    emit=self.log.info,
+                )
             return evaluate_checkpoint(
-                spec.uniad_root, spec.config, str(champion), nproc_per_node=spec.nproc_per_node,
-                python=training_python(), launcher=spec.launcher, backend=spec.backend, needs_gpus=spec.needs_gpus,
+                spec.uniad_root,
+                spec.config,
+                str(champion),
+                nproc_per_node=spec.nproc_per_node,
+                python=training_python(),
+                launcher=spec.launcher,
+                backend=spec.backend,
+                needs_gpus=spec.needs_gpus,
                 emit_output=lambda line: self.log.info("%s", line),
-            )  # fmt: skip
+            )
 
         latest = plan.work_dir("stage2").latest
         with domain_errors():
             result = publish_model(
-                latest, metrics["values"], plan.publish.path, ChampionRule(plan.publish.metric, plan.publish.tolerance),
-                expect_epoch=spec.max_epochs, run_id=context["run_id"], score_champion=score,
-            )  # fmt: skip
+                latest,
+                metrics["values"],
+                plan.publish.path,
+                ChampionRule(plan.publish.metric, plan.publish.tolerance),
+                expect_epoch=spec.max_epochs,
+                run_id=context["run_id"],
+                score_champion=score,
+            )
         self.log.info("%s", result["comparison"])
         if not result["published"]:
             context["ti"].xcom_push(key="return_value", value=result)

@@ -92,7 +92,7 @@ class SlurmStageTrigger(BaseTrigger):
                 finding: Finding | None = monitor.fatal or (
                     monitor.check_stall(
                         now, last.get("epoch"), last.get("iter"), now - (time.time() - output_at) if output_at else None
-                    )  # fmt: skip
+                    )
                     if state["JobState"] == "RUNNING"
                     else None
                 )
@@ -100,8 +100,9 @@ class SlurmStageTrigger(BaseTrigger):
                     self.log.error("job %s: %s: %s; cancelling it", self.job_id, finding.code, finding.message)
                     await acancel(self.job_id)
                     state = await ajob_state(self.job_id)  # the audit trail gets the cancelled job's end time
-                    yield TriggerEvent({"job_id": self.job_id, "status": "unhealthy", "finding": asdict(finding),
-                                        "state": state})  # fmt: skip
+                    yield TriggerEvent(
+                        {"job_id": self.job_id, "status": "unhealthy", "finding": asdict(finding), "state": state}
+                    )
                     return
                 await asyncio.sleep(self.poll_s)
                 continue

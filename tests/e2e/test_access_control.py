@@ -56,8 +56,25 @@ def fab(tmp_path_factory):
         run([airflow, "roles", "create", "NoDags"], env=env)
         for name, role in (("viewer", "Viewer"), ("op", "Op"), ("nodag", "NoDags")):
             users[name] = secrets.token_urlsafe(12)
-            run([airflow, "users", "create", "--username", name, "--role", role, "--firstname", name, "--lastname",
-                 "Tester", "--email", f"{name}@example.org", f"--password={users[name]}"], env=env)  # fmt: skip
+            run(
+                [
+                    airflow,
+                    "users",
+                    "create",
+                    "--username",
+                    name,
+                    "--role",
+                    role,
+                    "--firstname",
+                    name,
+                    "--lastname",
+                    "Tester",
+                    "--email",
+                    f"{name}@example.org",
+                    f"--password={users[name]}",
+                ],
+                env=env,
+            )
         run([airflow, "dags", "reserialize"], env=env, timeout=300)
         port = find_free_port()
         argv = [airflow, "api-server", "--port", str(port)]
@@ -85,8 +102,9 @@ def test_roles_decide_who_may_trigger_and_who_may_read(fab):
     assert status == 200 and detail["run"]["run_id"] == "op_run"
     assert http("GET", f"{base}/uniad/", token=tokens["viewer"])[0] == 200
     # A Viewer may not change task state either.
-    status, _ = http("PATCH", f"{base}/api/v2/dags/{DAG_ID}/dagRuns/op_run", token=tokens["viewer"],
-                     body={"state": "failed"})  # fmt: skip
+    status, _ = http(
+        "PATCH", f"{base}/api/v2/dags/{DAG_ID}/dagRuns/op_run", token=tokens["viewer"], body={"state": "failed"}
+    )
     assert status == 403
 
 
@@ -117,9 +135,17 @@ def test_a_viewer_logs_in_through_the_form_and_sees_the_dashboard(fab):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1400,900"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     ARTIFACTS.mkdir(exist_ok=True)

@@ -16,8 +16,18 @@ from support import BIN, REPO, run
 from uniad.artifacts.checkpoints import inspect_checkpoint
 
 DAG_ID = "uniad_e2e_training"
-TASKS = ["preflight", "fetch_pretrained", "stage1_train", "validate_stage1", "promote_checkpoint", "upload_stage1",
-         "stage2_train", "validate_stage2", "upload_stage2", "publish_model"]  # fmt: skip
+TASKS = [
+    "preflight",
+    "fetch_pretrained",
+    "stage1_train",
+    "validate_stage1",
+    "promote_checkpoint",
+    "upload_stage1",
+    "stage2_train",
+    "validate_stage2",
+    "upload_stage2",
+    "publish_model",
+]
 TRAINING = {"stage1_train", "stage2_train"}
 
 
@@ -59,7 +69,19 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
 
     roots = {"cli_run": tmp_path / "root-cli", "rest_run": tmp_path / "root-rest"}
     conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
-    run([airflow, "dags", "trigger", DAG_ID, "-r", "cli_run", "-c", json.dumps({**conf, "uniad_root": str(roots["cli_run"])})], env=env)  # fmt: skip
+    run(
+        [
+            airflow,
+            "dags",
+            "trigger",
+            DAG_ID,
+            "-r",
+            "cli_run",
+            "-c",
+            json.dumps({**conf, "uniad_root": str(roots["cli_run"])}),
+        ],
+        env=env,
+    )
     token = stack["stack"].token()  # the FAB admin created from the deployment secret
     status, answer = http(
         "POST",

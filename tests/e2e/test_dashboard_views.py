@@ -80,8 +80,13 @@ def test_a_stage_not_started_or_just_launched(trained_root, tmp_path):
     view = stage_view(WorkDir(tmp_path / "empty"), "stage2", max_epochs=20, nproc=8)
     assert view["started"] is False and view["series"] is None
     # mmcv has written the meta line but no record yet.
-    launched = stage_view(copy_logs(trained_root["stage1_dir"], tmp_path / "s1", keep_lines=1), "stage1",
-                          max_epochs=2, nproc=2, active=True)  # fmt: skip
+    launched = stage_view(
+        copy_logs(trained_root["stage1_dir"], tmp_path / "s1", keep_lines=1),
+        "stage1",
+        max_epochs=2,
+        nproc=2,
+        active=True,
+    )
     assert launched["started"] and launched["records"] == 0 and launched["series"] is None
 
 
@@ -92,7 +97,7 @@ def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
     for stage, src in (("stage1", trained_root["stage1_dir"]), ("stage2", trained_root["stage2_dir"])):
         mark(copy_logs(src, plan.work_dir(stage).path), "r1", stage)
     promoted = {"path": plan.ckpt_path, "sha256": "ab" * 32, "epoch": 2}
-    view = run_view(plan, "r1", task_states={"stage1_train": "success", "stage2_train": "success"}, promoted=promoted)
+    view = run_view(plan, "r1", stage_states={"stage1": "success", "stage2": "success"}, promoted=promoted)
     first, second = view["stages"]
     assert first["started"] and second["started"]
     assert (first["x_offset"], second["x_offset"], view["handoff_x"]) == (0, 80, 80)
@@ -104,7 +109,7 @@ def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
     shutil.rmtree(plan.work_dir("stage2").path)
     stage1 = copy_logs(trained_root["stage1_dir"], plan.work_dir("stage1").path, keep_lines=4)
     now = stage1.json_logs()[0].stat().st_mtime + 1
-    live = run_view(plan, "r1", task_states={"stage1_train": "running"}, now=now)
+    live = run_view(plan, "r1", stage_states={"stage1": "running"}, now=now)
     first, second = live["stages"]
     assert first["task_state"] == "running" and first["progress"] < 1 and not second["started"]
     per_iter = first["seconds_per_iter"]

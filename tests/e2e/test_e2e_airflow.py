@@ -90,8 +90,10 @@ def test_a_root_outside_the_allowed_roots_fails_at_preflight_and_starts_nothing(
     conf = {"profile": "mini", "uniad_root": root, "stage1_epochs": 1, "stage2_epochs": 1}
     done = run(
         [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-        env={"UNIAD_ALLOWED_ROOTS": str(allowed)}, timeout=300, check=False,
-    )  # fmt: skip
+        env={"UNIAD_ALLOWED_ROOTS": str(allowed)},
+        timeout=300,
+        check=False,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert f"resolves to {outside}/uniad-mini) is outside the directories this deployment lets runs use" in output
@@ -167,7 +169,7 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
                     "publish_model",  # each run's own root: no champion there yet
                 ],
                 "success",
-            ),  # fmt: skip
+            ),
             **dict.fromkeys(["upload_stage1", "upload_stage2"], "skipped"),  # no s3_uri
         }
         training += [(t["start_date"], t["end_date"], run_id) for t in tasks if t["task_id"].endswith("_train")]

@@ -29,11 +29,29 @@ def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
     nasty = f"note=$(touch {marker}); touch {marker} `touch {marker}` | touch {marker}"
     started = time.monotonic()
     done = run(
-        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
-         "--nproc-per-node", "2", *extra, "--cfg-options", f"fault_injection.kind={kind}",
-         f"fault_injection.epoch={epoch}", f"fault_injection.iter={iter}", nasty],
-        check=False, timeout=300,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "uniad",
+            "train",
+            "--uniad-root",
+            str(root),
+            "--config",
+            CONFIG,
+            "--epochs",
+            "3",
+            "--nproc-per-node",
+            "2",
+            *extra,
+            "--cfg-options",
+            f"fault_injection.kind={kind}",
+            f"fault_injection.epoch={epoch}",
+            f"fault_injection.iter={iter}",
+            nasty,
+        ],
+        check=False,
+        timeout=300,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 1, done.stdout + done.stderr
     assert "stopped by the health watch" in done.stderr and signal in done.stderr, done.stderr[-3000:]
@@ -63,10 +81,24 @@ def test_ranks_die_with_a_sigkilled_launching_process(tmp_path):
     root = tmp_path / "root"
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
     proc = subprocess.Popen(
-        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "6",
-         "--nproc-per-node", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "uniad",
+            "train",
+            "--uniad-root",
+            str(root),
+            "--config",
+            CONFIG,
+            "--epochs",
+            "6",
+            "--nproc-per-node",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.startswith("[full_track_map] epoch 1/6 iter 10/40"):

@@ -63,8 +63,12 @@ def stack(tmp_path_factory):
         shim.mkdir()
         (shim / "sbatch").write_text(SBATCH_HOLD.format(sbatch="/usr/bin/sbatch"))
         (shim / "sbatch").chmod(0o755)
-        env = {**TIMERS, "SLURM_CONF": cluster["SLURM_CONF"], "UNIAD_TEST_SBATCH_HOLD": str(base / "hold"),
-               "PATH": f"{shim}:{os.environ['PATH']}"}  # fmt: skip
+        env = {
+            **TIMERS,
+            "SLURM_CONF": cluster["SLURM_CONF"],
+            "UNIAD_TEST_SBATCH_HOLD": str(base / "hold"),
+            "PATH": f"{shim}:{os.environ['PATH']}",
+        }
         home = base / "airflow"
         home.mkdir()
         with celery_stack(home, redis_db=9, gpu_workers=2, extra_env=env) as running:
@@ -72,8 +76,9 @@ def stack(tmp_path_factory):
 
 
 def api(stack, method: str, path: str, body: dict | None = None):
-    status, answer = http(method, f"http://127.0.0.1:{stack['stack'].port}/api/v2/{path}",
-                          token=stack["stack"].token(), body=body)  # fmt: skip
+    status, answer = http(
+        method, f"http://127.0.0.1:{stack['stack'].port}/api/v2/{path}", token=stack["stack"].token(), body=body
+    )
     assert status in (200, 201), (status, answer)
     return answer
 
@@ -81,9 +86,12 @@ def api(stack, method: str, path: str, body: dict | None = None):
 def trigger(stack, run_id: str, conf: dict) -> None:
     deadline = time.monotonic() + 120
     while True:  # the dag-processor registers the DAG a few seconds after the stack is up
-        status, answer = http("POST", f"http://127.0.0.1:{stack['stack'].port}/api/v2/dags/{DAG_ID}/dagRuns",
-                              token=stack["stack"].token(), body={"dag_run_id": run_id, "logical_date": None,
-                                                                  "conf": conf})  # fmt: skip
+        status, answer = http(
+            "POST",
+            f"http://127.0.0.1:{stack['stack'].port}/api/v2/dags/{DAG_ID}/dagRuns",
+            token=stack["stack"].token(),
+            body={"dag_run_id": run_id, "logical_date": None, "conf": conf},
+        )
         if status == 200:
             return
         assert status == 404 and time.monotonic() < deadline, (status, answer)
@@ -169,29 +177,39 @@ def test_a_slurm_stage_outlives_its_worker_and_the_triggerer(stack, tmp_path):
     job_id = job_id.strip()
     # The GPU worker whose task waits on sbatch's answer is lost with every process below it; the stack starts
     # it again, as compose's restart policy would.
-    worker = next(part for part in ("worker-gpu", "worker-gpu-2")
-                  if any("sbatch" in _cmdline(pid) for pid in _tree(pid_of(stack, part))))  # fmt: skip
+    worker = next(
+        part
+        for part in ("worker-gpu", "worker-gpu-2")
+        if any("sbatch" in _cmdline(pid) for pid in _tree(pid_of(stack, part)))
+    )
     lost = pid_of(stack, worker)
     kill_tree(lost)
     lost_at = time.monotonic()
     hold.unlink()
     restarted(stack, worker, lost)
-    wait_for("the retry to re-attach", lambda: "re-attaching to Slurm job" in task_log(
-        stack, "worker_lost", "stage1_train", 2), timeout_s=180)  # fmt: skip
+    wait_for(
+        "the retry to re-attach",
+        lambda: "re-attaching to Slurm job" in task_log(stack, "worker_lost", "stage1_train", 2),
+        timeout_s=180,
+    )
     reattach_s = time.monotonic() - lost_at
     assert f"re-attaching to Slurm job {job_id} " in task_log(stack, "worker_lost", "stage1_train", 2)
 
     # Stage 2's job running, followed by its trigger: the triggerer is lost, and started again.
-    wait_for("stage 2 to be deferred", lambda: task(stack, "worker_lost", "stage2_train")["state"] == "deferred",
-             timeout_s=300)  # fmt: skip
+    wait_for(
+        "stage 2 to be deferred",
+        lambda: task(stack, "worker_lost", "stage2_train")["state"] == "deferred",
+        timeout_s=300,
+    )
     (stage2_job,) = [job["job_id"] for job in jobs(root / STAGE2)]
     followed = wait_for("the trigger to follow the job", lambda: following(stack, "worker_lost", stage2_job))
     lost = pid_of(stack, "triggerer")
     kill_tree(lost)
     triggerer_lost_at = time.monotonic()
     restarted(stack, "triggerer", lost)
-    wait_for("a new trigger to follow the job", lambda: following(stack, "worker_lost", stage2_job) > followed,
-             timeout_s=120)  # fmt: skip
+    wait_for(
+        "a new trigger to follow the job", lambda: following(stack, "worker_lost", stage2_job) > followed, timeout_s=120
+    )
     refollow_s = time.monotonic() - triggerer_lost_at
     assert run_state(stack, "worker_lost") == "success", task(stack, "worker_lost", "stage2_train")
 
@@ -205,8 +223,10 @@ def test_a_slurm_stage_outlives_its_worker_and_the_triggerer(stack, tmp_path):
     (log,) = (root / STAGE1).glob("*.log.json")
     assert sum('"env_info"' in line for line in log.read_text().splitlines()) == 1  # one training, not two
     assert processes_mentioning(str(root)) == []
-    print(f"re-attached {reattach_s:.1f} s after the worker was lost; following resumed {refollow_s:.1f} s after "
-          "the triggerer was lost")  # fmt: skip
+    print(
+        f"re-attached {reattach_s:.1f} s after the worker was lost; following resumed {refollow_s:.1f} s after "
+        "the triggerer was lost"
+    )
 
 
 def test_a_cancelled_job_is_retried_from_its_checkpoint_and_marking_failed_cancels(stack, tmp_path):
@@ -217,14 +237,16 @@ def test_a_cancelled_job_is_retried_from_its_checkpoint_and_marking_failed_cance
     wait_for("the job to end", lambda: "JobState=CANCELLED" in _scontrol(stack, first[0]["job_id"]), timeout_s=30)
     newest = max(int(path.stem.split("_")[1]) for path in (root / STAGE1).glob("epoch_*.pth"))
     wait_for("the retry's job", lambda: len(jobs(root / STAGE1)) == 2 and jobs(root / STAGE1)[1], timeout_s=180)
-    wait_for("stage 2 to be deferred", lambda: task(stack, "cancelled", "stage2_train")["state"] == "deferred",
-             timeout_s=300)  # fmt: skip
+    wait_for(
+        "stage 2 to be deferred", lambda: task(stack, "cancelled", "stage2_train")["state"] == "deferred", timeout_s=300
+    )
     (stage2_job,) = jobs(root / STAGE2)
     wait_for("stage 2's job to run", lambda: "JobState=RUNNING" in _scontrol(stack, stage2_job["job_id"]))
     api(stack, "PATCH", f"dags/{DAG_ID}/dagRuns/cancelled/taskInstances/stage2_train", {"new_state": "failed"})
     marked_at = time.monotonic()
-    wait_for("the job to be cancelled", lambda: "JobState=CANCELLED" in _scontrol(stack, stage2_job["job_id"]),
-             timeout_s=30)  # fmt: skip
+    wait_for(
+        "the job to be cancelled", lambda: "JobState=CANCELLED" in _scontrol(stack, stage2_job["job_id"]), timeout_s=30
+    )
     cancel_s = time.monotonic() - marked_at
     wait_for("the audit trail to record it", lambda: jobs(root / STAGE2)[0]["state"] == "CANCELLED", timeout_s=30)
     assert jobs(root / STAGE2)[0]["end"] not in (None, "Unknown")

@@ -132,9 +132,25 @@ def test_a_trained_model_scores_clearly_better_than_an_untrained_one(trained_roo
 
     def evaluate(checkpoint) -> dict:
         out = tmp_path / f"{checkpoint.stem}.json"
-        run([PYTHON, "-m", "uniad", "evaluate", "--uniad-root", str(trained_root["root"]), "--config",
-             "projects/configs/stage1_track_map/full_track_map.py", "--checkpoint", str(checkpoint),
-             "--nproc-per-node", "2", "--out", str(out)], timeout=300)  # fmt: skip
+        run(
+            [
+                PYTHON,
+                "-m",
+                "uniad",
+                "evaluate",
+                "--uniad-root",
+                str(trained_root["root"]),
+                "--config",
+                "projects/configs/stage1_track_map/full_track_map.py",
+                "--checkpoint",
+                str(checkpoint),
+                "--nproc-per-node",
+                "2",
+                "--out",
+                str(out),
+            ],
+            timeout=300,
+        )
         return json.loads(out.read_text())["metrics"]
 
     trained, baseline = evaluate(trained_root["stage1_dir"] / "epoch_2.pth"), evaluate(untrained)
@@ -142,6 +158,12 @@ def test_a_trained_model_scores_clearly_better_than_an_untrained_one(trained_roo
         assert trained[metric] > baseline[metric] + margin, (metric, trained[metric], baseline[metric])
     assert trained["pts_bbox_NuScenes/amotp"] < baseline["pts_bbox_NuScenes/amotp"]  # closer boxes
     # The metrics of tools/test.py are those training logged for the same weights.
-    logged = [r for r in (json.loads(line) for line in next(trained_root["stage1_dir"].glob("*.log.json"))
-              .read_text().splitlines()[1:]) if r.get("mode") == "val"][-1]  # fmt: skip
+    logged = [
+        r
+        for r in (
+            json.loads(line)
+            for line in next(trained_root["stage1_dir"].glob("*.log.json")).read_text().splitlines()[1:]
+        )
+        if r.get("mode") == "val"
+    ][-1]
     assert trained["pts_bbox_NuScenes/amota"] == pytest.approx(logged["pts_bbox_NuScenes/amota"], abs=1e-4)

@@ -58,10 +58,14 @@ def test_evaluated_stages_a_metric_gate_and_champion_challenger(airflow_home, tm
 
     # An impossible requirement fails validate_stage1, naming the metric and both numbers; nothing runs after it.
     output = dags_test(
-        {"profile": "mini", "uniad_root": str(tmp_path / "root-req"), "stage1_epochs": 1,
-         "stage1_metric_requirements": ["pts_bbox_NuScenes/amota>=1.01"]},
+        {
+            "profile": "mini",
+            "uniad_root": str(tmp_path / "root-req"),
+            "stage1_epochs": 1,
+            "stage1_metric_requirements": ["pts_bbox_NuScenes/amota>=1.01"],
+        },
         check=False,
-    )  # fmt: skip
+    )
     assert "pts_bbox_NuScenes/amota>=1.01 not met: pts_bbox_NuScenes/amota is " in output
     assert ", required >= 1.01" in output
     assert "starting task_id=stage2_train" not in output and "task_id=validate_stage1" in output

@@ -22,10 +22,28 @@ WORK = "projects/work_dirs/stage1_track_map/full_track_map"
 
 def train(root, run_id, *extra, check=False, epochs=3):
     return run(
-        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", str(epochs),
-         "--nproc-per-node", "2", "--run-id", run_id, "--stage", "stage1", *extra],
-        check=check, timeout=300,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "uniad",
+            "train",
+            "--uniad-root",
+            str(root),
+            "--config",
+            CONFIG,
+            "--epochs",
+            str(epochs),
+            "--nproc-per-node",
+            "2",
+            "--run-id",
+            run_id,
+            "--stage",
+            "stage1",
+            *extra,
+        ],
+        check=check,
+        timeout=300,
+    )
 
 
 def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(tmp_path, trained_root):
@@ -35,8 +53,15 @@ def test_mid_epoch_checkpoint_resume_ends_bit_identical_to_an_uninterrupted_run(
 
     root = tmp_path / "root"
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
-    options = ["--checkpoint-interval-iters", "10", "--cfg-options", "fault_injection.kind=crash",
-               "fault_injection.epoch=2", "fault_injection.iter=26", "fault_injection.once=True"]  # fmt: skip
+    options = [
+        "--checkpoint-interval-iters",
+        "10",
+        "--cfg-options",
+        "fault_injection.kind=crash",
+        "fault_injection.epoch=2",
+        "fault_injection.iter=26",
+        "fault_injection.once=True",
+    ]
     first = train(root, "run-m", *options, epochs=2)
     assert first.returncode == 1 and "exited with code" in first.stderr
     assert processes_mentioning(str(root)) == []
@@ -85,13 +110,23 @@ def test_resume_that_silently_restarts_is_stopped(tmp_path):
     """UniAD ignores a --resume-from it cannot read; the runner notices from the first logged epoch."""
     root = tmp_path / "root"
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
-    assert train(root, "run-a", "--cfg-options", "fault_injection.kind=crash", "fault_injection.epoch=2",
-                 "fault_injection.iter=5").returncode == 1  # fmt: skip
+    assert (
+        train(
+            root,
+            "run-a",
+            "--cfg-options",
+            "fault_injection.kind=crash",
+            "fault_injection.epoch=2",
+            "fault_injection.iter=5",
+        ).returncode
+        == 1
+    )
     work = root / WORK
     # The checkpoint the attempt was planned with is gone by the time train.py starts (a cleanup job, another
     # mount): train.py then restarts from epoch 1 without a word, which the runner must catch.
-    spec = StageSpec(uniad_root=str(root), config=CONFIG, work_dir=WORK + "/", max_epochs=3, nproc_per_node=2,
-                     python=PYTHON)  # fmt: skip
+    spec = StageSpec(
+        uniad_root=str(root), config=CONFIG, work_dir=WORK + "/", max_epochs=3, nproc_per_node=2, python=PYTHON
+    )
     attempt = plan_attempt(spec, "stage1", run_id="run-a")
     assert attempt.resumed_epoch == 1
     os.rename(work / "epoch_1.pth", work / "moved.pth")
@@ -115,10 +150,28 @@ def test_kill_9_of_a_rank_fails_the_attempt_and_the_retry_finishes(tmp_path):
     root = tmp_path / "root"
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
     proc = subprocess.Popen(
-        [PYTHON, "-m", "uniad", "train", "--uniad-root", str(root), "--config", CONFIG, "--epochs", "3",
-         "--nproc-per-node", "2", "--run-id", "run-k", "--stage", "stage1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            PYTHON,
+            "-m",
+            "uniad",
+            "train",
+            "--uniad-root",
+            str(root),
+            "--config",
+            CONFIG,
+            "--epochs",
+            "3",
+            "--nproc-per-node",
+            "2",
+            "--run-id",
+            "run-k",
+            "--stage",
+            "stage1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("[full_track_map] epoch 2/3 iter 20/40"):
             break

@@ -48,11 +48,23 @@ def bucket(s3_client):
 
 
 def connections(s3_server: str, smtp_port: int) -> dict[str, str]:
-    aws = {"conn_type": "aws", "login": "test", "password": "test",
-           "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"}}  # fmt: skip
-    smtp = {"conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
-            "extra": {"to": ["ml-oncall@example.com"], "from_email": "uniad@example.com",
-                      "disable_ssl": True, "disable_tls": True}}  # fmt: skip
+    aws = {
+        "conn_type": "aws",
+        "login": "test",
+        "password": "test",
+        "extra": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+    }
+    smtp = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": smtp_port,
+        "extra": {
+            "to": ["ml-oncall@example.com"],
+            "from_email": "uniad@example.com",
+            "disable_ssl": True,
+            "disable_tls": True,
+        },
+    }
     return {"AIRFLOW_CONN_UNIAD_S3": json.dumps(aws), "AIRFLOW_CONN_UNIAD_NOTIFY": json.dumps(smtp)}
 
 

@@ -46,8 +46,19 @@ def test_stand_in_gpus_are_handed_out_as_on_a_gpu_cluster(cluster):
 def test_a_batch_job_runs_on_both_nodes(cluster, tmp_path):
     env = cluster["env"]
     out = tmp_path / "job.out"
-    job = run(["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-o", str(out),
-               "--wrap", "srun bash -c 'echo $SLURMD_NODENAME'"], env=env).stdout.strip()  # fmt: skip
+    job = run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N2",
+            "--ntasks-per-node=1",
+            "-o",
+            str(out),
+            "--wrap",
+            "srun bash -c 'echo $SLURMD_NODENAME'",
+        ],
+        env=env,
+    ).stdout.strip()
     deadline = time.monotonic() + 60
     state = ""
     while time.monotonic() < deadline:
@@ -63,8 +74,19 @@ def test_stop_ends_every_daemon_by_pid_and_every_job(cluster, tmp_path):
     pids = [int(p) for p in cluster["pids"].values()]
     assert len(pids) == 3  # slurmctld, slurmd n1, slurmd n2
     marker = f"sleep-{uuid.uuid4().hex[:12]}"  # names this job's processes in the process table
-    job = run(["sbatch", "--parsable", "-N2", "--ntasks-per-node=1", "-o", str(tmp_path / "job.out"),
-               "--wrap", f"srun bash -c 'exec -a {marker} sleep 600'"], env=cluster["env"]).stdout.strip()  # fmt: skip
+    job = run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N2",
+            "--ntasks-per-node=1",
+            "-o",
+            str(tmp_path / "job.out"),
+            "--wrap",
+            f"srun bash -c 'exec -a {marker} sleep 600'",
+        ],
+        env=cluster["env"],
+    ).stdout.strip()
     deadline = time.monotonic() + 60
     while len(processes_mentioning(marker)) < 2:  # one rank on each node
         assert time.monotonic() < deadline, run(["scontrol", "show", "job", job], env=cluster["env"]).stdout

@@ -24,10 +24,18 @@ def slurm_env(tmp_path_factory):
 
 def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
     root = tmp_path / "uniad-mini"
-    conf = {"profile": "mini", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1,
-            "stage1_epochs": 2, "stage2_epochs": 1}  # fmt: skip
-    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=900,
-               check=False)  # fmt: skip
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "executor": "slurm",
+        "nnodes": 2,
+        "nproc_per_node": 1,
+        "stage1_epochs": 2,
+        "stage2_epochs": 1,
+    }
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=900, check=False
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
     assert "Slurm: partition uniad, 2 node(s)" in output
@@ -48,11 +56,18 @@ def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
 
 def test_nan_cancels_the_job_from_the_trigger_and_fails_without_retry(airflow_home, slurm_env, tmp_path):
     root = tmp_path / "uniad-mini-nan"
-    conf = {"profile": "mini", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1,
-            "stage1_epochs": 8,  # far more left after the fault than the cancel may take, however slow the machine
-            "stage1_cfg_options": ["fault_injection.kind=nan_loss", "fault_injection.epoch=2", "fault_injection.iter=5"]}  # fmt: skip
-    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=600,
-               check=False)  # fmt: skip
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "executor": "slurm",
+        "nnodes": 2,
+        "nproc_per_node": 1,
+        "stage1_epochs": 8,  # far more left after the fault than the cancel may take, however slow the machine
+        "stage1_cfg_options": ["fault_injection.kind=nan_loss", "fault_injection.epoch=2", "fault_injection.iter=5"],
+    }
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=600, check=False
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "non_finite_loss: loss is nan at epoch 2" in output and "cancelling it" in output, output[-4000:]
@@ -90,8 +105,10 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     marker = tmp_path / "job-ran"
     script = "true" if job_ends_first else f"touch {marker}; exec sleep 300"
     # Run in tmp_path: its working directory names the job's process in the process table.
-    job_id = run(["sbatch", "--parsable", "-N1", "-D", str(tmp_path), "-o", str(tmp_path / "job.out"),
-                  "--wrap", script], env=slurm_env).stdout.strip()  # fmt: skip
+    job_id = run(
+        ["sbatch", "--parsable", "-N1", "-D", str(tmp_path), "-o", str(tmp_path / "job.out"), "--wrap", script],
+        env=slurm_env,
+    ).stdout.strip()
     slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
     wait_for = "JobState=COMPLETED" if job_ends_first else "JobState=RUNNING"
     deadline = time.monotonic() + 60
@@ -102,8 +119,15 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
         time.sleep(0.5)
 
     assert job_ends_first or processes_mentioning(str(tmp_path))  # the check below can see the running job
-    trigger = SlurmStageTrigger(job_id=job_id, stage="stage1", work_dir=str(tmp_path), total_epochs=1,
-                                started=time.time(), stall_timeout_s=600, later_epochs=0)  # fmt: skip
+    trigger = SlurmStageTrigger(
+        job_id=job_id,
+        stage="stage1",
+        work_dir=str(tmp_path),
+        total_epochs=1,
+        started=time.time(),
+        stall_timeout_s=600,
+        later_epochs=0,
+    )
     asyncio.run(trigger.on_kill())
 
     (line,) = slurm.read_jobs(work_dir)

@@ -45,8 +45,9 @@ def ranks(work_dir) -> list[dict]:
 
 
 def dags_test(conf: dict, env: dict, timeout: float = 900):
-    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=env, timeout=timeout,
-               check=False)  # fmt: skip
+    done = run(
+        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=env, timeout=timeout, check=False
+    )
     return done, done.stdout + done.stderr
 
 
@@ -54,14 +55,27 @@ def test_the_standin_fails_as_uniad_does(python38, tmp_path):
     """The harness is as strict as a real stack: mmcv's init pins rank r to GPU r % device_count, and UniAD's training
     API asserts total_epochs == runner.max_epochs."""
     root = standin_root(tmp_path / "UniAD")
-    argv = [str(python38), "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731",
-            "tools/train.py", "projects/configs/stage1_track_map/base_track_map.py", "--launcher", "pytorch",
-            "--work-dir", str(tmp_path / "w"), "--cfg-options", "runner.max_epochs=2"]  # fmt: skip
+    argv = [
+        str(python38),
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29731",
+        "tools/train.py",
+        "projects/configs/stage1_track_map/base_track_map.py",
+        "--launcher",
+        "pytorch",
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--cfg-options",
+        "runner.max_epochs=2",
+    ]
     env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
     done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "ZeroDivisionError: integer division or modulo by zero" in done.stderr
-    with_gpus = subprocess.run(argv, cwd=root, env={**env, "CUDA_VISIBLE_DEVICES": "0,1"}, capture_output=True,
-                               text=True, timeout=120)  # fmt: skip
+    with_gpus = subprocess.run(
+        argv, cwd=root, env={**env, "CUDA_VISIBLE_DEVICES": "0,1"}, capture_output=True, text=True, timeout=120
+    )
     assert with_gpus.returncode != 0 and "assert cfg.total_epochs == cfg.runner.max_epochs" in with_gpus.stderr
 
 
@@ -82,8 +96,15 @@ def test_preflight_reads_uniads_configs_in_its_interpreter_and_refuses_missing_d
 
 def test_both_stages_on_a_gpu_worker_under_python38(airflow_home, python38, tmp_path):
     root = standin_root(tmp_path / "UniAD")
-    conf = {"profile": "uniad", "uniad_root": str(root), "nproc_per_node": 2, "backend": "gloo", "stage1_epochs": 2,
-            "stage2_epochs": 2, "stage2_metric_requirements": ["motion/minADE<=0.9", "planning/obj_box_col_avg<=0.005"]}  # fmt: skip
+    conf = {
+        "profile": "uniad",
+        "uniad_root": str(root),
+        "nproc_per_node": 2,
+        "backend": "gloo",
+        "stage1_epochs": 2,
+        "stage2_epochs": 2,
+        "stage2_metric_requirements": ["motion/minADE<=0.9", "planning/obj_box_col_avg<=0.005"],
+    }
     done, output = dags_test(conf, {"UNIAD_PYTHON": str(python38), "CUDA_VISIBLE_DEVICES": "0,1"})
     assert done.returncode == 0, output[-6000:]
     for work, epochs in ((STAGE1, 2), (STAGE2, 2)):
@@ -127,13 +148,22 @@ def test_two_node_slurm_jobs_get_gpus_cpus_and_no_airflow_secret(airflow_home, p
     from cryptography.fernet import Fernet
 
     root = standin_root(tmp_path / "UniAD")
-    secrets = {"AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-               "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret-that-must-stay-home",
-               "AWS_SECRET_ACCESS_KEY": "aws-secret-that-must-stay-home"}  # fmt: skip
+    secrets = {
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt-secret-that-must-stay-home",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-that-must-stay-home",
+    }
     # A champion published by hand, without metrics: publish_model scores it where the GPUs are, in a Slurm job.
     save_mmcv_checkpoint(root / "ckpts/uniad_e2e.pth", "stage2", 20)
-    conf = {"profile": "uniad", "uniad_root": str(root), "executor": "slurm", "nnodes": 2, "nproc_per_node": 2,
-            "stage1_epochs": 2, "stage2_epochs": 1}  # fmt: skip
+    conf = {
+        "profile": "uniad",
+        "uniad_root": str(root),
+        "executor": "slurm",
+        "nnodes": 2,
+        "nproc_per_node": 2,
+        "stage1_epochs": 2,
+        "stage2_epochs": 1,
+    }
     done, output = dags_test(conf, {**slurm_env, **secrets, "UNIAD_PYTHON": str(python38)})
     assert done.returncode == 0, output[-6000:]
     assert re.search(r"evaluating .*uniad_e2e.pth in Slurm job \d+: \[.*'--nodes=1'.*'--gres=gpu:2'", output)
@@ -144,13 +174,19 @@ def test_two_node_slurm_jobs_get_gpus_cpus_and_no_airflow_secret(airflow_home, p
     submitted = re.findall(r"submitted Slurm job \d+: (\[.*\])", output)
     assert len(submitted) == 2
     for line in submitted:
-        assert all(f"'{item}'" in line for item in ("--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1",
-                                                    "--gres=gpu:2", "--export=NONE"))  # fmt: skip
+        assert all(
+            f"'{item}'" in line
+            for item in ("--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=gpu:2", "--export=NONE")
+        )
     for work in (STAGE1, STAGE2):
         seen = ranks(root / work)
         # 2 nodes x 2 GPUs: every rank on its own GPU of its node, as Slurm allocated them.
         assert [(r["rank"], r["device"], r["CUDA_VISIBLE_DEVICES"], r["world_size"]) for r in seen] == [
-            (0, 0, "0,1", 4), (1, 1, "0,1", 4), (2, 0, "0,1", 4), (3, 1, "0,1", 4)]  # fmt: skip
+            (0, 0, "0,1", 4),
+            (1, 1, "0,1", 4),
+            (2, 0, "0,1", 4),
+            (3, 1, "0,1", 4),
+        ]
         assert {r["python"][:3] for r in seen} == {"3.8"} and {r["environ"]["SLURM_JOB_NUM_NODES"] for r in seen} == {
             "2"
         }

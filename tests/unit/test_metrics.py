@@ -50,8 +50,14 @@ def test_the_headline_motion_numbers_are_the_motion_categorys_standard_table_and
     # The paper's minADE / minFDE / MR: motion category, standard mode, car (vehicles merged). The last table UniAD
     # prints (detection category, epa mode) says 0.89 for car, which must not win.
     assert (values["motion/minADE"], values["motion/minFDE"], values["motion/MR"]) == (0.705, 1.02, 0.15)
-    tables = {"motion": 0.705, "motion/motion_map": 0.67, "motion/epa": 0.74, "motion/det": 0.73,
-              "motion/det_motion_map": 0.69, "motion/det_epa": 0.89}  # fmt: skip
+    tables = {
+        "motion": 0.705,
+        "motion/motion_map": 0.67,
+        "motion/epa": 0.74,
+        "motion/det": 0.73,
+        "motion/det_motion_map": 0.69,
+        "motion/det_epa": 0.89,
+    }
     assert {prefix: values[f"{prefix}/car_min_ade_err"] for prefix in tables} == tables
     assert values["motion/det/truck_min_ade_err"] == 0.91  # the detection category keeps the classes apart
     assert (values["motion/epa/EPA_car"], values["motion/det_epa/EPA_truck"]) == (0.3482, 0.0747)
@@ -95,8 +101,9 @@ def test_a_real_printout_is_in_range_and_nan_is_no_value():
 
 def test_the_gate_reports_an_out_of_range_final_metric_as_an_error():
     records = reference_records(epochs=1, iters_per_epoch=200)
-    broken = analyze(records + [reference_evaluation(1, **{"pts_bbox_NuScenes/amota": 1.776})], total_epochs=1,
-                     iters_per_epoch=200)  # fmt: skip
+    broken = analyze(
+        records + [reference_evaluation(1, **{"pts_bbox_NuScenes/amota": 1.776})], total_epochs=1, iters_per_epoch=200
+    )
     (finding,) = [f for f in broken.findings if f.code == "metric_out_of_range"]
     assert finding.severity == "error" and "amota is 1.776" in finding.message and broken.verdict == "unhealthy"
     fine = analyze(records + [reference_evaluation(1)], total_epochs=1, iters_per_epoch=200)
@@ -141,9 +148,14 @@ def test_analysis_reports_the_last_evaluation_and_its_history():
     records = reference_records(epochs=2, iters_per_epoch=400)
     first = [r for r in records if r["epoch"] == 1] + [reference_evaluation(1, **{"pts_bbox_NuScenes/amota": 0.2})]
     second = [r for r in records if r["epoch"] == 2] + [reference_evaluation(2)]
-    analysis = analyze(first + second, {"config": REFERENCE_CONFIG}, total_epochs=2, iters_per_epoch=400,
-                       printed=parse_printed(PRINTED[:-1] + ["Epoch(val) [2][753]"]),
-                       requirements=[Requirement.parse("motion/minADE<=0.5")])  # fmt: skip
+    analysis = analyze(
+        first + second,
+        {"config": REFERENCE_CONFIG},
+        total_epochs=2,
+        iters_per_epoch=400,
+        printed=parse_printed(PRINTED[:-1] + ["Epoch(val) [2][753]"]),
+        requirements=[Requirement.parse("motion/minADE<=0.5")],
+    )
     assert [e["epoch"] for e in analysis.evaluations] == [1, 2]
     assert analysis.metrics["epoch"] == 2 and analysis.metrics["values"]["pts_bbox_NuScenes/amota"] == 0.3896
     assert analysis.metrics["values"]["planning/L2_1.0s"] == 0.48  # printed, joined to the same evaluation
@@ -160,5 +172,6 @@ def test_a_finished_stage_must_have_its_final_epoch_evaluated():
     assert "not_evaluated" not in {f.code for f in off.findings}
     # A stage still training is not expected to have been evaluated at its end yet.
     running = reference_records(epochs=2, iters_per_epoch=400, stop=(2, 100))
-    assert "not_evaluated" not in {f.code for f in analyze(running, total_epochs=2, iters_per_epoch=400,
-                                                           expect_evaluation=True).findings}  # fmt: skip
+    assert "not_evaluated" not in {
+        f.code for f in analyze(running, total_epochs=2, iters_per_epoch=400, expect_evaluation=True).findings
+    }

@@ -6,7 +6,16 @@ import json
 import shutil
 import time
 
-from uniad.workdir import MARKER, PREVIOUS, WorkDir, default_work_dir, provenance_path, sanitize_run_id, text_log_of
+from uniad.workdir import (
+    EPOCH_FILE,
+    MARKER,
+    PREVIOUS,
+    WorkDir,
+    default_work_dir,
+    provenance_path,
+    sanitize_run_id,
+    text_log_of,
+)
 
 
 def mark(directory, run_id: str, stage: str) -> None:
@@ -32,10 +41,10 @@ def test_a_run_finds_its_folder_in_the_work_dir_or_in_previous_runs(tmp_path):
 def test_claim_archives_another_runs_files_and_keeps_its_own(tmp_path):
     work = WorkDir(tmp_path / "work")
     assert work.claim("run-a", "stage1") is False  # a fresh folder
-    work.epoch_file(1).write_bytes(b"weights")
-    work.latest.symlink_to(work.epoch_file(1).name)
+    (work.path / EPOCH_FILE.format(1)).write_bytes(b"weights")
+    work.latest.symlink_to((work.path / EPOCH_FILE.format(1)).name)
     assert work.claim("run-a", "stage1") is True  # a retry keeps everything
-    assert work.latest_checkpoint() == work.epoch_file(1)
+    assert work.latest_checkpoint() == (work.path / EPOCH_FILE.format(1))
     assert work.claim("run-b", "stage1") is False
     assert sorted(p.name for p in work.path.iterdir()) == [MARKER, PREVIOUS]
     (archived,) = (work.path / PREVIOUS).iterdir()
@@ -53,8 +62,11 @@ def test_logs_and_outputs_of_a_stage(tmp_path):
     assert work.latest_json_log().name == "20260102_000000.log.json"
     assert work.latest_json_log(newer_than=time.time() + 60) is None
     assert [name for _, name in work.stage_outputs()] == [
-        "20260101_000000.log", "20260101_000000.log.json", "20260102_000000.log.json", "health/report.md",
-    ]  # fmt: skip
+        "20260101_000000.log",
+        "20260101_000000.log.json",
+        "20260102_000000.log.json",
+        "health/report.md",
+    ]
     assert text_log_of(work.json_logs()[0]).name == "20260101_000000.log"
 
 

@@ -146,8 +146,19 @@ def analyze_rows(
     if not n:
         findings.append(Finding(WARNING, "no_records", "the log has no training records yet"))
         findings += [Finding(ERROR, "metric_requirement", r.failure({}) or "") for r in requirements]
-        return Analysis("warning" if not requirements else "unhealthy", {}, None, {}, {}, {}, {}, findings, 0,
-                        epochs_total, evaluations=evaluations)  # fmt: skip
+        return Analysis(
+            "warning" if not requirements else "unhealthy",
+            {},
+            None,
+            {},
+            {},
+            {},
+            {},
+            findings,
+            0,
+            epochs_total,
+            evaluations=evaluations,
+        )
 
     last_epoch, last_iter = rows.epoch[-1], rows.iter[-1]
     latest = {"epoch": last_epoch, "iter": last_iter, "iters_per_epoch": iters_per_epoch}
@@ -182,21 +193,29 @@ def analyze_rows(
     if len(smoothed) >= 3:
         low, now_ = min(smoothed), smoothed[-1]
         if low > 0 and now_ > t.divergence_factor * low:
-            findings.append(Finding(
-                ERROR, "divergence",
-                f"loss has risen to {now_:.4g} (running median) from a low of {low:.4g}: training is diverging",
-                last_epoch, last_iter,
-            ))  # fmt: skip
+            findings.append(
+                Finding(
+                    ERROR,
+                    "divergence",
+                    f"loss has risen to {now_:.4g} (running median) from a low of {low:.4g}: training is diverging",
+                    last_epoch,
+                    last_iter,
+                )
+            )
     tail = finite_losses[int(len(finite_losses) * (1 - t.plateau_fraction)) :]
     if len(tail) >= 2 * w and len(finite_losses) >= 8 * w:
         start, end = statistics.median(tail[:w]), statistics.median(tail[-w:])
         if start > 0 and (start - end) / start < t.plateau_min_reduction:
-            findings.append(Finding(
-                WARNING, "plateau",
-                f"loss went from {start:.4g} to {end:.4g} over the last {t.plateau_fraction:.0%} of the records "
-                f"(< {t.plateau_min_reduction:.1%} reduction): a plateau",
-                last_epoch, last_iter,
-            ))  # fmt: skip
+            findings.append(
+                Finding(
+                    WARNING,
+                    "plateau",
+                    f"loss went from {start:.4g} to {end:.4g} over the last {t.plateau_fraction:.0%} of the records "
+                    f"(< {t.plateau_min_reduction:.1%} reduction): a plateau",
+                    last_epoch,
+                    last_iter,
+                )
+            )
 
     findings += _zero_components(rows, keys, schedule, t)
     findings += _lr_findings(rows, schedule, iters_per_epoch, t)
@@ -213,20 +232,29 @@ def analyze_rows(
     finished = progress is not None and progress >= 1.0
     if expect_evaluation and finished and (final is None or final["epoch"] != last_epoch):
         where = f"the last one is epoch {final['epoch']}" if final else "the log has no val record"
-        findings.append(Finding(
-            ERROR, "not_evaluated",
-            f"the final epoch {last_epoch} was not evaluated ({where}): the stage's quality is unknown; evaluate its "
-            "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated",
-            last_epoch, last_iter,
-        ))  # fmt: skip
+        findings.append(
+            Finding(
+                ERROR,
+                "not_evaluated",
+                f"the final epoch {last_epoch} was not evaluated ({where}): the stage's quality is unknown; evaluate its "
+                "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated",
+                last_epoch,
+                last_iter,
+            )
+        )
     if final is not None:
         # A value no metric can take (AMOTA above 1, a collision rate in percent) means the evaluation is wrong:
         # neither a requirement nor champion/challenger may be decided on it.
         findings += [
-            Finding(ERROR, "metric_out_of_range", f"{problem}: fix the evaluation before judging the stage on it",
-                    final["epoch"], final["iter"])
+            Finding(
+                ERROR,
+                "metric_out_of_range",
+                f"{problem}: fix the evaluation before judging the stage on it",
+                final["epoch"],
+                final["iter"],
+            )
             for problem in out_of_range(final["values"])
-        ]  # fmt: skip
+        ]
     for requirement in requirements:
         failure = requirement.failure(final["values"] if final else {})
         if failure is not None:
@@ -239,9 +267,20 @@ def analyze_rows(
     if any(f.severity == ERROR for f in findings):
         verdict = "unhealthy"
     return Analysis(
-        verdict, latest, progress, loss, lr, grad_norm, components, findings, n, epochs_total,
-        milestones(rows, schedule.warmup_iters, iters_per_epoch), final, evaluations,
-    )  # fmt: skip
+        verdict,
+        latest,
+        progress,
+        loss,
+        lr,
+        grad_norm,
+        components,
+        findings,
+        n,
+        epochs_total,
+        milestones(rows, schedule.warmup_iters, iters_per_epoch),
+        final,
+        evaluations,
+    )
 
 
 _NOT_METRICS = {"mode", "epoch", "iter", "lr", "time", "data_time", "memory", "eta", "iters_per_epoch"}
@@ -280,10 +319,13 @@ def _zero_components(rows: Rows, keys: list[str], schedule: ScheduleConfig, t: T
     zero_keys = [k for k in keys if "loss" in k and all(r.get(k) == 0 for r in recent)]
     by_design = [k for k in zero_keys if "past_traj" in k and schedule.past_traj_disabled]
     if by_design:
-        findings.append(Finding(
-            INFO, "zero_by_design",
-            f"{len(by_design)} past-trajectory loss(es) are 0.0, as configured (loss_past_traj_weight=0.0)",
-        ))  # fmt: skip
+        findings.append(
+            Finding(
+                INFO,
+                "zero_by_design",
+                f"{len(by_design)} past-trajectory loss(es) are 0.0, as configured (loss_past_traj_weight=0.0)",
+            )
+        )
     # One backward scan for all suspicious keys: where was each last non-zero?
     pending = {k for k in zero_keys if k not in by_design}
     became = []
@@ -298,20 +340,27 @@ def _zero_components(rows: Rows, keys: list[str], schedule: ScheduleConfig, t: T
         became.sort(key=lambda item: item[2])
         key, value, index = became[0]
         others = f" (and {len(became) - 1} more: {_listed([k for k, _, _ in became[1:]])})" if len(became) > 1 else ""
-        findings.append(Finding(
-            ERROR, "component_became_zero",
-            f"{key} was {value:.4g} and is exactly 0.0 since epoch {rows.epoch[index]} iter {rows.iter[index]}"
-            f"{others}: UniAD's nan_to_num turns a NaN loss into 0.0",
-            rows.epoch[index], rows.iter[index],
-        ))  # fmt: skip
+        findings.append(
+            Finding(
+                ERROR,
+                "component_became_zero",
+                f"{key} was {value:.4g} and is exactly 0.0 since epoch {rows.epoch[index]} iter {rows.iter[index]}"
+                f"{others}: UniAD's nan_to_num turns a NaN loss into 0.0",
+                rows.epoch[index],
+                rows.iter[index],
+            )
+        )
     always = sorted(pending)
     if always:
-        findings.append(Finding(
-            WARNING, "component_always_zero",
-            f"{len(always)} loss component(s) have been exactly 0.0 throughout ({_listed(always)}): the head gets "
-            "no targets or the loss is disabled (UniAD issues #194, #196); if disabled on purpose, say so in the "
-            "config (e.g. loss_past_traj_weight=0.0)",
-        ))  # fmt: skip
+        findings.append(
+            Finding(
+                WARNING,
+                "component_always_zero",
+                f"{len(always)} loss component(s) have been exactly 0.0 throughout ({_listed(always)}): the head gets "
+                "no targets or the loss is disabled (UniAD issues #194, #196); if disabled on purpose, say so in the "
+                "config (e.g. loss_past_traj_weight=0.0)",
+            )
+        )
     return findings
 
 
@@ -326,22 +375,29 @@ def _lr_findings(rows: Rows, schedule: ScheduleConfig, iters_per_epoch: int | No
     expected = [schedule.expected_lr(e, i, iters_per_epoch) for e, i in zip(rows.epoch, rows.iter)]
     expected_peak = max((v for v in expected if v is not None), default=schedule.lr)
     if peak is not None and abs(peak - expected_peak) > tolerance(expected_peak):
-        findings.append(Finding(
-            WARNING, "lr_peak",
-            f"lr peaked at {peak:.4g} but the config's schedule peaks at {expected_peak:.4g} (optimizer lr "
-            f"{schedule.lr:.4g}; autoscale-lr, a resumed schedule or a changed GPU count?)",
-        ))  # fmt: skip
+        findings.append(
+            Finding(
+                WARNING,
+                "lr_peak",
+                f"lr peaked at {peak:.4g} but the config's schedule peaks at {expected_peak:.4g} (optimizer lr "
+                f"{schedule.lr:.4g}; autoscale-lr, a resumed schedule or a changed GPU count?)",
+            )
+        )
     for epoch, it, observed, want in zip(rows.epoch, rows.iter, rows.lr, expected):
         if want is None or observed is None:
             continue
         if abs(observed - want) > tolerance(want):
             in_warmup = schedule.warmup and (epoch - 1) * (iters_per_epoch or 0) + it <= schedule.warmup_iters
-            findings.append(Finding(
-                WARNING, "lr_schedule",
-                f"lr is {observed:.4g} at epoch {epoch} iter {it}, the config's {schedule.policy} schedule "
-                f"({'warmup' if in_warmup else 'cosine'} phase) gives {want:.4g}",
-                epoch, it,
-            ))  # fmt: skip
+            findings.append(
+                Finding(
+                    WARNING,
+                    "lr_schedule",
+                    f"lr is {observed:.4g} at epoch {epoch} iter {it}, the config's {schedule.policy} schedule "
+                    f"({'warmup' if in_warmup else 'cosine'} phase) gives {want:.4g}",
+                    epoch,
+                    it,
+                )
+            )
             break  # the first mismatch says it; the rest follow from it
     return findings
 
@@ -353,8 +409,14 @@ def milestones(rows: Rows, warmup_iters: int, iters_per_epoch: int | None) -> li
         return []
 
     def row(label: str, i: int) -> dict:
-        return {"point": label, "epoch": rows.epoch[i], "iter": rows.iter[i], "loss": rows.loss[i],
-                "grad_norm": rows.grad[i], "lr": rows.lr[i]}  # fmt: skip
+        return {
+            "point": label,
+            "epoch": rows.epoch[i],
+            "iter": rows.iter[i],
+            "loss": rows.loss[i],
+            "grad_norm": rows.grad[i],
+            "lr": rows.lr[i],
+        }
 
     table = [row("start", 0)]
     if warmup_iters and iters_per_epoch:

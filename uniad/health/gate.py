@@ -47,9 +47,13 @@ def validate_stage(
     records = [rows.record(i) for i in range(len(rows))]  # what the analysis kept, superseded attempts excluded
     attempts = f", {len(logs)} attempts" if len(logs) > 1 else ""
     report = write_report(
-        analysis, records, work_dir.health_dir, title=f"{stage} ({log.name}{attempts})",
-        headline=HEADLINE.get(stage, []), references=references,
-    )  # fmt: skip
+        analysis,
+        records,
+        work_dir.health_dir,
+        title=f"{stage} ({log.name}{attempts})",
+        headline=HEADLINE.get(stage, []),
+        references=references,
+    )
     logger.info("%s health: %s; report %s", stage, analysis.verdict, report)
     for finding in analysis.findings:
         where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""

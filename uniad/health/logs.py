@@ -62,15 +62,23 @@ def parse_text_line(line: str) -> dict | None:
     if "Epoch" not in line:
         return None
     if match := _MMCV_TRAIN.search(line):
-        record = {"mode": "train", "epoch": int(match["epoch"]), "iter": int(match["iter"]),
-                  "iters_per_epoch": int(match["iters"])}  # fmt: skip
+        record = {
+            "mode": "train",
+            "epoch": int(match["epoch"]),
+            "iter": int(match["iter"]),
+            "iters_per_epoch": int(match["iters"]),
+        }
         return {**record, **_split_mmcv_fields(match["fields"])}
     if match := _MMCV_VAL.search(line):
         record = {"mode": "val", "epoch": int(match["epoch"]), "iter": int(match["iter"])}
         return {**record, **_split_mmcv_fields(match["fields"])}
     if match := _MMENGINE.search(line):
-        record = {"mode": match["mode"], "epoch": int(match["epoch"]), "iter": int(match["iter"]),
-                  "iters_per_epoch": int(match["iters"])}  # fmt: skip
+        record = {
+            "mode": match["mode"],
+            "epoch": int(match["epoch"]),
+            "iter": int(match["iter"]),
+            "iters_per_epoch": int(match["iters"]),
+        }
         return {**record, **_split_mmengine_fields(match["fields"])}
     return None
 

@@ -89,28 +89,47 @@ class HealthMonitor:
         for key, value in (("loss", loss), ("grad_norm", grad)):
             if value is not None and not math.isfinite(value) and key not in self._seen_nonfinite:
                 self._seen_nonfinite.add(key)
-                new.append(self.add(Finding(
-                    ERROR, f"non_finite_{key}",
-                    f"{key} is {value} at epoch {epoch} iter {it}: training diverged (NaN/Inf); check the lr, "
-                    "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
-                    epoch, it,
-                )))  # fmt: skip
+                new.append(
+                    self.add(
+                        Finding(
+                            ERROR,
+                            f"non_finite_{key}",
+                            f"{key} is {value} at epoch {epoch} iter {it}: training diverged (NaN/Inf); check the lr, "
+                            "fp16 loss scaling and the data of that iteration, then resume from an earlier epoch_N.pth",
+                            epoch,
+                            it,
+                        )
+                    )
+                )
         outliers = (
             (loss, self._losses, self.t.spike_factor, WARNING, "loss_spike", "loss", ""),
-            (grad, self._grads, self.t.explosion_factor, ERROR, "grad_norm_explosion", "grad_norm",
-             ": gradients are exploding; lower the lr or check grad_clip"),
-        )  # fmt: skip
+            (
+                grad,
+                self._grads,
+                self.t.explosion_factor,
+                ERROR,
+                "grad_norm_explosion",
+                "grad_norm",
+                ": gradients are exploding; lower the lr or check grad_clip",
+            ),
+        )
         for value, history, factor, severity, code, name, advice in outliers:
             if value is None or not math.isfinite(value):
                 continue
             median = self._running_median(history)
             if median is not None and median > 0 and value > factor * median:
-                new.append(self.add(Finding(
-                    severity, code,
-                    f"{name} {value:.4g} at epoch {epoch} iter {it} is {value / median:.1f}x its running median "
-                    f"{median:.4g}{advice}",
-                    epoch, it,
-                )))  # fmt: skip
+                new.append(
+                    self.add(
+                        Finding(
+                            severity,
+                            code,
+                            f"{name} {value:.4g} at epoch {epoch} iter {it} is {value / median:.1f}x its running median "
+                            f"{median:.4g}{advice}",
+                            epoch,
+                            it,
+                        )
+                    )
+                )
             history.append(value)
         return new
 
@@ -161,14 +180,18 @@ def stall_finding(
     where = f"after epoch {epoch} iter {it}"
     if live:
         return Finding(
-            ERROR, "stall",
+            ERROR,
+            "stall",
             f"no new log records or output for {silence_s:.0f} s (usual interval {usual}, limit {limit:.0f} s) "
             f"{where}: a rank is hung (NCCL watchdog, dataloader or I/O)",
-            epoch, it,
-        )  # fmt: skip
+            epoch,
+            it,
+        )
     return Finding(
-        WARNING, "stall",
+        WARNING,
+        "stall",
         f"no new records for {silence_s:.0f} s (usual interval {usual}, limit {limit:.0f} s) {where}, and the "
         "stage is not finished",
-        epoch, it,
-    )  # fmt: skip
+        epoch,
+        it,
+    )

@@ -39,8 +39,18 @@ def reference_config(epochs: int = 6) -> str:
 
 
 # (global iteration, total loss) of the reference run, 3517 iterations per epoch.
-_ANCHORS = [(10, 105.67), (100, 81.68), (610, 66.16), (3510, 55.46), (3527, 56.70), (7044, 53.25), (10561, 50.0),
-            (11091, 48.0), (21102, 45.0), (70340, 38.0)]  # fmt: skip
+_ANCHORS = [
+    (10, 105.67),
+    (100, 81.68),
+    (610, 66.16),
+    (3510, 55.46),
+    (3527, 56.70),
+    (7044, 53.25),
+    (10561, 50.0),
+    (11091, 48.0),
+    (21102, 45.0),
+    (70340, 38.0),
+]
 # first -> latest of each component family, from the reference run's notes.
 _COMPONENTS = {
     "loss_cls": (1.24, 0.68),
@@ -64,12 +74,20 @@ def component_keys(frames: int = 3, layers: int = 6, map_layers: int = 5) -> lis
     keys = []
     for f in range(frames):
         for layer in range(layers):
-            keys += [f"track.frame_{f}_loss_cls_{layer}", f"track.frame_{f}_loss_bbox_{layer}",
-                     f"track.frame_{f}_loss_past_trajs_{layer}"]  # fmt: skip
+            keys += [
+                f"track.frame_{f}_loss_cls_{layer}",
+                f"track.frame_{f}_loss_bbox_{layer}",
+                f"track.frame_{f}_loss_past_trajs_{layer}",
+            ]
     keys += ["map.loss_cls", "map.loss_bbox", "map.loss_iou", "map.loss_mask_things", "map.loss_mask_stuff"]
     for d in range(map_layers):
-        keys += [f"map.d{d}.loss_cls", f"map.d{d}.loss_bbox", f"map.d{d}.loss_iou", f"map.d{d}.loss_mask_things",
-                 f"map.d{d}.loss_mask_stuff"]  # fmt: skip
+        keys += [
+            f"map.d{d}.loss_cls",
+            f"map.d{d}.loss_bbox",
+            f"map.d{d}.loss_iou",
+            f"map.d{d}.loss_mask_things",
+            f"map.d{d}.loss_mask_stuff",
+        ]
     return keys
 
 
@@ -100,9 +118,14 @@ def reference_records(
             g = (epoch - 1) * iters_per_epoch + it
             total = reference_loss(g) * (1 + rng.gauss(0, 0.01))
             shape = (reference_loss(g) - end_loss) / (_ANCHORS[0][1] - end_loss)
-            record = {"mode": "train", "epoch": epoch, "iter": it,
-                      "lr": round(schedule.expected_lr(epoch, it, iters_per_epoch), 5), "memory": 49817,
-                      "data_time": round(0.03 + rng.random() * 0.01, 5)}  # fmt: skip
+            record = {
+                "mode": "train",
+                "epoch": epoch,
+                "iter": it,
+                "lr": round(schedule.expected_lr(epoch, it, iters_per_epoch), 5),
+                "memory": 49817,
+                "data_time": round(0.03 + rng.random() * 0.01, 5),
+            }
             for key in keys:
                 if "past_trajs" in key:
                     record[key] = 0.0
@@ -119,8 +142,15 @@ def reference_records(
 def reference_evaluation(epoch: int, iters: int = 753, **values: float) -> dict:
     """A val record as mmcv logs UniAD's stage-1 evaluation: the published AMOTA and lanes IoU (issue #67), and a
     class-level ``nan`` as nuScenes evaluation has; ``values`` adds or overrides metrics."""
-    record = {"mode": "val", "epoch": epoch, "iter": iters, "lr": 1e-4, "pts_bbox_NuScenes/amota": 0.3896,
-              "lanes_iou": 0.297, "pts_bbox_NuScenes/traffic_cone_orient_err": float("nan")}  # fmt: skip
+    record = {
+        "mode": "val",
+        "epoch": epoch,
+        "iter": iters,
+        "lr": 1e-4,
+        "pts_bbox_NuScenes/amota": 0.3896,
+        "lanes_iou": 0.297,
+        "pts_bbox_NuScenes/traffic_cone_orient_err": float("nan"),
+    }
     record.update(values)
     return record
 

@@ -69,8 +69,12 @@ def init_dist(launcher: str, backend: str = "nccl", **kwargs) -> None:
     if launcher == "slurm":
         proc_id, ntasks = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
         if "MASTER_ADDR" not in os.environ:
-            hosts = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_NODELIST"]],
-                                   capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+            hosts = subprocess.run(
+                ["scontrol", "show", "hostnames", os.environ["SLURM_NODELIST"]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
             os.environ["MASTER_ADDR"] = hosts[0]
         os.environ.setdefault("MASTER_PORT", str(kwargs.pop("port", None) or 29500))
         os.environ.update(WORLD_SIZE=str(ntasks), RANK=str(proc_id), LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"))

@@ -53,8 +53,11 @@ def _tracking(dataset, results: list[dict], ground_truth: list[dict]) -> dict[st
                 )
                 dist = np.where(dist <= MATCH_DIST, dist, np.nan)
                 acc.update(gt_ids, [sample * 100 + q for q in hyp], dist)
-        s = metrics.compute(acc, metrics=["num_objects", "num_matches", "num_false_positives", "num_misses",
-                                          "num_switches", "motp"], name="t")  # fmt: skip
+        s = metrics.compute(
+            acc,
+            metrics=["num_objects", "num_matches", "num_false_positives", "num_misses", "num_switches", "motp"],
+            name="t",
+        )
         row = s.loc["t"]
         summary.append({k: float(row[k]) for k in row.index})
     p = summary[0]["num_objects"]

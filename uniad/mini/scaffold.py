@@ -14,13 +14,18 @@ from ..errors import ParamError
 _HERE = Path(__file__).resolve().parent
 SKELETON = _HERE / "skeleton"
 PLUGIN_MODULES = (
-    "__init__.py", "compat.py", "data.py", "evaluation.py", "model.py", "registry.py", "sampler.py", "testing.py",
+    "__init__.py",
+    "compat.py",
+    "data.py",
+    "evaluation.py",
+    "model.py",
+    "registry.py",
+    "sampler.py",
+    "testing.py",
     "trainer.py",
-)  # fmt: skip
+)
 PLUGIN_DIR = Path("projects/mmdet3d_plugin/uniad_mini")
 MARKER = ".mini_uniad_root"
-STAGE1_CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
-STAGE2_CONFIG = "projects/configs/stage2_e2e/full_e2e.py"
 
 
 def is_mini_root(root: str | Path) -> bool:

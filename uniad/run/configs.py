@@ -56,9 +56,14 @@ def read_configs(
         argv += ["--stage", config, *options]
     try:
         done = subprocess.run(
-            argv, cwd=root, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+            argv,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
             env={"PYTHONPATH": str(root), "PYTHONWARNINGS": "ignore", **_inherited()},
-        )  # fmt: skip
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ParamError(f"could not run {python!r} to read the configs with mmcv's Config: {exc}") from exc
     if done.returncode != 0:

@@ -14,13 +14,18 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ..artifacts.storage import parse_s3_uri
 from ..errors import ParamError
-from ..metrics import parse_requirements
-from ..mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG
-from ..train.launch import BACKENDS, ITER_CHECKPOINT_KEYS, LAUNCHERS, MANAGED_KEYS
+from ..vocabulary import (
+    BACKENDS,
+    EXECUTORS,
+    ITER_CHECKPOINT_KEYS,
+    LAUNCHERS,
+    MANAGED_KEYS,
+    PROFILES,
+    STAGE1_CONFIG,
+    STAGE2_CONFIG,
+)
 
-PROFILES = ("uniad", "mini")
 DEFAULT_NPROC = {"uniad": 8, "mini": 2}
 DEFAULT_CKPT = "ckpts/full_track_map.pth"
 CFG_OPTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=.+$"
@@ -35,14 +40,26 @@ SLURM_TIME_PATTERN = r"^(\d+-)?\d+(:\d{2}){0,2}$"
 SLURM_ARG_PATTERN = r"^--[a-z][a-z0-9-]*(=[^\s;|&$`<>\\'\"]+)?$"
 # sbatch options the pipeline sets from its own parameters.
 SLURM_MANAGED = {
-    "nodes": "nnodes", "ntasks": "nnodes x nproc_per_node", "ntasks-per-node": "nproc_per_node",
-    "partition": "slurm_partition", "account": "slurm_account", "time": "slurm_time_limit",
-    "output": "the work dir", "error": "the work dir", "chdir": "uniad_root", "wrap": "the stage's command",
-    "job-name": "the stage and run", "comment": "the attempt and work dir", "parsable": "the pipeline",
-    "gres": "slurm_gpus_per_node and slurm_gpu_type", "gpus-per-node": "slurm_gpus_per_node",
-    "gpus": "slurm_gpus_per_node", "gpus-per-task": "slurm_gpus_per_node", "cpus-per-task": "slurm_cpus_per_task",
+    "nodes": "nnodes",
+    "ntasks": "nnodes x nproc_per_node",
+    "ntasks-per-node": "nproc_per_node",
+    "partition": "slurm_partition",
+    "account": "slurm_account",
+    "time": "slurm_time_limit",
+    "output": "the work dir",
+    "error": "the work dir",
+    "chdir": "uniad_root",
+    "wrap": "the stage's command",
+    "job-name": "the stage and run",
+    "comment": "the attempt and work dir",
+    "parsable": "the pipeline",
+    "gres": "slurm_gpus_per_node and slurm_gpu_type",
+    "gpus-per-node": "slurm_gpus_per_node",
+    "gpus": "slurm_gpus_per_node",
+    "gpus-per-task": "slurm_gpus_per_node",
+    "cpus-per-task": "slurm_cpus_per_task",
     "export": "the pipeline (the job's environment is explicit: no Airflow setting may reach it)",
-}  # fmt: skip
+}
 _CFG_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 
 
@@ -100,8 +117,13 @@ def _what(schema: dict, null_means: str) -> str:
         kind = next(
             t for t in (schema["type"] if isinstance(schema["type"], list) else [schema["type"]]) if t != "null"
         )
-        text = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
-                "array": "a list"}[kind]  # fmt: skip
+        text = {
+            "integer": "an integer",
+            "number": "a number",
+            "boolean": "true or false",
+            "string": "a string",
+            "array": "a list",
+        }[kind]
         low, high = schema.get("minimum"), schema.get("maximum")
         if low is not None and high is not None:
             text += f" from {low} to {high}"
@@ -143,166 +165,348 @@ def check_value(name: str, value: Any, meta: dict) -> None:
 
 @dataclass(frozen=True)
 class PipelineParams:
-    profile: str = field(default="uniad", metadata=param(
-        {"type": "string", "enum": list(PROFILES)}, "Profile", "mini",
-        "uniad: a real UniAD checkout on the GPU workers. mini: the built-in mini UniAD (CPU-friendly).",
-    ))  # fmt: skip
-    uniad_root: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"]}, "UniAD root", "/workspace/UniAD",
-        "Absolute path of the UniAD checkout on the workers. For mini: where to write the mini root "
-        "(empty: a new folder per run).",
-        "for mini: a new folder per run",
-    ))  # fmt: skip
-    stage1_config: str = field(default=STAGE1_CONFIG, metadata=param(
-        {"type": "string"}, "Stage 1 config", STAGE1_CONFIG, "Track + map config, relative to the UniAD root.",
-    ))  # fmt: skip
-    stage2_config: str = field(default=STAGE2_CONFIG, metadata=param(
-        {"type": "string"}, "Stage 2 config", STAGE2_CONFIG, "End-to-end config, relative to the UniAD root.",
-    ))  # fmt: skip
-    stage1_epochs: int = field(default=6, metadata=param(
-        {"type": "integer", "minimum": 1}, "Stage 1 epochs", "6 for stage 1",
-        "runner.max_epochs of stage 1 (UniAD: 6).",
-    ))  # fmt: skip
-    stage2_epochs: int = field(default=20, metadata=param(
-        {"type": "integer", "minimum": 1}, "Stage 2 epochs", "20 for stage 2",
-        "runner.max_epochs of stage 2 (UniAD: 20).",
-    ))  # fmt: skip
-    nproc_per_node: int | None = field(default=None, metadata=param(
-        {"type": ["null", "integer"], "minimum": 1, "maximum": 64}, "Processes per node", "8 (one per GPU)",
-        "One per GPU. Empty: the profile's default (8 for uniad, 2 for mini).",
-        "the profile's default",
-    ))  # fmt: skip
-    backend: str = field(default="auto", metadata=param(
-        {"type": "string", "enum": list(BACKENDS)}, "Distributed backend", "auto",
-        "auto: nccl when every rank has a usable GPU, else gloo.",
-    ))  # fmt: skip
-    launcher: str = field(default="torchrun", metadata=param(
-        {"type": "string", "enum": list(LAUNCHERS)}, "Launcher", "torchrun",
-        "torchrun (torch >= 1.10) or python -m torch.distributed.launch --use_env (UniAD main, torch 1.9).",
-    ))  # fmt: skip
-    deterministic: bool = field(default=True, metadata=param(
-        {"type": "boolean"}, "Deterministic", "true", "Pass --deterministic.",
-    ))  # fmt: skip
-    seed: int | None = field(default=0, metadata=param(
-        {"type": ["null", "integer"], "minimum": 0}, "Seed", "0", "--seed; empty: none.", "no --seed",
-    ))  # fmt: skip
-    stage1_cfg_options: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": CFG_OPTION_PATTERN}}, "Stage 1 cfg options",
-        '["data.workers_per_gpu=4", "log_config.interval=10"]',
-        "mmcv --cfg-options as key=value items, e.g. data.workers_per_gpu=4, log_config.interval=10.",
-    ))  # fmt: skip
-    stage2_cfg_options: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": CFG_OPTION_PATTERN}}, "Stage 2 cfg options",
-        '["data.workers_per_gpu=4"]', "mmcv --cfg-options as key=value items, e.g. data.workers_per_gpu=4.",
-    ))  # fmt: skip
-    ckpt_path: str = field(default=DEFAULT_CKPT, metadata=param(
-        {"type": "string"}, "Promoted checkpoint", DEFAULT_CKPT,
-        "Where the verified stage-1 checkpoint is published; stage 2 loads it (relative to the root).",
-    ))  # fmt: skip
-    executor: str = field(default="local", metadata=param(
-        {"type": "string", "enum": ["local", "slurm"]}, "Executor", "slurm",
-        "local: the stage runs under its Airflow task on a GPU worker. slurm: a batch job per attempt that Airflow "
-        "only follows (the task frees its worker slot), on nnodes nodes.",
-    ))  # fmt: skip
-    nnodes: int = field(default=1, metadata=param(
-        {"type": "integer", "minimum": 1, "maximum": 64}, "Nodes", "2",
-        "Nodes per stage (executor=slurm); nproc_per_node ranks on each.",
-    ))  # fmt: skip
-    slurm_partition: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm partition", "gpu",
-        "Empty: UNIAD_SLURM_PARTITION, else the cluster's default partition.", "the deployment's default",
-    ))  # fmt: skip
-    slurm_account: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm account", "perception",
-        "sbatch --account; empty: none.", "none",
-    ))  # fmt: skip
-    slurm_time_limit: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"], "pattern": SLURM_TIME_PATTERN}, "Slurm time limit", "3-00:00:00",
-        "sbatch --time per job (days-hours:minutes:seconds); empty: the partition's.", "the partition's",
-    ))  # fmt: skip
-    slurm_gpus_per_node: int | None = field(default=None, metadata=param(
-        {"type": ["null", "integer"], "minimum": 0, "maximum": 64}, "Slurm GPUs per node", "8",
-        "--gres=gpu:N for each node of the job (executor=slurm). Empty: nproc_per_node for profile uniad (one GPU "
-        "per rank, as UniAD's tools/uniad_slurm_train.sh), none for mini.",
-        "nproc_per_node for uniad, none for mini",
-    ))  # fmt: skip
-    slurm_gpu_type: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN}, "Slurm GPU type", "a100",
-        "The GPU type where the cluster names them (--gres=gpu:TYPE:N); empty: any.", "any type",
-    ))  # fmt: skip
-    slurm_cpus_per_task: int | None = field(default=None, metadata=param(
-        {"type": ["null", "integer"], "minimum": 1, "maximum": 256}, "Slurm CPUs per rank", "5",
-        "--cpus-per-task on sbatch and srun, for each rank's data loader workers (UniAD's script: 5). Empty: the "
-        "partition's CPUs per GPU.",
-        "the partition's CPUs per GPU",
-    ))  # fmt: skip
-    slurm_extra_args: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": SLURM_ARG_PATTERN}}, "Extra sbatch options",
-        '["--exclusive", "--qos=high"]',
-        "More sbatch options, one --key=value per item, e.g. --exclusive, --qos=high, --constraint=a100.",
-    ))  # fmt: skip
-    validate: bool = field(default=True, metadata=param(
-        {"type": "boolean"}, "Evaluate during training", "true",
-        "Run the configs' evaluation (UniAD: at evaluation.interval, and always after the final epoch). False passes "
-        "--no-validate: no metrics, and the gate does not ask for them.",
-    ))  # fmt: skip
-    stage1_metric_requirements: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}}, "Stage 1 metric requirements",
-        '["pts_bbox_NuScenes/amota>=0.35", "lanes_iou>=0.28"]',
-        "validate_stage1 fails unless the final evaluation meets each, e.g. pts_bbox_NuScenes/amota>=0.35 "
-        "(UniAD: 0.390), lanes_iou>=0.28 (UniAD: 0.297).",
-    ))  # fmt: skip
-    stage2_metric_requirements: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}}, "Stage 2 metric requirements",
-        '["pts_bbox_NuScenes/amota>=0.33", "planning/L2_avg<=1.1"]',
-        "validate_stage2 fails unless the final evaluation meets each, e.g. planning/L2_avg<=1.1 (UniAD: 1.03), "
-        "motion/minADE<=0.75 (UniAD: 0.705), occ/iou_n>=60 (UniAD: 63.7).",
-    ))  # fmt: skip
-    publish_path: str = field(default=DEFAULT_PUBLISH, metadata=param(
-        {"type": "string"}, "Published model", DEFAULT_PUBLISH,
-        "Where the end-to-end model is published when it is not worse than the champion already there "
-        "(relative to the root), with its provenance and metrics.",
-    ))  # fmt: skip
-    champion_metric: str = field(default="pts_bbox_NuScenes/amota", metadata=param(
-        {"type": "string", "pattern": METRIC_PATTERN}, "Champion metric", "pts_bbox_NuScenes/amota",
-        "The metric that decides champion/challenger (errors, distances and collisions: lower is better).",
-    ))  # fmt: skip
-    champion_tolerance: float = field(default=0.0, metadata=param(
-        {"type": "number", "minimum": 0}, "Champion tolerance", "0.005",
-        "How much worse than the champion a challenger may be and still be published (0: not worse).",
-    ))  # fmt: skip
-    strict: bool = field(default=False, metadata=param(
-        {"type": "boolean"}, "Strict health gate", "false",
-        "Fail validate_stage1/2 on health warnings (plateau, spikes, lr mismatch), not only on errors.",
-    ))  # fmt: skip
-    stall_timeout_s: int = field(default=600, metadata=param(
-        {"type": "integer", "minimum": 30}, "Stall timeout (s)", "600 (10 minutes)",
-        "Stop a training stage when neither its log nor its output moved for this long "
-        "(and 5x the usual log interval).",
-    ))  # fmt: skip
-    checkpoint_interval_iters: int | None = field(default=None, metadata=param(
-        {"type": ["null", "integer"], "minimum": 1}, "Checkpoint every N iterations",
-        "500 (about 70 minutes of UniAD stage 1 on 8 GPUs)",
-        "Also checkpoint inside an epoch, so a crash loses at most N iterations and the retry resumes mid-epoch. "
-        "Empty: once per epoch (a UniAD stage-1 epoch is ~8 h on 8 GPUs; 500 iterations ~70 min).",
-        "once per epoch",
-    ))  # fmt: skip
-    s3_uri: str | None = field(default=None, metadata=param(
-        {"type": ["null", "string"], "pattern": S3_PREFIX_PATTERN}, "S3 artifacts", "s3://my-bucket/uniad-runs",
-        "Upload checkpoints, logs and reports to <s3_uri>/<run id>/, e.g. s3://my-bucket/uniad-runs.",
-        "no upload",
-    ))  # fmt: skip
-    aws_conn_id: str = field(default="aws_default", metadata=param(
-        {"type": "string", "pattern": CONN_ID_PATTERN}, "AWS connection", "aws_default",
-        "The Airflow connection with the S3 credentials (and endpoint_url for S3-compatible stores).",
-    ))  # fmt: skip
-    pretrained_s3_uris: tuple[str, ...] = field(default=(), metadata=param(
-        {"type": "array", "items": {"type": "string", "pattern": S3_OBJECT_PATTERN}}, "Pretrained weights from S3",
-        '["s3://my-bucket/pretrained/bevformer_r101_dcn_24ep.pth"]',
-        "Objects fetched into <root>/ckpts/ before stage 1, e.g. s3://my-bucket/pretrained/bevformer_r101_dcn_24ep.pth.",
-    ))  # fmt: skip
+    profile: str = field(
+        default="uniad",
+        metadata=param(
+            {"type": "string", "enum": list(PROFILES)},
+            "Profile",
+            "mini",
+            "uniad: a real UniAD checkout on the GPU workers. mini: the built-in mini UniAD (CPU-friendly).",
+        ),
+    )
+    uniad_root: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"]},
+            "UniAD root",
+            "/workspace/UniAD",
+            "Absolute path of the UniAD checkout on the workers. For mini: where to write the mini root "
+            "(empty: a new folder per run).",
+            "for mini: a new folder per run",
+        ),
+    )
+    stage1_config: str = field(
+        default=STAGE1_CONFIG,
+        metadata=param(
+            {"type": "string"},
+            "Stage 1 config",
+            STAGE1_CONFIG,
+            "Track + map config, relative to the UniAD root.",
+        ),
+    )
+    stage2_config: str = field(
+        default=STAGE2_CONFIG,
+        metadata=param(
+            {"type": "string"},
+            "Stage 2 config",
+            STAGE2_CONFIG,
+            "End-to-end config, relative to the UniAD root.",
+        ),
+    )
+    stage1_epochs: int = field(
+        default=6,
+        metadata=param(
+            {"type": "integer", "minimum": 1},
+            "Stage 1 epochs",
+            "6 for stage 1",
+            "runner.max_epochs of stage 1 (UniAD: 6).",
+        ),
+    )
+    stage2_epochs: int = field(
+        default=20,
+        metadata=param(
+            {"type": "integer", "minimum": 1},
+            "Stage 2 epochs",
+            "20 for stage 2",
+            "runner.max_epochs of stage 2 (UniAD: 20).",
+        ),
+    )
+    nproc_per_node: int | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "integer"], "minimum": 1, "maximum": 64},
+            "Processes per node",
+            "8 (one per GPU)",
+            "One per GPU. Empty: the profile's default (8 for uniad, 2 for mini).",
+            "the profile's default",
+        ),
+    )
+    backend: str = field(
+        default="auto",
+        metadata=param(
+            {"type": "string", "enum": list(BACKENDS)},
+            "Distributed backend",
+            "auto",
+            "auto: nccl when every rank has a usable GPU, else gloo.",
+        ),
+    )
+    launcher: str = field(
+        default="torchrun",
+        metadata=param(
+            {"type": "string", "enum": list(LAUNCHERS)},
+            "Launcher",
+            "torchrun",
+            "torchrun (torch >= 1.10) or python -m torch.distributed.launch --use_env (UniAD main, torch 1.9).",
+        ),
+    )
+    deterministic: bool = field(
+        default=True,
+        metadata=param(
+            {"type": "boolean"},
+            "Deterministic",
+            "true",
+            "Pass --deterministic.",
+        ),
+    )
+    seed: int | None = field(
+        default=0,
+        metadata=param(
+            {"type": ["null", "integer"], "minimum": 0},
+            "Seed",
+            "0",
+            "--seed; empty: none.",
+            "no --seed",
+        ),
+    )
+    stage1_cfg_options: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": CFG_OPTION_PATTERN}},
+            "Stage 1 cfg options",
+            '["data.workers_per_gpu=4", "log_config.interval=10"]',
+            "mmcv --cfg-options as key=value items, e.g. data.workers_per_gpu=4, log_config.interval=10.",
+        ),
+    )
+    stage2_cfg_options: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": CFG_OPTION_PATTERN}},
+            "Stage 2 cfg options",
+            '["data.workers_per_gpu=4"]',
+            "mmcv --cfg-options as key=value items, e.g. data.workers_per_gpu=4.",
+        ),
+    )
+    ckpt_path: str = field(
+        default=DEFAULT_CKPT,
+        metadata=param(
+            {"type": "string"},
+            "Promoted checkpoint",
+            DEFAULT_CKPT,
+            "Where the verified stage-1 checkpoint is published; stage 2 loads it (relative to the root).",
+        ),
+    )
+    executor: str = field(
+        default="local",
+        metadata=param(
+            {"type": "string", "enum": list(EXECUTORS)},
+            "Executor",
+            "slurm",
+            "local: the stage runs under its Airflow task on a GPU worker. slurm: a batch job per attempt that Airflow "
+            "only follows (the task frees its worker slot), on nnodes nodes.",
+        ),
+    )
+    nnodes: int = field(
+        default=1,
+        metadata=param(
+            {"type": "integer", "minimum": 1, "maximum": 64},
+            "Nodes",
+            "2",
+            "Nodes per stage (executor=slurm); nproc_per_node ranks on each.",
+        ),
+    )
+    slurm_partition: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN},
+            "Slurm partition",
+            "gpu",
+            "Empty: UNIAD_SLURM_PARTITION, else the cluster's default partition.",
+            "the deployment's default",
+        ),
+    )
+    slurm_account: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN},
+            "Slurm account",
+            "perception",
+            "sbatch --account; empty: none.",
+            "none",
+        ),
+    )
+    slurm_time_limit: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"], "pattern": SLURM_TIME_PATTERN},
+            "Slurm time limit",
+            "3-00:00:00",
+            "sbatch --time per job (days-hours:minutes:seconds); empty: the partition's.",
+            "the partition's",
+        ),
+    )
+    slurm_gpus_per_node: int | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "integer"], "minimum": 0, "maximum": 64},
+            "Slurm GPUs per node",
+            "8",
+            "--gres=gpu:N for each node of the job (executor=slurm). Empty: nproc_per_node for profile uniad (one GPU "
+            "per rank, as UniAD's tools/uniad_slurm_train.sh), none for mini.",
+            "nproc_per_node for uniad, none for mini",
+        ),
+    )
+    slurm_gpu_type: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"], "pattern": SLURM_NAME_PATTERN},
+            "Slurm GPU type",
+            "a100",
+            "The GPU type where the cluster names them (--gres=gpu:TYPE:N); empty: any.",
+            "any type",
+        ),
+    )
+    slurm_cpus_per_task: int | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "integer"], "minimum": 1, "maximum": 256},
+            "Slurm CPUs per rank",
+            "5",
+            "--cpus-per-task on sbatch and srun, for each rank's data loader workers (UniAD's script: 5). Empty: the "
+            "partition's CPUs per GPU.",
+            "the partition's CPUs per GPU",
+        ),
+    )
+    slurm_extra_args: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": SLURM_ARG_PATTERN}},
+            "Extra sbatch options",
+            '["--exclusive", "--qos=high"]',
+            "More sbatch options, one --key=value per item, e.g. --exclusive, --qos=high, --constraint=a100.",
+        ),
+    )
+    validate: bool = field(
+        default=True,
+        metadata=param(
+            {"type": "boolean"},
+            "Evaluate during training",
+            "true",
+            "Run the configs' evaluation (UniAD: at evaluation.interval, and always after the final epoch). False passes "
+            "--no-validate: no metrics, and the gate does not ask for them.",
+        ),
+    )
+    stage1_metric_requirements: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}},
+            "Stage 1 metric requirements",
+            '["pts_bbox_NuScenes/amota>=0.35", "lanes_iou>=0.28"]',
+            "validate_stage1 fails unless the final evaluation meets each, e.g. pts_bbox_NuScenes/amota>=0.35 "
+            "(UniAD: 0.390), lanes_iou>=0.28 (UniAD: 0.297).",
+        ),
+    )
+    stage2_metric_requirements: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": REQUIREMENT_PATTERN}},
+            "Stage 2 metric requirements",
+            '["pts_bbox_NuScenes/amota>=0.33", "planning/L2_avg<=1.1"]',
+            "validate_stage2 fails unless the final evaluation meets each, e.g. planning/L2_avg<=1.1 (UniAD: 1.03), "
+            "motion/minADE<=0.75 (UniAD: 0.705), occ/iou_n>=60 (UniAD: 63.7).",
+        ),
+    )
+    publish_path: str = field(
+        default=DEFAULT_PUBLISH,
+        metadata=param(
+            {"type": "string"},
+            "Published model",
+            DEFAULT_PUBLISH,
+            "Where the end-to-end model is published when it is not worse than the champion already there "
+            "(relative to the root), with its provenance and metrics.",
+        ),
+    )
+    champion_metric: str = field(
+        default="pts_bbox_NuScenes/amota",
+        metadata=param(
+            {"type": "string", "pattern": METRIC_PATTERN},
+            "Champion metric",
+            "pts_bbox_NuScenes/amota",
+            "The metric that decides champion/challenger (errors, distances and collisions: lower is better).",
+        ),
+    )
+    champion_tolerance: float = field(
+        default=0.0,
+        metadata=param(
+            {"type": "number", "minimum": 0},
+            "Champion tolerance",
+            "0.005",
+            "How much worse than the champion a challenger may be and still be published (0: not worse).",
+        ),
+    )
+    strict: bool = field(
+        default=False,
+        metadata=param(
+            {"type": "boolean"},
+            "Strict health gate",
+            "false",
+            "Fail validate_stage1/2 on health warnings (plateau, spikes, lr mismatch), not only on errors.",
+        ),
+    )
+    stall_timeout_s: int = field(
+        default=600,
+        metadata=param(
+            {"type": "integer", "minimum": 30},
+            "Stall timeout (s)",
+            "600 (10 minutes)",
+            "Stop a training stage when neither its log nor its output moved for this long "
+            "(and 5x the usual log interval).",
+        ),
+    )
+    checkpoint_interval_iters: int | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "integer"], "minimum": 1},
+            "Checkpoint every N iterations",
+            "500 (about 70 minutes of UniAD stage 1 on 8 GPUs)",
+            "Also checkpoint inside an epoch, so a crash loses at most N iterations and the retry resumes mid-epoch. "
+            "Empty: once per epoch (a UniAD stage-1 epoch is ~8 h on 8 GPUs; 500 iterations ~70 min).",
+            "once per epoch",
+        ),
+    )
+    s3_uri: str | None = field(
+        default=None,
+        metadata=param(
+            {"type": ["null", "string"], "pattern": S3_PREFIX_PATTERN},
+            "S3 artifacts",
+            "s3://my-bucket/uniad-runs",
+            "Upload checkpoints, logs and reports to <s3_uri>/<run id>/, e.g. s3://my-bucket/uniad-runs.",
+            "no upload",
+        ),
+    )
+    aws_conn_id: str = field(
+        default="aws_default",
+        metadata=param(
+            {"type": "string", "pattern": CONN_ID_PATTERN},
+            "AWS connection",
+            "aws_default",
+            "The Airflow connection with the S3 credentials (and endpoint_url for S3-compatible stores).",
+        ),
+    )
+    pretrained_s3_uris: tuple[str, ...] = field(
+        default=(),
+        metadata=param(
+            {"type": "array", "items": {"type": "string", "pattern": S3_OBJECT_PATTERN}},
+            "Pretrained weights from S3",
+            '["s3://my-bucket/pretrained/bevformer_r101_dcn_24ep.pth"]',
+            "Objects fetched into <root>/ckpts/ before stage 1, e.g. s3://my-bucket/pretrained/bevformer_r101_dcn_24ep.pth.",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        # Imported here: the DAG file builds its form from this module at parse time, and these are not light.
+        from ..artifacts.storage import parse_s3_uri
+        from ..metrics import parse_requirements
+
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("_cfg_options"):

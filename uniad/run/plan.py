@@ -106,11 +106,18 @@ class Plan:
             checkpoint_interval_iters=params.checkpoint_interval_iters,
             validate=params.validate,
         )
-        stage1 = stage_spec(root, facts["stage1"], epochs=params.stage1_epochs, cfg_options=params.stage1_cfg_options,
-                            **common)  # fmt: skip
+        stage1 = stage_spec(
+            root, facts["stage1"], epochs=params.stage1_epochs, cfg_options=params.stage1_cfg_options, **common
+        )
         # load_from explicit: never rely on the config's own load_from pointing at the promoted file.
-        stage2 = stage_spec(root, facts["stage2"], epochs=params.stage2_epochs, cfg_options=params.stage2_cfg_options,
-                            load_from=str(ckpt), **common)  # fmt: skip
+        stage2 = stage_spec(
+            root,
+            facts["stage2"],
+            epochs=params.stage2_epochs,
+            cfg_options=params.stage2_cfg_options,
+            load_from=str(ckpt),
+            **common,
+        )
         pretrained = tuple(PretrainedFile(uri, str(pretrained_path(root, uri))) for uri in params.pretrained_s3_uris)
         return cls(
             profile=params.profile,
@@ -201,8 +208,9 @@ class Plan:
             )
         stages = {}
         for name, spec in data["stages"].items():
-            stages[name] = StageSpec(**{**spec, "cfg_options": tuple(spec["cfg_options"]),
-                                        "data_files": tuple(spec["data_files"])})  # fmt: skip
+            stages[name] = StageSpec(
+                **{**spec, "cfg_options": tuple(spec["cfg_options"]), "data_files": tuple(spec["data_files"])}
+            )
         storage = data["storage"]
         return cls(
             profile=data["profile"],

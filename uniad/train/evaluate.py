@@ -41,10 +41,17 @@ def evaluate_checkpoint(
     ``needs_gpus`` (profile uniad): LaunchError on a worker without GPUs, before anything is launched."""
     resolved, why = worker_backend(python, backend, nproc_per_node, "evaluate", needs_gpus)
     command = build_eval_launch(
-        uniad_root=uniad_root, config=config, checkpoint=checkpoint, nproc_per_node=nproc_per_node,
-        backend=resolved, master_port=find_free_port(), launcher=launcher, python=python, cfg_options=cfg_options,
+        uniad_root=uniad_root,
+        config=config,
+        checkpoint=checkpoint,
+        nproc_per_node=nproc_per_node,
+        backend=resolved,
+        master_port=find_free_port(),
+        launcher=launcher,
+        python=python,
+        cfg_options=cfg_options,
         base_env=os.environ,
-    )  # fmt: skip
+    )
     lines: list[str] = []
 
     def keep(line: str) -> None:
@@ -78,10 +85,18 @@ def evaluate_checkpoint_on_slurm(
     work_dir.path.mkdir(parents=True, exist_ok=True)
     job_file = work_dir.slurm_job_file(1)
     argv, job = build_slurm_job(
-        spec, single, backend=backend, job_name=job_name, comment=f"evaluate:{checkpoint}", job_file=job_file,
-        output=work_dir.slurm_output("%j"), trainside=ship_trainside(work_dir.trainside),
-        cpus_per_task=facts["cpus_per_task"], env=env, evaluate=checkpoint,
-    )  # fmt: skip
+        spec,
+        single,
+        backend=backend,
+        job_name=job_name,
+        comment=f"evaluate:{checkpoint}",
+        job_file=job_file,
+        output=work_dir.slurm_output("%j"),
+        trainside=ship_trainside(work_dir.trainside),
+        cpus_per_task=facts["cpus_per_task"],
+        env=env,
+        evaluate=checkpoint,
+    )
     job_file.write_text(json.dumps(job, indent=2) + "\n")
     job_id = submit(argv)
     (emit or logger.info)(f"evaluating {checkpoint} in Slurm job {job_id}: {argv}")

@@ -24,25 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LaunchError
+from ..vocabulary import BACKENDS
 
-BACKENDS = ("auto", "nccl", "gloo")
-LAUNCHERS = ("torchrun", "launch")
-# Keys the pipeline sets from its own parameters; a user cfg-option for them would silently fight the pipeline.
-MANAGED_KEYS = {
-    "dist_params.backend": "backend",
-    "runner.max_epochs": "stage1_epochs / stage2_epochs",
-    "total_epochs": "stage1_epochs / stage2_epochs",
-    "load_from": "the promoted checkpoint (ckpt_path)",
-    "runner.checkpoint_interval_iters": "checkpoint_interval_iters",
-    "evaluation.interval": "stage1_epochs / stage2_epochs (the final epoch is always evaluated; validate=false: none)",
-}
 # The modules that run in the training interpreter (uniad/trainside): shipped into each work dir before a launch,
 # since UniAD's interpreter does not have this package installed and a compute node may not see its install.
 TRAINSIDE_DIR = Path(__file__).resolve().parents[1] / "trainside"
 TRAINSIDE_MODULES = ("uniad_workdir.py", "uniad_iter_checkpoint.py", "uniad_slurm_job.py", "uniad_config_facts.py")
 ITER_CHECKPOINT_MODULE = "uniad_iter_checkpoint"
 ITER_CHECKPOINT_RUNNER = "IterCheckpointEpochBasedRunner"
-ITER_CHECKPOINT_KEYS = ("runner.type", "custom_imports")
 
 
 @dataclass(frozen=True)
@@ -163,8 +152,13 @@ def _distributed(python: str | None, launcher: str, nproc_per_node: int, backend
         module: Sequence[str] = ("-m", "torch.distributed.run", "--nnodes=1")
     else:
         module = ("-m", "torch.distributed.launch", "--use_env")
-    return [python, *module, f"--nproc_per_node={nproc_per_node}", "--master_addr=127.0.0.1",
-            f"--master_port={master_port}"]  # fmt: skip
+    return [
+        python,
+        *module,
+        f"--nproc_per_node={nproc_per_node}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={master_port}",
+    ]
 
 
 def build_eval_launch(
@@ -183,9 +177,17 @@ def build_eval_launch(
     """``tools/test.py CONFIG CKPT --launcher pytorch --eval bbox`` as UniAD's tools/uniad_dist_eval.sh runs it."""
     argv = [
         *_distributed(python, launcher, nproc_per_node, backend, master_port),
-        "tools/test.py", config, checkpoint, "--launcher", "pytorch", "--eval", "bbox",
-        "--cfg-options", f"dist_params.backend={backend}", *cfg_options,
-    ]  # fmt: skip
+        "tools/test.py",
+        config,
+        checkpoint,
+        "--launcher",
+        "pytorch",
+        "--eval",
+        "bbox",
+        "--cfg-options",
+        f"dist_params.backend={backend}",
+        *cfg_options,
+    ]
     inherited = (base_env or {}).get("PYTHONPATH", "")
     env = {"PYTHONPATH": ":".join([uniad_root, *([inherited] if inherited else [])]), "PYTHONUNBUFFERED": "1"}
     return LaunchCommand(argv=argv, env=env, cwd=uniad_root, backend=backend)
@@ -308,8 +310,17 @@ def build_slurm_job(
         args, path = _train_args(spec, backend, "slurm", trainside)
         nodes = slurm.nnodes
     else:
-        args = ["tools/test.py", spec.config, evaluate, "--launcher", "slurm", "--eval", "bbox", "--cfg-options",
-                f"dist_params.backend={backend}"]  # fmt: skip
+        args = [
+            "tools/test.py",
+            spec.config,
+            evaluate,
+            "--launcher",
+            "slurm",
+            "--eval",
+            "bbox",
+            "--cfg-options",
+            f"dist_params.backend={backend}",
+        ]
         path, nodes = [spec.uniad_root], 1
     resources = [f"--ntasks-per-node={spec.nproc_per_node}", f"--cpus-per-task={cpus_per_task}"]
     if slurm.gres:
@@ -319,8 +330,17 @@ def build_slurm_job(
         "env": {**env, "PYTHONPATH": ":".join(path), "PYTHONUNBUFFERED": "1"},
         "srun": resources,  # again on the srun line: a step inherits neither --cpus-per-task nor, always, --gres
     }
-    argv = ["sbatch", "--parsable", f"--job-name={job_name}", f"--comment={comment}", f"--nodes={nodes}",
-            *resources, "--export=NONE", f"--chdir={spec.uniad_root}", f"--output={output}"]  # fmt: skip
+    argv = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={job_name}",
+        f"--comment={comment}",
+        f"--nodes={nodes}",
+        *resources,
+        "--export=NONE",
+        f"--chdir={spec.uniad_root}",
+        f"--output={output}",
+    ]
     if slurm.partition:
         argv.append(f"--partition={slurm.partition}")
     if slurm.account:

@@ -62,12 +62,25 @@ def probe_nccl(python: str, nproc_per_node: int, timeout_s: float = 180.0) -> st
     with tempfile.TemporaryDirectory(prefix="uniad-nccl-probe-") as tmp:
         script = Path(tmp) / "nccl_probe.py"
         script.write_text(_NCCL_PROBE)
-        argv = [python, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc_per_node}",
-                "--master_addr=127.0.0.1", f"--master_port={find_free_port()}", str(script)]  # fmt: skip
+        argv = [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=1",
+            f"--nproc_per_node={nproc_per_node}",
+            "--master_addr=127.0.0.1",
+            f"--master_port={find_free_port()}",
+            str(script),
+        ]
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-            start_new_session=True, env={**os.environ, "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")},
-        )  # fmt: skip
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")},
+        )
         try:
             output, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:

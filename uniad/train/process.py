@@ -189,13 +189,17 @@ class StageRun:
                 epoch, done = self.resume_point
                 if record.get("epoch") != epoch or (record.get("iter") or 0) <= done:
                     expected = f"epoch {epoch}" + (f" after iteration {done}" if done else "")
-                    self.monitor.add(Finding(
-                        ERROR, "not_resumed",
-                        f"training did not resume: its first record is epoch {record.get('epoch')} iteration "
-                        f"{record.get('iter')}, expected {expected} (train.py ignores a --resume-from it cannot "
-                        "read and restarts from load_from)",
-                        record.get("epoch"), record.get("iter"),
-                    ))  # fmt: skip
+                    self.monitor.add(
+                        Finding(
+                            ERROR,
+                            "not_resumed",
+                            f"training did not resume: its first record is epoch {record.get('epoch')} iteration "
+                            f"{record.get('iter')}, expected {expected} (train.py ignores a --resume-from it cannot "
+                            "read and restarts from load_from)",
+                            record.get("epoch"),
+                            record.get("iter"),
+                        )
+                    )
             self.monitor.feed(record, now)
             if record.get("mode") == "train":
                 self._last_record = record

@@ -75,8 +75,10 @@ def check_cluster(slurm: SlurmSettings, nproc_per_node: int, *, needs_gpus: bool
     partitions: dict[str, dict] = {}
     for line in _run(["sinfo", "-h", "-o", "%P|%D|%G|%c"]).splitlines():
         name, nodes, gres, cpus = line.split("|")
-        entry = partitions.setdefault(name.rstrip("*"), {"nodes": 0, "gres": gres, "default": name.endswith("*"),
-                                                         "gpus_per_node": None, "cpus_per_node": None})  # fmt: skip
+        entry = partitions.setdefault(
+            name.rstrip("*"),
+            {"nodes": 0, "gres": gres, "default": name.endswith("*"), "gpus_per_node": None, "cpus_per_node": None},
+        )
         # Nodes of one partition that differ are listed apart: count them all, and plan for the smallest.
         entry["nodes"] += int(nodes)
         gpus, cores = gpus_per_node(gres, slurm.gpu_type), int(cpus.rstrip("+"))
@@ -153,8 +155,14 @@ def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict
     job_id, submitted_by = found[0]
     state = job_state(job_id)
     if job_id not in recorded:
-        record_job(work_dir, job_id, attempt=submitted_by, state=state["JobState"], partition=state.get("Partition"),
-                   nnodes=nnodes)  # fmt: skip
+        record_job(
+            work_dir,
+            job_id,
+            attempt=submitted_by,
+            state=state["JobState"],
+            partition=state.get("Partition"),
+            nnodes=nnodes,
+        )
     if state["JobState"] not in ACTIVE | {"COMPLETED"}:
         record_end(work_dir, job_id, state)
     return job_id, state
@@ -197,13 +205,10 @@ async def ajob_state(job_id: str) -> dict[str, str]:
     return _fields(out.decode()) if proc.returncode == 0 and out.strip() else {"JobState": "UNKNOWN"}
 
 
-def cancel(job_id: str) -> None:
-    subprocess.run(["scancel", job_id], capture_output=True, text=True)
-
-
 async def acancel(job_id: str) -> None:
-    proc = await asyncio.create_subprocess_exec("scancel", job_id, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        "scancel", job_id, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
     await proc.wait()
 
 
@@ -220,8 +225,15 @@ def _run(argv: list[str]) -> str:
 # ---------------------------------------------------------------------------------------------- audit trail
 def record_end(work_dir: WorkDir, job_id: str, state: dict[str, str], status: str | None = None) -> dict:
     """Record how the job ended (``status``, else its JobState) with where and when it ran, from ``state``."""
-    return record_job(work_dir, job_id, state=status or state["JobState"], nodes=state.get("NodeList"),
-                      start=state.get("StartTime"), end=state.get("EndTime"), exit_code=state.get("ExitCode"))  # fmt: skip
+    return record_job(
+        work_dir,
+        job_id,
+        state=status or state["JobState"],
+        nodes=state.get("NodeList"),
+        start=state.get("StartTime"),
+        end=state.get("EndTime"),
+        exit_code=state.get("ExitCode"),
+    )
 
 
 def record_job(work_dir: WorkDir, job_id: str, **fields) -> dict:

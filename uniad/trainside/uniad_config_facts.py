@@ -56,8 +56,14 @@ def facts_of(config, options):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="the facts of UniAD configs, as JSON")
-    parser.add_argument("--stage", nargs="+", action="append", required=True, metavar="CONFIG [KEY=VALUE",
-                        help="a config and its cfg options, as tools/train.py takes them")  # fmt: skip
+    parser.add_argument(
+        "--stage",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="CONFIG [KEY=VALUE",
+        help="a config and its cfg options, as tools/train.py takes them",
+    )
     options = argparse.ArgumentParser()
     options.add_argument("--cfg-options", nargs="+", action=DictAction)  # tools/train.py's own parsing
     facts = []

@@ -74,8 +74,9 @@ class _RestOfEpoch:
             worker_init_fn=loader.worker_init_fn,
         )
         if loader.num_workers > 0:
-            options.update(multiprocessing_context=loader.multiprocessing_context,
-                           prefetch_factor=loader.prefetch_factor)  # fmt: skip
+            options.update(
+                multiprocessing_context=loader.multiprocessing_context, prefetch_factor=loader.prefetch_factor
+            )
         rest = DataLoader(loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, self._skip), **options)
         return iter(rest)
 
@@ -172,8 +173,7 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
         for other in self._iter_checkpoints():
             if other[2] != path:
                 os.remove(other[2])
-        self.logger.info("saved %s (epoch %d, iteration %d of %d)", name, self.epoch + 1, done,
-                         len(self.data_loader))  # fmt: skip
+        self.logger.info("saved %s (epoch %d, iteration %d of %d)", name, self.epoch + 1, done, len(self.data_loader))
 
     def _iter_checkpoints(self):
         found = []

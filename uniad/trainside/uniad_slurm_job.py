@@ -23,8 +23,9 @@ import sys
 
 def node_addr(node, env):
     """The address Slurm reaches ``node`` at (NodeAddr), which its name need not resolve to."""
-    shown = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
-                           env=env, check=True)  # fmt: skip
+    shown = subprocess.run(
+        ["scontrol", "show", "node", "-o", node], capture_output=True, text=True, env=env, check=True
+    )
     for field in shown.stdout.split():
         if field.startswith("NodeAddr="):
             return field.split("=", 1)[1]
@@ -37,8 +38,13 @@ def main(argv=None):
         job = json.load(handle)
     env = dict(os.environ)  # Slurm's variables only: the job was submitted with --export=NONE
     env.update(job["env"])
-    nodes = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True,
-                           text=True, env=env, check=True).stdout.split()  # fmt: skip
+    nodes = subprocess.run(
+        ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.split()
     with socket.socket() as sock:
         sock.bind(("", 0))
         port = sock.getsockname()[1]
@@ -46,9 +52,17 @@ def main(argv=None):
     # As torchrun does for several ranks on a node: one intra-op thread each unless the job has more CPUs per task
     # (without it every rank starts a thread per core and they fight over the node's cores).
     env.setdefault("OMP_NUM_THREADS", env.get("SLURM_CPUS_PER_TASK", "1"))
-    print("uniad slurm job {}: {} node(s) {}, rendezvous {}:{}, restart {}".format(
-        env.get("SLURM_JOB_ID"), len(nodes), nodes, env["MASTER_ADDR"], port, env.get("SLURM_RESTART_COUNT", "0"),
-    ), flush=True)  # fmt: skip
+    print(
+        "uniad slurm job {}: {} node(s) {}, rendezvous {}:{}, restart {}".format(
+            env.get("SLURM_JOB_ID"),
+            len(nodes),
+            nodes,
+            env["MASTER_ADDR"],
+            port,
+            env.get("SLURM_RESTART_COUNT", "0"),
+        ),
+        flush=True,
+    )
     srun = ["srun", "--export=ALL", "--kill-on-bad-exit=1"] + job["srun"] + job["argv"]
     os.execvpe("srun", srun, env)
 

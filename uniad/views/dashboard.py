@@ -1,6 +1,6 @@
 """What the training dashboard shows for one pipeline run, computed from the artifacts the pipeline writes.
 
-    run_view(plan, run_id, task_states={"stage1_train": "running"}, promoted=None, gates={})
+    run_view(plan, run_id, stage_states={"stage1": "running"}, promoted=None, gates={})
 
 ``plan`` is preflight's ``Plan``; each stage's work dir (or, once a newer run took it over, the run's archive in
 ``previous_runs/``) holds its mmcv logs, which give the progress, the curves and the health findings. Nothing here
@@ -57,13 +57,24 @@ def stage_view(
         return view
     last_change = max(log.stat().st_mtime for log in logs)
     analysis, rows, _ = analyze_log(
-        logs, outputs=directory.outputs(), total_epochs=max_epochs,
+        logs,
+        outputs=directory.outputs(),
+        total_epochs=max_epochs,
         silence_s=max(now - last_change, 0.0) if active else None,
-    )  # fmt: skip
+    )
     n = len(rows)
     if not n:  # launched: mmcv wrote the meta line, no train record yet
-        view.update(started=True, records=0, attempts=len(logs), logs=[str(log) for log in logs], progress=0.0,
-                    last_log_update=last_change, findings=[], verdict=None, series=None)  # fmt: skip
+        view.update(
+            started=True,
+            records=0,
+            attempts=len(logs),
+            logs=[str(log) for log in logs],
+            progress=0.0,
+            last_log_update=last_change,
+            findings=[],
+            verdict=None,
+            series=None,
+        )
         return view
     per_epoch = analysis.latest["iters_per_epoch"] or max(rows.iter)
     total_iters = max_epochs * per_epoch
@@ -166,24 +177,24 @@ def run_view(
     plan: Plan,
     run_id: str,
     *,
-    task_states: dict[str, str | None] | None = None,
+    stage_states: dict[str, str | None] | None = None,
     promoted: dict | None = None,
     published: dict | None = None,
     gates: dict[str, dict | None] | None = None,
     now: float | None = None,
 ) -> dict:
     """Both stages of a run on one iteration axis (stage 2 starts where stage 1's planned iterations end: the
-    hand-off), the promoted checkpoint, and totals. ``task_states`` maps task ids to Airflow states, ``gates``
+    hand-off), the promoted checkpoint, and totals. ``stage_states``: each stage's training task's Airflow state, ``gates``
     stage -> the validate task's result, ``promoted`` the promote task's provenance, ``published`` the
     champion/challenger result."""
-    task_states = task_states or {}
+    stage_states = stage_states or {}
     gates = gates or {}
     now = time.time() if now is None else now
     stages = []
     offset = 0
     for stage in STAGES:
         spec = plan.stage(stage)
-        state = task_states.get(f"{stage}_train")
+        state = stage_states.get(stage)
         view = stage_view(
             plan.work_dir(stage).for_run(run_id),
             stage,
@@ -192,8 +203,14 @@ def run_view(
             active=state in ("running", "restarting"),
             now=now,
         )
-        view.update(task_state=state, gate=gates.get(stage), config=spec.config, x_offset=offset,
-                    headline=HEADLINE.get(stage, []), references=plan.references(stage))  # fmt: skip
+        view.update(
+            task_state=state,
+            gate=gates.get(stage),
+            config=spec.config,
+            x_offset=offset,
+            headline=HEADLINE.get(stage, []),
+            references=plan.references(stage),
+        )
         stages.append(view)
         offset += view.get("total_iters") or 0  # planned iterations; 0 until the stage has logged
     first, second = stages

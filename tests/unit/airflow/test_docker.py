@@ -37,9 +37,16 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
     assert set(services) == {
-        "postgres", "redis", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer",
-        "worker-default", "uniad-worker-gpu",
-    }  # fmt: skip
+        "postgres",
+        "redis",
+        "airflow-init",
+        "api-server",
+        "scheduler",
+        "dag-processor",
+        "triggerer",
+        "worker-default",
+        "uniad-worker-gpu",
+    }
     gpu = services["uniad-worker-gpu"]
     assert gpu["stop_grace_period"] == "15m"
     assert gpu["command"][:6] == ["airflow", "celery", "worker", "--queues", "gpu", "--concurrency"]

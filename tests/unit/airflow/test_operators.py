@@ -77,10 +77,10 @@ def test_tasks_take_the_plan_as_a_template_field():
 def test_a_stage_runs_with_the_interpreter_of_the_worker_that_trains(tmp_path, monkeypatch):
     """preflight runs on a default-queue worker whose UNIAD_PYTHON (if any) is not the GPU worker's: the plan names
     no interpreter, and each attempt takes the one of the worker it runs on."""
-    from uniad.mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG
     from uniad.run.configs import ConfigFacts
     from uniad.run.params import PipelineParams
     from uniad.run.plan import Plan
+    from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
 
     monkeypatch.setenv("UNIAD_PYTHON", "/opt/airflow-venv/bin/python")  # preflight's worker
     facts = {"stage1": ConfigFacts(STAGE1_CONFIG), "stage2": ConfigFacts(STAGE2_CONFIG)}

@@ -6,10 +6,19 @@ from uniad_airflow.triggers import SlurmStageTrigger
 
 
 def test_serialize_is_all_the_trigger_needs():
-    trigger = SlurmStageTrigger(job_id="12", stage="stage1", work_dir="/r/w", total_epochs=6, started=1.5,
-                                stall_timeout_s=600, later_epochs=20)  # fmt: skip
+    trigger = SlurmStageTrigger(
+        job_id="12", stage="stage1", work_dir="/r/w", total_epochs=6, started=1.5, stall_timeout_s=600, later_epochs=20
+    )
     classpath, kwargs = trigger.serialize()
     assert classpath == "uniad_airflow.triggers.SlurmStageTrigger"
-    assert kwargs == {"job_id": "12", "stage": "stage1", "work_dir": "/r/w", "total_epochs": 6, "started": 1.5,
-                      "stall_timeout_s": 600, "later_epochs": 20, "poll_s": 5.0}  # fmt: skip
+    assert kwargs == {
+        "job_id": "12",
+        "stage": "stage1",
+        "work_dir": "/r/w",
+        "total_epochs": 6,
+        "started": 1.5,
+        "stall_timeout_s": 600,
+        "later_epochs": 20,
+        "poll_s": 5.0,
+    }
     assert SlurmStageTrigger(**kwargs).serialize() == (classpath, kwargs)

@@ -175,8 +175,11 @@ def test_write_failure_mid_copy_keeps_the_previous_good_file(ckpts, tmp_path):
 
     done = subprocess.run(
         [sys.executable, "-m", "uniad", "promote", str(ckpts["stage1"]), str(dst), "--stage", "stage1"],
-        capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit_file_size,
+    )
     assert done.returncode == 1
     assert "could not write" in done.stderr and "File too large" in done.stderr and "left unchanged" in done.stderr
     assert dst.read_bytes() == b"previous good checkpoint"
@@ -203,8 +206,11 @@ def test_permission_denied_during_promote_keeps_the_previous_file(ckpts, tmp_pat
     try:
         done = subprocess.run(
             [sys.executable, "-m", "uniad", "promote", str(ckpts["stage1"]), str(dst), "--stage", "stage1"],
-            capture_output=True, text=True, timeout=120, preexec_fn=without_permission_override,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=without_permission_override,
+        )
     finally:
         dst.parent.chmod(0o755)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -76,12 +76,34 @@ def test_mmcv_val_line():
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        (MMENGINE, {"epoch": 1, "iter": 750, "iters_per_epoch": 7393, "base_lr": 3.7531e-05, "lr": 3.7531e-05,
-                    "eta": "3 days, 9:40:59", "grad_norm": 45.8713, "loss": 37.4994, "d0.loss_cls": 0.5015}),
-        (MMENGINE_POSE, {"epoch": 1, "iter": 350, "iters_per_epoch": 4682, "lr": 4.373121e-05,
-                         "eta": "2 days, 12:29:12", "loss": 0.002122, "acc_pose": 0.120076}),
+        (
+            MMENGINE,
+            {
+                "epoch": 1,
+                "iter": 750,
+                "iters_per_epoch": 7393,
+                "base_lr": 3.7531e-05,
+                "lr": 3.7531e-05,
+                "eta": "3 days, 9:40:59",
+                "grad_norm": 45.8713,
+                "loss": 37.4994,
+                "d0.loss_cls": 0.5015,
+            },
+        ),
+        (
+            MMENGINE_POSE,
+            {
+                "epoch": 1,
+                "iter": 350,
+                "iters_per_epoch": 4682,
+                "lr": 4.373121e-05,
+                "eta": "2 days, 12:29:12",
+                "loss": 0.002122,
+                "acc_pose": 0.120076,
+            },
+        ),
     ],
-)  # fmt: skip
+)
 def test_mmengine_lines(line, expected):
     r = parse_text_line(line)
     assert r["mode"] == "train"

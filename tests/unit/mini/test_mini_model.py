@@ -11,7 +11,8 @@ from support import PYTHON
 from uniad.mini.data import MiniDriveDataset
 from uniad.mini.model import MiniUniAD, match_queries
 from uniad.mini.sampler import DistributedGroupSampler
-from uniad.mini.scaffold import STAGE1_CONFIG, init_mini_root
+from uniad.mini.scaffold import init_mini_root
+from uniad.vocabulary import STAGE1_CONFIG
 
 
 def test_generated_scenes_are_deterministic_and_consistent():
@@ -75,8 +76,9 @@ def _tracks(gt: dict, noise: float, extra: int, rng) -> dict:
     """Predictions of a tracker that reports every agent present (with ``noise`` on its position) and ``extra``
     false tracks per frame, scored above the true ones."""
     frames, agents = gt["gt_boxes"].shape[:2]
-    boxes = np.concatenate([gt["gt_boxes"] + rng.normal(0, noise, gt["gt_boxes"].shape),
-                            rng.uniform(2, 3, (frames, extra, 4))], axis=1)  # fmt: skip
+    boxes = np.concatenate(
+        [gt["gt_boxes"] + rng.normal(0, noise, gt["gt_boxes"].shape), rng.uniform(2, 3, (frames, extra, 4))], axis=1
+    )
     probs = np.zeros((frames, agents + extra, 2))
     probs[:, :agents, 0], probs[:, agents:, 0] = np.where(gt["agent_mask"], 0.9, 0.0), 0.95
     probs[..., 1] = 1 - probs[..., 0]

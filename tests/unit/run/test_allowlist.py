@@ -69,8 +69,11 @@ def test_preflight_checks_the_root_before_writing_and_every_path_after(allowed, 
     with pytest.raises(ParamError, match="ckpt_path"):
         prepare(PipelineParams(profile="mini", uniad_root=str(inside)), python=PYTHON, allowed=allowed)
     with pytest.raises(ParamError, match="publish_path"):
-        prepare(PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path=str(inside / "p.pth")),
-                     python=PYTHON, allowed=allowed)  # fmt: skip
+        prepare(
+            PipelineParams(profile="mini", uniad_root=str(inside), ckpt_path=str(inside / "p.pth")),
+            python=PYTHON,
+            allowed=allowed,
+        )
     params = PipelineParams(
         profile="mini",
         uniad_root=str(inside),

@@ -96,8 +96,10 @@ def test_the_cli_checks_its_settings_with_the_same_rules():
         check_field("nproc_per_node", 0, "--nproc-per-node")
     done = subprocess.run(
         [PYTHON, "-m", "uniad", "train", "--uniad-root", "/nonexistent", "--config", "x.py", "--epochs", "0"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1 and "--epochs must be an integer >= 1" in done.stderr
 
 
@@ -145,8 +147,10 @@ def test_an_upstream_checkout_trains_its_base_configs_and_says_so(tmp_path):
     """The form's defaults are the DL4AGX fork's full_*.py; upstream UniAD has base_*.py only."""
     params = PipelineParams(profile="uniad", uniad_root=str(_uniad_checkout(tmp_path)))
     chosen, notes = choose_configs(params, tmp_path)
-    assert (chosen.stage1_config, chosen.stage2_config) == (UPSTREAM_CONFIGS["stage1_config"],
-                                                            UPSTREAM_CONFIGS["stage2_config"])  # fmt: skip
+    assert (chosen.stage1_config, chosen.stage2_config) == (
+        UPSTREAM_CONFIGS["stage1_config"],
+        UPSTREAM_CONFIGS["stage2_config"],
+    )
     assert len(notes) == 2 and "full_track_map.py is not in" in notes[0] and "base_track_map.py" in notes[0]
     named = replace(params, stage1_config="projects/configs/stage1_track_map/tiny_track_map.py")
     with pytest.raises(ParamError, match="configs there: projects/configs/stage1_track_map/base_track_map.py"):
@@ -190,8 +194,14 @@ def test_preflight_reads_the_configs_with_mmcv_and_refuses_missing_data(tmp_path
     (root / "projects/configs/_base_/nus.py").write_text(_BASE)
     (root / "ckpts").mkdir()
     save_mmcv_checkpoint(root / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
-    params = PipelineParams.from_mapping({"profile": "uniad", "uniad_root": str(root), "stage1_epochs": 5,
-                                          "stage1_cfg_options": ["data.val.ann_file=data/infos/mine.pkl"]})  # fmt: skip
+    params = PipelineParams.from_mapping(
+        {
+            "profile": "uniad",
+            "uniad_root": str(root),
+            "stage1_epochs": 5,
+            "stage1_cfg_options": ["data.val.ann_file=data/infos/mine.pkl"],
+        }
+    )
     with pytest.raises(ParamError) as refused:
         prepare(params, python=PYTHON)
     message = str(refused.value)

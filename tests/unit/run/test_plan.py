@@ -7,11 +7,11 @@ import json
 import pytest
 
 from uniad.errors import ParamError
-from uniad.mini.scaffold import STAGE1_CONFIG, STAGE2_CONFIG
 from uniad.run.configs import ConfigFacts
 from uniad.run.params import PipelineParams
 from uniad.run.plan import Plan, PretrainedFile
 from uniad.run.root import prepare_root
+from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
 
 # What mmcv's Config says of the mini's configs (read for real by the preflight test in test_params.py), plus a data
 # file stage 1 names.

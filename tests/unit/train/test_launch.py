@@ -34,18 +34,32 @@ def spec(**overrides) -> StageSpec:
 
 
 def test_reference_run_stage2_command_with_torchrun():
-    cmd = build_launch(spec(), backend="gloo", master_port=28599, trainside=TRAINSIDE,
-                       base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
+    cmd = build_launch(
+        spec(), backend="gloo", master_port=28599, trainside=TRAINSIDE, base_env={"PYTHONPATH": "/opt/extra"}
+    )
     assert cmd.argv == [
-        "/usr/bin/python3", "-m", "torch.distributed.run", "--nnodes=1",
-        "--nproc_per_node=8", "--master_addr=127.0.0.1", "--master_port=28599",
-        "tools/train.py", "projects/configs/stage2_e2e/full_e2e.py",
-        "--launcher", "pytorch", "--deterministic",
-        "--work-dir", "projects/work_dirs/stage2_e2e/full_e2e/",
-        "--cfg-options", "dist_params.backend=gloo", "total_epochs=20", "runner.max_epochs=20",
+        "/usr/bin/python3",
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=8",
+        "--master_addr=127.0.0.1",
+        "--master_port=28599",
+        "tools/train.py",
+        "projects/configs/stage2_e2e/full_e2e.py",
+        "--launcher",
+        "pytorch",
+        "--deterministic",
+        "--work-dir",
+        "projects/work_dirs/stage2_e2e/full_e2e/",
+        "--cfg-options",
+        "dist_params.backend=gloo",
+        "total_epochs=20",
+        "runner.max_epochs=20",
         "load_from=/workspace/UniAD/ckpts/full_track_map.pth",
-        "data.workers_per_gpu=4", "log_config.interval=10",
-    ]  # fmt: skip
+        "data.workers_per_gpu=4",
+        "log_config.interval=10",
+    ]
     assert cmd.env == {"PYTHONPATH": "/workspace/UniAD:/opt/extra", "PYTHONUNBUFFERED": "1"}
     assert cmd.cwd == "/workspace/UniAD"
     assert cmd.backend == "gloo"
@@ -76,8 +90,13 @@ def test_shell_metacharacters_stay_one_literal_argv_item():
 
 def test_iteration_checkpoints_select_the_trainside_runner_without_config_edits(tmp_path):
     shipped = ship_trainside(tmp_path / ".uniad_trainside")
-    cmd = build_launch(spec(checkpoint_interval_iters=500), backend="gloo", master_port=28599, trainside=shipped,
-                       base_env={"PYTHONPATH": "/opt/extra"})  # fmt: skip
+    cmd = build_launch(
+        spec(checkpoint_interval_iters=500),
+        backend="gloo",
+        master_port=28599,
+        trainside=shipped,
+        base_env={"PYTHONPATH": "/opt/extra"},
+    )
     options = cmd.argv[cmd.argv.index("--cfg-options") + 1 :]
     assert options[4:8] == [
         "custom_imports.imports=[uniad_iter_checkpoint]",

@@ -35,8 +35,14 @@ def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_pa
     good = mid_epoch(work / "epoch_3_iter_10.pth", 2, 10)
     mid_epoch(work / "epoch_3_iter_30.pth", 2, 20)  # renamed by hand: its name and its meta disagree
     (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
-    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=2,
-                     checkpoint_interval_iters=10)  # fmt: skip
+    spec = StageSpec(
+        uniad_root=str(tmp_path),
+        config=CONFIG,
+        work_dir=WORK + "/",
+        max_epochs=6,
+        nproc_per_node=2,
+        checkpoint_interval_iters=10,
+    )
     attempt = plan_attempt(spec, "stage1", run_id="run-a")
     assert attempt.skipped == [
         "epoch_3_iter_30.pth: its meta says 2 epoch(s) complete and 20 iteration(s) of the next, which its name "
@@ -63,8 +69,14 @@ def test_a_new_run_moves_older_artifacts_aside(tmp_path):
     (work / MARKER).write_text(json.dumps({"run_id": "old-run"}))
     (work / "epoch_6.pth").write_bytes(b"stale")
     (work / "latest.pth").symlink_to("epoch_6.pth")
-    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=6, nproc_per_node=2,
-                     resume_from="/somewhere/else.pth")  # fmt: skip
+    spec = StageSpec(
+        uniad_root=str(tmp_path),
+        config=CONFIG,
+        work_dir=WORK + "/",
+        max_epochs=6,
+        nproc_per_node=2,
+        resume_from="/somewhere/else.pth",
+    )
     attempt = plan_attempt(spec, "stage1", run_id="new-run")
     assert attempt.spec.resume_from is None and attempt.resumed_from is None
     assert sorted(p.name for p in work.iterdir()) == [MARKER, PREVIOUS]

@@ -19,36 +19,76 @@ NASTY = "data.samples_per_gpu=1; touch /tmp/pwned $(id) `id` | cat"
 
 
 def spec(**overrides) -> StageSpec:
-    values = dict(uniad_root="/workspace/UniAD", config="projects/configs/stage1_track_map/base_track_map.py",
-                  work_dir="projects/work_dirs/stage1_track_map/base_track_map/", max_epochs=6, nproc_per_node=8,
-                  cfg_options=("data.workers_per_gpu=4", NASTY), python="/opt/uniad-venv/bin/python")  # fmt: skip
+    values = dict(
+        uniad_root="/workspace/UniAD",
+        config="projects/configs/stage1_track_map/base_track_map.py",
+        work_dir="projects/work_dirs/stage1_track_map/base_track_map/",
+        max_epochs=6,
+        nproc_per_node=8,
+        cfg_options=("data.workers_per_gpu=4", NASTY),
+        python="/opt/uniad-venv/bin/python",
+    )
     values.update(overrides)
     return StageSpec(**values)
 
 
 def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
-    settings = SlurmSettings(nnodes=2, partition="gpu", account="perception", time_limit="2-00:00:00",
-                             extra_args=("--exclusive",), gpus_per_node=8, gpu_type="a100")  # fmt: skip
+    settings = SlurmSettings(
+        nnodes=2,
+        partition="gpu",
+        account="perception",
+        time_limit="2-00:00:00",
+        extra_args=("--exclusive",),
+        gpus_per_node=8,
+        gpu_type="a100",
+    )
     name = slurm.job_name("stage1", "manual__2026-11-24T09:00:00+00:00")
     comment = slurm.job_comment(2, WorkDir(tmp_path / "work dir"))
     trainside = tmp_path / "work dir/.uniad_trainside"
-    argv, job = build_slurm_job(spec(), settings, backend="nccl", job_name=name, comment=comment,
-                                job_file=tmp_path / "job.json", output=tmp_path / "slurm-%j.out", trainside=trainside,
-                                cpus_per_task=5, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    argv, job = build_slurm_job(
+        spec(),
+        settings,
+        backend="nccl",
+        job_name=name,
+        comment=comment,
+        job_file=tmp_path / "job.json",
+        output=tmp_path / "slurm-%j.out",
+        trainside=trainside,
+        cpus_per_task=5,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     # UniAD's tools/uniad_slurm_train.sh: --gres=gpu:N and --cpus-per-task=5 per node and rank; nothing of the
     # submitting worker's environment (--export=NONE).
-    assert argv[:12] == ["sbatch", "--parsable", "--job-name=uniad-stage1-manual__2026-11-24T09_00_00_00_00",
-                         f"--comment=attempt=2:{tmp_path}/work dir", "--nodes=2", "--ntasks-per-node=8",
-                         "--cpus-per-task=5", "--gres=gpu:a100:8", "--export=NONE", "--chdir=/workspace/UniAD",
-                         f"--output={tmp_path}/slurm-%j.out", "--partition=gpu"]  # fmt: skip
+    assert argv[:12] == [
+        "sbatch",
+        "--parsable",
+        "--job-name=uniad-stage1-manual__2026-11-24T09_00_00_00_00",
+        f"--comment=attempt=2:{tmp_path}/work dir",
+        "--nodes=2",
+        "--ntasks-per-node=8",
+        "--cpus-per-task=5",
+        "--gres=gpu:a100:8",
+        "--export=NONE",
+        "--chdir=/workspace/UniAD",
+        f"--output={tmp_path}/slurm-%j.out",
+        "--partition=gpu",
+    ]
     assert argv[12:15] == ["--account=perception", "--time=2-00:00:00", "--exclusive"]
     # The only shell words are the interpreter and the files, quoted; every parameter travels in the job file. The
     # batch step is the work dir's copy: UniAD's interpreter does not have this package.
     assert argv[15] == "--wrap" and shlex.split(argv[16]) == [
-        "exec", "/opt/uniad-venv/bin/python", f"{trainside}/uniad_slurm_job.py", str(tmp_path / "job.json")
-    ]  # fmt: skip
-    assert job["argv"][:5] == ["/opt/uniad-venv/bin/python", "tools/train.py",
-                               "projects/configs/stage1_track_map/base_track_map.py", "--launcher", "slurm"]  # fmt: skip
+        "exec",
+        "/opt/uniad-venv/bin/python",
+        f"{trainside}/uniad_slurm_job.py",
+        str(tmp_path / "job.json"),
+    ]
+    assert job["argv"][:5] == [
+        "/opt/uniad-venv/bin/python",
+        "tools/train.py",
+        "projects/configs/stage1_track_map/base_track_map.py",
+        "--launcher",
+        "slurm",
+    ]
     assert job["argv"][-1] == NASTY and "total_epochs=6" in job["argv"] and "runner.max_epochs=6" in job["argv"]
     # srun repeats the resources: since Slurm 22.05 a step does not inherit --cpus-per-task.
     assert job["srun"] == ["--ntasks-per-node=8", "--cpus-per-task=5", "--gres=gpu:a100:8"]
@@ -58,27 +98,55 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
 
 def test_a_uniad_job_cannot_be_submitted_without_a_gpu_request():
     with pytest.raises(LaunchError, match="profile uniad needs a GPU per rank and this job requests none"):
-        build_slurm_job(spec(needs_gpus=True), SlurmSettings(nnodes=2, gpus_per_node=0), backend="nccl",
-                        job_name="j", comment="c", job_file=Path("/w/job.json"), output=Path("/w/out"),
-                        trainside=Path("/w/t"), cpus_per_task=5, env={})  # fmt: skip
+        build_slurm_job(
+            spec(needs_gpus=True),
+            SlurmSettings(nnodes=2, gpus_per_node=0),
+            backend="nccl",
+            job_name="j",
+            comment="c",
+            job_file=Path("/w/job.json"),
+            output=Path("/w/out"),
+            trainside=Path("/w/t"),
+            cpus_per_task=5,
+            env={},
+        )
 
 
 def test_a_mini_job_requests_no_gpus():
-    argv, job = build_slurm_job(spec(nproc_per_node=1), SlurmSettings(nnodes=2), backend="gloo", job_name="j",
-                                comment="c", job_file=Path("/w/job.json"), output=Path("/w/out"),
-                                trainside=Path("/w/t"), cpus_per_task=1, env={})  # fmt: skip
+    argv, job = build_slurm_job(
+        spec(nproc_per_node=1),
+        SlurmSettings(nnodes=2),
+        backend="gloo",
+        job_name="j",
+        comment="c",
+        job_file=Path("/w/job.json"),
+        output=Path("/w/out"),
+        trainside=Path("/w/t"),
+        cpus_per_task=1,
+        env={},
+    )
     assert not any(a.startswith(("--gres", "--gpus")) for a in argv + job["srun"])
 
 
 def test_no_airflow_secret_reaches_a_jobs_environment():
     worker = {
-        "PATH": "/opt/airflow-venv/bin:/usr/bin", "HOME": "/home/airflow", "LANG": "C.UTF-8", "NCCL_DEBUG": "WARN",
+        "PATH": "/opt/airflow-venv/bin:/usr/bin",
+        "HOME": "/home/airflow",
+        "LANG": "C.UTF-8",
+        "NCCL_DEBUG": "WARN",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://airflow:s3cret@postgres/airflow",
-        "AIRFLOW__CORE__FERNET_KEY": "fernet", "AIRFLOW__API_AUTH__JWT_SECRET": "jwt", "AWS_SECRET_ACCESS_KEY": "aws",
-        "CUDA_VISIBLE_DEVICES": "0,1", "http_proxy": "http://proxy:3128",
-    }  # fmt: skip
-    assert slurm.job_environment(worker) == {"PATH": "/opt/airflow-venv/bin:/usr/bin", "HOME": "/home/airflow",
-                                             "LANG": "C.UTF-8", "NCCL_DEBUG": "WARN"}  # fmt: skip
+        "AIRFLOW__CORE__FERNET_KEY": "fernet",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "jwt",
+        "AWS_SECRET_ACCESS_KEY": "aws",
+        "CUDA_VISIBLE_DEVICES": "0,1",
+        "http_proxy": "http://proxy:3128",
+    }
+    assert slurm.job_environment(worker) == {
+        "PATH": "/opt/airflow-venv/bin:/usr/bin",
+        "HOME": "/home/airflow",
+        "LANG": "C.UTF-8",
+        "NCCL_DEBUG": "WARN",
+    }
     assert slurm.job_environment(worker, ["http_proxy"])["http_proxy"] == "http://proxy:3128"
     with pytest.raises(ParamError, match="Airflow's own settings never go into a job"):
         slurm.job_environment(worker, ["AIRFLOW__CORE__FERNET_KEY"])
@@ -86,9 +154,15 @@ def test_no_airflow_secret_reaches_a_jobs_environment():
 
 @pytest.mark.parametrize(
     ("gres", "gpu_type", "expected"),
-    [("gpu:8", None, 8), ("gpu:a100:8(S:0-1)", None, 8), ("gpu:a100:4,gpu:v100:2", "v100", 2),
-     ("gpu:a100:4(S:0,1),gpu:v100:2", None, 6), ("(null)", None, 0), ("mps:100", None, 0)],
-)  # fmt: skip
+    [
+        ("gpu:8", None, 8),
+        ("gpu:a100:8(S:0-1)", None, 8),
+        ("gpu:a100:4,gpu:v100:2", "v100", 2),
+        ("gpu:a100:4(S:0,1),gpu:v100:2", None, 6),
+        ("(null)", None, 0),
+        ("mps:100", None, 0),
+    ],
+)
 def test_gpus_per_node_from_sinfo(gres, gpu_type, expected):
     assert slurm.gpus_per_node(gres, gpu_type) == expected
 
@@ -128,8 +202,10 @@ def test_slurm_settings_are_validated_with_how_to_fix(values, message):
 
 
 def test_scontrol_output_is_parsed():
-    line = ("JobId=12 JobName=uniad-stage1 UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
-            "ExitCode=0:0 StartTime=2026-11-27T10:00:00 EndTime=Unknown NodeList=n[1-2] NumNodes=2")  # fmt: skip
+    line = (
+        "JobId=12 JobName=uniad-stage1 UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
+        "ExitCode=0:0 StartTime=2026-11-27T10:00:00 EndTime=Unknown NodeList=n[1-2] NumNodes=2"
+    )
     state = slurm._fields(line + " SubmitTime=2026-11-27T09:59:58")
     assert (state["JobState"], state["NodeList"], state["ExitCode"]) == ("RUNNING", "n[1-2]", "0:0")
     assert slurm.submit_time(state) == datetime(2026, 11, 27, 9, 59, 58).timestamp()

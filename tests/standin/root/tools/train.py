@@ -67,8 +67,9 @@ def main():
     }
     with open(cfg.data.train.ann_file, "rb") as handle:  # UniAD's dataset loads its info file first
         infos = pickle.load(handle)["infos"]
-    custom_train_model(None, [infos], cfg, distributed=distributed, validate=not args.no_validate,
-                       timestamp=timestamp, meta=meta)  # fmt: skip
+    custom_train_model(
+        None, [infos], cfg, distributed=distributed, validate=not args.no_validate, timestamp=timestamp, meta=meta
+    )
 
 
 if __name__ == "__main__":

@@ -62,8 +62,11 @@ def _read(filename):
     with open(filename) as handle:
         text = handle.read()
     exec(compile(text, filename, "exec"), namespace)
-    own = {k: v for k, v in namespace.items() if not k.startswith("__") and not callable(v) and
-           type(v).__name__ != "module"}  # fmt: skip
+    own = {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("__") and not callable(v) and type(v).__name__ != "module"
+    }
     bases = own.pop(BASE_KEY, [])
     bases = [bases] if isinstance(bases, str) else bases
     merged, texts = {}, []

@@ -38,8 +38,10 @@ class Tensor:
         for size in reversed(self.shape):
             stride.insert(0, step)
             step *= size
-        return (_utils._rebuild_tensor_v2,
-                (self._storage, 0, self.shape, tuple(stride), False, collections.OrderedDict()))  # fmt: skip
+        return (
+            _utils._rebuild_tensor_v2,
+            (self._storage, 0, self.shape, tuple(stride), False, collections.OrderedDict()),
+        )
 
 
 def full(shape, value):

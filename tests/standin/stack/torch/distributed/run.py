@@ -28,13 +28,20 @@ def launch(args):
     world = nnodes * args.nproc_per_node
     ranks = []
     for local in range(args.nproc_per_node):
-        env = dict(os.environ, RANK=str(args.node_rank * args.nproc_per_node + local), LOCAL_RANK=str(local),
-                   WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(args.nproc_per_node),
-                   MASTER_ADDR=args.master_addr, MASTER_PORT=str(args.master_port))  # fmt: skip
+        env = dict(
+            os.environ,
+            RANK=str(args.node_rank * args.nproc_per_node + local),
+            LOCAL_RANK=str(local),
+            WORLD_SIZE=str(world),
+            LOCAL_WORLD_SIZE=str(args.nproc_per_node),
+            MASTER_ADDR=args.master_addr,
+            MASTER_PORT=str(args.master_port),
+        )
         env.setdefault("OMP_NUM_THREADS", "1")
         extra = [] if args.use_env else [f"--local-rank={local}"]
-        ranks.append(subprocess.Popen([sys.executable, "-u", args.script] + extra + args.args, env=env,
-                                      start_new_session=True))  # fmt: skip
+        ranks.append(
+            subprocess.Popen([sys.executable, "-u", args.script] + extra + args.args, env=env, start_new_session=True)
+        )
 
     def stop(signum, frame):
         for rank in ranks:
@@ -55,8 +62,11 @@ def launch(args):
                 rank.wait()
             local, code = failed[0]
             rank = args.node_rank * args.nproc_per_node + local
-            print(f"torch.distributed.elastic.multiprocessing.errors.ChildFailedError: rank {rank} (local_rank {local}) "
-                  f"exited with code {code}", file=sys.stderr)  # fmt: skip
+            print(
+                f"torch.distributed.elastic.multiprocessing.errors.ChildFailedError: rank {rank} (local_rank {local}) "
+                f"exited with code {code}",
+                file=sys.stderr,
+            )
             sys.exit(1)
         if all(code == 0 for code in codes):
             return

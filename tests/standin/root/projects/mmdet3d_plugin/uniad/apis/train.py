@@ -28,17 +28,32 @@ import torch
 import torch.distributed as dist
 from mmcv.runner import get_dist_info
 
-STAGE1_KEYS = (
-    [f"track.frame_{f}_loss_{k}_{layer}" for f in range(3) for layer in range(6)
-     for k in ("cls", "bbox", "past_trajs")]
-    + ["map.loss_cls", "map.loss_bbox", "map.loss_iou", "map.loss_mask_things", "map.loss_mask_stuff"]
-)  # fmt: skip
+STAGE1_KEYS = [
+    f"track.frame_{f}_loss_{k}_{layer}" for f in range(3) for layer in range(6) for k in ("cls", "bbox", "past_trajs")
+] + ["map.loss_cls", "map.loss_bbox", "map.loss_iou", "map.loss_mask_things", "map.loss_mask_stuff"]
 STAGE2_KEYS = STAGE1_KEYS + [
-    "motion.loss_traj", "motion.l_class", "motion.l_reg", "motion.min_ade", "motion.min_fde", "motion.mr",
-    "occ.loss_dice", "occ.loss_mask", "planning.loss_ade", "planning.loss_collision_0", "planning.loss_collision_1",
-]  # fmt: skip
-PREFIXES = ("img_backbone.", "img_neck.", "pts_bbox_head.", "query_embedding.", "reference_points.", "query_interact.",
-            "memory_bank.", "seg_head.")  # fmt: skip
+    "motion.loss_traj",
+    "motion.l_class",
+    "motion.l_reg",
+    "motion.min_ade",
+    "motion.min_fde",
+    "motion.mr",
+    "occ.loss_dice",
+    "occ.loss_mask",
+    "planning.loss_ade",
+    "planning.loss_collision_0",
+    "planning.loss_collision_1",
+]
+PREFIXES = (
+    "img_backbone.",
+    "img_neck.",
+    "pts_bbox_head.",
+    "query_embedding.",
+    "reference_points.",
+    "query_interact.",
+    "memory_bank.",
+    "seg_head.",
+)
 E2E_PREFIXES = ("motion_head.", "occ_head.", "planning_head.")
 
 
@@ -102,9 +117,11 @@ def _table(header, rows, title=None):
 
 
 def _motion_table(ade):
-    rows = [["car", f"{ade:.4f}", "%.4f" % (ade * 1.45), "%.4f" % (ade * 0.21)],
-            ["truck", "nan", "nan", "nan"],
-            ["pedestrian", "%.4f" % (ade * 1.1), "%.4f" % (ade * 1.5), "%.4f" % (ade * 0.17)]]  # fmt: skip
+    rows = [
+        ["car", f"{ade:.4f}", "%.4f" % (ade * 1.45), "%.4f" % (ade * 0.21)],
+        ["truck", "nan", "nan", "nan"],
+        ["pedestrian", "%.4f" % (ade * 1.1), "%.4f" % (ade * 1.5), "%.4f" % (ade * 0.17)],
+    ]
     return _table(["class names", "min_ade_err", "min_fde_err", "miss_rate_err"], rows)
 
 
@@ -123,12 +140,19 @@ def evaluate(cfg, epoch):
         ]
         horizons = ["0.5s", "1.0s", "1.5s", "2.0s", "2.5s", "3.0s"]
         # PlanningMetric: collision rates as fractions of the planned trajectories.
-        rows = [["obj_col"] + ["%.4f" % (0.0006 * t) for t in range(6)],
-                ["obj_box_col"] + ["%.4f" % (0.0008 * t) for t in range(6)],
-                ["L2"] + ["%.4f" % ((0.2 + 0.28 * t) * (1.2 - 0.005 * epoch)) for t in range(6)]]  # fmt: skip
+        rows = [
+            ["obj_col"] + ["%.4f" % (0.0006 * t) for t in range(6)],
+            ["obj_box_col"] + ["%.4f" % (0.0008 * t) for t in range(6)],
+            ["L2"] + ["%.4f" % ((0.2 + 0.28 * t) * (1.2 - 0.005 * epoch)) for t in range(6)],
+        ]
         out.append(_table(["metrics"] + horizons, rows, title="uniad's definition planning metrics"))
-    out += ["Evaluating bboxes of pts_bbox", "mAP: 0.3800", "NDS: 0.4940", "### Final results ###",
-            "AMOTA\t%.3f" % (0.30 + 0.01 * epoch)]  # fmt: skip
+    out += [
+        "Evaluating bboxes of pts_bbox",
+        "mAP: 0.3800",
+        "NDS: 0.4940",
+        "### Final results ###",
+        "AMOTA\t%.3f" % (0.30 + 0.01 * epoch),
+    ]
     if _stage2(cfg):
         ade = 0.85 - 0.005 * epoch
         for category, modes in (
@@ -136,20 +160,31 @@ def evaluate(cfg, epoch):
             ("detection", ("standard", "EPA", "EPA")),
         ):
             out.append("-" * 50)
-            out.append("Evaluate on motion category, merge class for vehicles and pedestrians..." if category == "motion"
-                       else "Evaluate on detection category...")  # fmt: skip
+            out.append(
+                "Evaluate on motion category, merge class for vehicles and pedestrians..."
+                if category == "motion"
+                else "Evaluate on detection category..."
+            )
             for i, mode in enumerate(modes):
                 out.append(f"evaluate {mode} motion metrics...")
                 if i == 2:
                     out += ["23870 7125 58317", "EPA  car %.4f" % (0.30 + 0.002 * epoch), "EPA  pedestrian 0.3321"]
                 out.append(_motion_table(ade * (1 + 0.05 * i + (0.1 if category == "detection" else 0.0))))
-    metrics = collections.OrderedDict([
-        ("pts_bbox_NuScenes/NDS", 0.494), ("pts_bbox_NuScenes/mAP", 0.38),
-        ("pts_bbox_NuScenes/amota", round(0.30 + 0.01 * epoch, 4)), ("pts_bbox_NuScenes/amotp", 1.33),
-        ("pts_bbox_NuScenes/recall", 0.47), ("drivable_iou", 0.69), ("lanes_iou", round(0.28 + 0.002 * epoch, 4)),
-        ("divider_iou", 0.27), ("crossing_iou", 0.15), ("contour_iou", 0.28),
-        ("pts_bbox_NuScenes/traffic_cone_orient_err", float("nan")),  # nuScenes has no orientation for cones
-    ])  # fmt: skip
+    metrics = collections.OrderedDict(
+        [
+            ("pts_bbox_NuScenes/NDS", 0.494),
+            ("pts_bbox_NuScenes/mAP", 0.38),
+            ("pts_bbox_NuScenes/amota", round(0.30 + 0.01 * epoch, 4)),
+            ("pts_bbox_NuScenes/amotp", 1.33),
+            ("pts_bbox_NuScenes/recall", 0.47),
+            ("drivable_iou", 0.69),
+            ("lanes_iou", round(0.28 + 0.002 * epoch, 4)),
+            ("divider_iou", 0.27),
+            ("crossing_iou", 0.15),
+            ("contour_iou", 0.28),
+            ("pts_bbox_NuScenes/traffic_cone_orient_err", float("nan")),  # nuScenes has no orientation for cones
+        ]
+    )
     out.append(repr(dict(metrics)))
     print("\n".join(out), flush=True)
     return metrics
@@ -158,9 +193,15 @@ def evaluate(cfg, epoch):
 def _record_rank(cfg, rank, world):
     folder = osp.join(cfg.work_dir, "standin_ranks")
     os.makedirs(folder, exist_ok=True)
-    seen = {"rank": rank, "world_size": world, "device": torch.cuda.current_device(),
-            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"), "python": sys.version.split()[0],
-            "executable": sys.executable, "environ": dict(os.environ)}  # fmt: skip
+    seen = {
+        "rank": rank,
+        "world_size": world,
+        "device": torch.cuda.current_device(),
+        "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "environ": dict(os.environ),
+    }
     with open(osp.join(folder, f"rank{rank}.json"), "w") as handle:
         json.dump(seen, handle, indent=1)
 
@@ -192,8 +233,10 @@ def custom_train_model(model, datasets, cfg, distributed=False, validate=False, 
         logger.info("load checkpoint from local path: %s", cfg.load_from)
         missing = [p for p in E2E_PREFIXES if _stage2(cfg) and not any(k.startswith(p) for k in loaded)]
         if missing:
-            logger.warning("The model and loaded state dict do not match exactly\n\nmissing keys in source state_dict: "
-                           + ", ".join(p + "weight" for p in missing))  # fmt: skip
+            logger.warning(
+                "The model and loaded state dict do not match exactly\n\nmissing keys in source state_dict: "
+                + ", ".join(p + "weight" for p in missing)
+            )
     interval, total = cfg.log_config.interval, cfg.runner.max_epochs
     every = cfg.evaluation.interval if validate else None
     iter_time = float(os.environ.get("UNIAD_STANDIN_ITER_TIME", "0.02"))
@@ -218,14 +261,22 @@ def custom_train_model(model, datasets, cfg, distributed=False, validate=False, 
                 record.update(losses)
                 record.update(grad_norm=grad_norm, time=iter_time)
                 eta = datetime.timedelta(seconds=int(((total - epoch) * iters + iters - inner) * iter_time))
-                text = (f"Epoch [{epoch}][{inner}/{iters}]\tlr: {lr:.3e}, eta: {eta}, time: {iter_time:.3f}, "
-                        "data_time: 0.010, memory: 17408, ")  # fmt: skip
+                text = (
+                    f"Epoch [{epoch}][{inner}/{iters}]\tlr: {lr:.3e}, eta: {eta}, time: {iter_time:.3f}, "
+                    "data_time: 0.010, memory: 17408, "
+                )
                 text += ", ".join(f"{k}: {v:.4f}" for k, v in losses.items()) + f", grad_norm: {grad_norm:.4f}"
                 _log(logger, json_log, record, text)
         if rank == 0:
             name = osp.join(cfg.work_dir, f"epoch_{epoch}.pth")
-            checkpoint_meta = dict(meta, epoch=epoch, iter=epoch * iters, mmcv_version="1.6.1",
-                                   time=time.asctime(), CLASSES=["car", "pedestrian"])  # fmt: skip
+            checkpoint_meta = dict(
+                meta,
+                epoch=epoch,
+                iter=epoch * iters,
+                mmcv_version="1.6.1",
+                time=time.asctime(),
+                CLASSES=["car", "pedestrian"],
+            )
             torch.save({"meta": checkpoint_meta, "state_dict": _state_dict(cfg, epoch), "optimizer": {}}, name)
             latest = osp.join(cfg.work_dir, "latest.pth")
             if osp.lexists(latest):
@@ -234,8 +285,14 @@ def custom_train_model(model, datasets, cfg, distributed=False, validate=False, 
         if every and (epoch % every == 0 or epoch == total):
             if rank == 0:
                 metrics = evaluate(cfg, epoch)
-                record = collections.OrderedDict([("mode", "val"), ("epoch", epoch), ("iter", samples),
-                                                  ("lr", round(_lr(cfg, epoch, iters, iters), 10))])  # fmt: skip
+                record = collections.OrderedDict(
+                    [
+                        ("mode", "val"),
+                        ("epoch", epoch),
+                        ("iter", samples),
+                        ("lr", round(_lr(cfg, epoch, iters, iters), 10)),
+                    ]
+                )
                 record.update(metrics)
                 text = f"Epoch(val) [{epoch}][{samples}]\t" + ", ".join(f"{k}: {v:.4f}" for k, v in metrics.items())
                 _log(logger, json_log, record, text)
