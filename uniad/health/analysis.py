@@ -92,6 +92,10 @@ class Rows:
     def __len__(self) -> int:
         return len(self.epoch)
 
+    def known(self, column: str) -> list[float]:
+        """A column's values where the records have one."""
+        return [v for v in getattr(self, column) if v is not None]
+
     def drop(self, start: int, stop: int) -> None:
         """Remove rows ``start:stop`` (an earlier attempt's rows that a resumed attempt did again)."""
         for column in (self.epoch, self.iter, self.loss, self.lr, self.grad, self.time):
@@ -141,138 +145,33 @@ def analyze_rows(
         # json logs do not say it: the last logged iteration of a finished epoch is within one interval of it.
         iters_per_epoch = max(it for e, it in zip(rows.epoch, rows.iter) if e != rows.epoch[-1])
     epochs_total = schedule.max_epochs or total_epochs
-
     evaluations = _evaluations(rows.evaluations, printed)
     if not n:
         findings.append(Finding(WARNING, "no_records", "the log has no training records yet"))
         findings += [Finding(ERROR, "metric_requirement", r.failure({}) or "") for r in requirements]
         return Analysis(
-            "warning" if not requirements else "unhealthy",
-            {},
-            None,
-            {},
-            {},
-            {},
-            {},
-            findings,
-            0,
-            epochs_total,
-            evaluations=evaluations,
+            _verdict(findings), {}, None, {}, {}, {}, {}, findings, 0, epochs_total, evaluations=evaluations
         )
 
     last_epoch, last_iter = rows.epoch[-1], rows.iter[-1]
-    latest = {"epoch": last_epoch, "iter": last_iter, "iters_per_epoch": iters_per_epoch}
-    progress = None
-    if epochs_total:
-        if iters_per_epoch:
-            progress = ((last_epoch - 1) * iters_per_epoch + last_iter) / (epochs_total * iters_per_epoch)
-        else:
-            progress = (last_epoch - 1) / epochs_total
-        progress = min(progress, 1.0)
-
+    progress = _progress(last_epoch, last_iter, iters_per_epoch, epochs_total)
     finite_losses = [v for v in rows.loss if _finite(v)]
-    first_loss, latest_loss = (finite_losses[0], finite_losses[-1]) if finite_losses else (None, None)
-    loss = {
-        "first": first_loss,
-        "latest": latest_loss,
-        "reduction": (1 - latest_loss / first_loss) if first_loss and latest_loss is not None else None,
-    }
-    known_lrs = [v for v in rows.lr if v is not None]
-    lr = {"peak": max(known_lrs) if known_lrs else None, "latest": known_lrs[-1] if known_lrs else None}
-    known_grads = [v for v in rows.grad if v is not None]
-    grad_norm = {"latest": known_grads[-1] if known_grads else None, "median": _median_of(known_grads)}
-
-    first, last = rows.record(0), rows.record(n - 1)
-    skip = {"mode", "epoch", "iter", "iters_per_epoch", "lr", "time", "data_time", "memory", "eta", "loss", "grad_norm"}
-    keys = [k for k in last if k not in skip and as_number(last.get(k)) is not None]
-    components = {k: {"first": as_number(first.get(k)), "latest": as_number(last.get(k))} for k in keys}
-
-    # Divergence and plateau on a running median, so single spikes do not decide either.
-    w = max(1, min(t.window, len(finite_losses) // 4 or 1))
-    smoothed = [statistics.median(finite_losses[i : i + w]) for i in range(0, len(finite_losses) - w + 1, w)]
-    if len(smoothed) >= 3:
-        low, now_ = min(smoothed), smoothed[-1]
-        if low > 0 and now_ > t.divergence_factor * low:
-            findings.append(
-                Finding(
-                    ERROR,
-                    "divergence",
-                    f"loss has risen to {now_:.4g} (running median) from a low of {low:.4g}: training is diverging",
-                    last_epoch,
-                    last_iter,
-                )
-            )
-    tail = finite_losses[int(len(finite_losses) * (1 - t.plateau_fraction)) :]
-    if len(tail) >= 2 * w and len(finite_losses) >= 8 * w:
-        start, end = statistics.median(tail[:w]), statistics.median(tail[-w:])
-        if start > 0 and (start - end) / start < t.plateau_min_reduction:
-            findings.append(
-                Finding(
-                    WARNING,
-                    "plateau",
-                    f"loss went from {start:.4g} to {end:.4g} over the last {t.plateau_fraction:.0%} of the records "
-                    f"(< {t.plateau_min_reduction:.1%} reduction): a plateau",
-                    last_epoch,
-                    last_iter,
-                )
-            )
-
-    findings += _zero_components(rows, keys, schedule, t)
-    findings += _lr_findings(rows, schedule, iters_per_epoch, t)
-
-    if silence_s is not None and (progress is None or progress < 1.0):
-        times = [v for v in rows.time if _finite(v)]
-        iter_step = _log_interval(rows)
-        if times and iter_step:
-            stall = stall_finding(silence_s, statistics.median(times) * iter_step, t, last_epoch, last_iter, live=False)
-            if stall is not None:
-                findings.append(stall)
-
+    components = _components(rows)
     final = evaluations[-1] if evaluations else None
+    findings += _loss_trend(finite_losses, t, last_epoch, last_iter)
+    findings += _zero_components(rows, list(components), schedule, t)
+    findings += _lr_findings(rows, schedule, iters_per_epoch, t)
+    if silence_s is not None and (progress is None or progress < 1.0):
+        findings += _stall(rows, silence_s, t)
     finished = progress is not None and progress >= 1.0
-    if expect_evaluation and finished and (final is None or final["epoch"] != last_epoch):
-        where = f"the last one is epoch {final['epoch']}" if final else "the log has no val record"
-        findings.append(
-            Finding(
-                ERROR,
-                "not_evaluated",
-                f"the final epoch {last_epoch} was not evaluated ({where}): the stage's quality is unknown; evaluate its "
-                "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated",
-                last_epoch,
-                last_iter,
-            )
-        )
-    if final is not None:
-        # A value no metric can take (AMOTA above 1, a collision rate in percent) means the evaluation is wrong:
-        # neither a requirement nor champion/challenger may be decided on it.
-        findings += [
-            Finding(
-                ERROR,
-                "metric_out_of_range",
-                f"{problem}: fix the evaluation before judging the stage on it",
-                final["epoch"],
-                final["iter"],
-            )
-            for problem in out_of_range(final["values"])
-        ]
-    for requirement in requirements:
-        failure = requirement.failure(final["values"] if final else {})
-        if failure is not None:
-            epoch = final["epoch"] if final else None
-            findings.append(Finding(ERROR, "metric_requirement", failure, epoch, final["iter"] if final else None))
-
-    verdict = "healthy"
-    if any(f.severity == WARNING for f in findings):
-        verdict = "warning"
-    if any(f.severity == ERROR for f in findings):
-        verdict = "unhealthy"
+    findings += _evaluation_findings(final, expect_evaluation and finished, last_epoch, last_iter, requirements)
     return Analysis(
-        verdict,
-        latest,
+        _verdict(findings),
+        {"epoch": last_epoch, "iter": last_iter, "iters_per_epoch": iters_per_epoch},
         progress,
-        loss,
-        lr,
-        grad_norm,
+        _first_and_latest(finite_losses),
+        {"peak": max(rows.known("lr"), default=None), "latest": (rows.known("lr") or [None])[-1]},
+        {"latest": (rows.known("grad") or [None])[-1], "median": _median_of(rows.known("grad"))},
         components,
         findings,
         n,
@@ -281,6 +180,109 @@ def analyze_rows(
         final,
         evaluations,
     )
+
+
+def _verdict(findings: list[Finding]) -> str:
+    if any(f.severity == ERROR for f in findings):
+        return "unhealthy"
+    return "warning" if any(f.severity == WARNING for f in findings) else "healthy"
+
+
+def _progress(epoch: int, it: int, iters_per_epoch: int | None, epochs_total: int | None) -> float | None:
+    """How much of the stage is trained, from its latest record (None without the epoch count)."""
+    if not epochs_total:
+        return None
+    if iters_per_epoch:
+        return min(((epoch - 1) * iters_per_epoch + it) / (epochs_total * iters_per_epoch), 1.0)
+    return min((epoch - 1) / epochs_total, 1.0)
+
+
+def _first_and_latest(losses: list[float]) -> dict:
+    first, latest = (losses[0], losses[-1]) if losses else (None, None)
+    return {
+        "first": first,
+        "latest": latest,
+        "reduction": (1 - latest / first) if first and latest is not None else None,
+    }
+
+
+_NOT_COMPONENTS = {
+    "mode",
+    "epoch",
+    "iter",
+    "iters_per_epoch",
+    "lr",
+    "time",
+    "data_time",
+    "memory",
+    "eta",
+    "loss",
+    "grad_norm",
+}
+
+
+def _components(rows: Rows) -> dict[str, dict]:
+    """First and latest value of every loss key (the last record's numeric keys that are not bookkeeping)."""
+    first, last = rows.record(0), rows.record(len(rows) - 1)
+    keys = [k for k in last if k not in _NOT_COMPONENTS and as_number(last.get(k)) is not None]
+    return {k: {"first": as_number(first.get(k)), "latest": as_number(last.get(k))} for k in keys}
+
+
+def _loss_trend(losses: list[float], t: Thresholds, epoch: int, it: int) -> list[Finding]:
+    """Divergence and plateau, on a running median so that single spikes decide neither."""
+    found = []
+    w = max(1, min(t.window, len(losses) // 4 or 1))
+    smoothed = [statistics.median(losses[i : i + w]) for i in range(0, len(losses) - w + 1, w)]
+    if len(smoothed) >= 3:
+        low, now = min(smoothed), smoothed[-1]
+        if low > 0 and now > t.divergence_factor * low:
+            message = f"loss has risen to {now:.4g} (running median) from a low of {low:.4g}: training is diverging"
+            found.append(Finding(ERROR, "divergence", message, epoch, it))
+    tail = losses[int(len(losses) * (1 - t.plateau_fraction)) :]
+    if len(tail) >= 2 * w and len(losses) >= 8 * w:
+        start, end = statistics.median(tail[:w]), statistics.median(tail[-w:])
+        if start > 0 and (start - end) / start < t.plateau_min_reduction:
+            message = (
+                f"loss went from {start:.4g} to {end:.4g} over the last {t.plateau_fraction:.0%} of the records "
+                f"(< {t.plateau_min_reduction:.1%} reduction): a plateau"
+            )
+            found.append(Finding(WARNING, "plateau", message, epoch, it))
+    return found
+
+
+def _stall(rows: Rows, silence_s: float, t: Thresholds) -> list[Finding]:
+    """A stage not finished whose log has been silent for longer than the stall rule allows."""
+    times = [v for v in rows.time if _finite(v)]
+    iter_step = _log_interval(rows)
+    if not times or not iter_step:
+        return []
+    interval = statistics.median(times) * iter_step
+    stall = stall_finding(silence_s, interval, t, rows.epoch[-1], rows.iter[-1], live=False)
+    return [stall] if stall is not None else []
+
+
+def _evaluation_findings(
+    final: dict | None, must_be_evaluated: bool, epoch: int, it: int, requirements: Sequence[Requirement]
+) -> list[Finding]:
+    """The final evaluation: there when it must be, every metric in its valid range, each requirement met."""
+    found = []
+    if must_be_evaluated and (final is None or final["epoch"] != epoch):
+        where = f"the last one is epoch {final['epoch']}" if final else "the log has no val record"
+        message = (
+            f"the final epoch {epoch} was not evaluated ({where}): the stage's quality is unknown; evaluate its "
+            "checkpoint (python -m uniad evaluate) or rerun with the final epoch evaluated"
+        )
+        found.append(Finding(ERROR, "not_evaluated", message, epoch, it))
+    values = final["values"] if final else {}
+    where = (final["epoch"], final["iter"]) if final else (None, None)
+    # A value no metric can take (AMOTA above 1, a collision rate in percent) means the evaluation is wrong:
+    # neither a requirement nor champion/challenger may be decided on it.
+    for problem in out_of_range(values):
+        found.append(Finding(ERROR, "metric_out_of_range", f"{problem}: fix the evaluation first", *where))
+    for requirement in requirements:
+        if (failure := requirement.failure(values)) is not None:
+            found.append(Finding(ERROR, "metric_requirement", failure, *where))
+    return found
 
 
 _NOT_METRICS = {"mode", "epoch", "iter", "lr", "time", "data_time", "memory", "eta", "iters_per_epoch"}
