@@ -20,16 +20,17 @@ RUN apt-get update \
 COPY docker/install_uniad_stack.sh /tmp/install_uniad_stack.sh
 RUN python3.9 -m venv /opt/uniad-venv && bash /tmp/install_uniad_stack.sh "$RECIPE" /opt/uniad-venv
 
-# The worker: Airflow and this project (torch CPU build only for checkpoint inspection in the worker itself).
+# The worker: Airflow and this project (torch CPU build only for checkpoint inspection in the worker itself),
+# installed with its Airflow extra (pins in pyproject.toml); the plugin is registered by its entry point. Nothing
+# of this project goes into /opt/uniad-venv: the modules UniAD's interpreter runs are shipped into each work dir.
 RUN python3.11 -m venv /opt/airflow-venv \
- && /opt/airflow-venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-COPY requirements-airflow.txt /tmp/requirements-airflow.txt
-RUN /opt/airflow-venv/bin/pip install --no-cache-dir -r /tmp/requirements-airflow.txt
+ && /opt/airflow-venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+ && /opt/airflow-venv/bin/pip install --no-cache-dir "setuptools>=77.0.3,<81" wheel
 COPY pyproject.toml README.md /opt/uniad-pipeline/
 COPY uniad /opt/uniad-pipeline/uniad
-RUN /opt/airflow-venv/bin/pip install --no-cache-dir --no-deps /opt/uniad-pipeline
+COPY plugins /opt/uniad-pipeline/plugins
+RUN /opt/airflow-venv/bin/pip install --no-cache-dir --no-build-isolation "/opt/uniad-pipeline[airflow]"
 COPY dags /opt/airflow/dags
-COPY plugins /opt/airflow/plugins
 
 ENV PATH=/opt/airflow-venv/bin:$PATH \
     AIRFLOW_HOME=/opt/airflow \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything for the embedded default, idempotently:
-#   .venv/ (torch CPU, Airflow, mmcv, this project), an Airflow home with SQLite in airflow_home/, the gpu pool.
+#   .venv/ (this project installed with its extras: torch CPU, Airflow, mmcv, the test tools), an Airflow home with
+#   SQLite in airflow_home/, the gpu pool.
 # --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test), docker-compose
 # (which validates docker/compose.yaml offline), slurm-wlm and munge (the two-node Slurm cluster of make slurm).
 set -euo pipefail
@@ -14,17 +15,17 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 stamp=.venv/.requirements.sha
-want=$(cat requirements.txt requirements-airflow.txt requirements-dev.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "==> installing requirements (about 2 minutes on a fresh machine)"
+  echo "==> installing this project and its dependencies (about 2 minutes on a fresh machine)"
   # torch alone first: exactly 2.13.0 takes the CPU wheel; anything else would pull several GB of CUDA.
-  "${PIP[@]}" "$(grep '^torch==' requirements.txt)"
-  "${PIP[@]}" "$(grep '^setuptools' requirements.txt)" wheel
-  "${PIP[@]}" -r requirements-airflow.txt -r requirements-dev.txt
-  # mmcv 1.x builds from source and imports pkg_resources: use the venv's setuptools<81.
-  "${PIP[@]}" --no-build-isolation "$(grep '^mmcv==' requirements.txt)"
-  "${PIP[@]}" "$(grep '^motmetrics==' requirements.txt)"
-  "${PIP[@]}" --no-build-isolation --no-deps -e .
+  "${PIP[@]}" torch==2.13.0
+  # mmcv 1.x builds from source and imports pkg_resources: the venv's setuptools<81, without build isolation.
+  "${PIP[@]}" "setuptools>=77.0.3,<81" wheel
+  "${PIP[@]}" --no-build-isolation mmcv==1.7.2
+  # The package with its extras (pins in pyproject.toml); editable, so the plugin's entry point and the DAG's
+  # imports are this checkout.
+  "${PIP[@]}" --no-build-isolation -e ".[airflow,mini,dev]"
   echo "$want" > "$stamp"
 fi
 

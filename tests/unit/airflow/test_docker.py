@@ -8,6 +8,7 @@ import shutil
 import subprocess
 
 import pytest
+import tomllib
 import yaml
 
 from support import REPO, require_tool
@@ -112,13 +113,17 @@ def test_the_images_install_what_the_docs_say():
         assert torch in row, (recipe, torch, row)
     for package, version in re.findall(r"(mmcv-full|mmdet|mmsegmentation|mmdet3d)==([\w.]+)", stack):
         assert readme.count(version) >= 2, f"{package} {version} is not in both rows of docker/README.md"
-    # Both images install the same Airflow requirements as the local environment, and the same torch and Airflow.
-    pins = dict(re.findall(r"^([\w-]+)==([\w.]+)$", (REPO / "requirements-airflow.txt").read_text(), re.M))
+    # Both images install this project with its pins (pyproject.toml), as the local environment does: the same
+    # Airflow and torch, the plugin by its entry point, the DAG file the only thing copied.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = dict(re.findall(r"^([\w-]+)==([\w.]+)$", "\n".join(project["optional-dependencies"]["airflow"]), re.M))
+    torch_pin = next(d for d in project["dependencies"] if d.startswith("torch=="))
     airflow_image = (DOCKER / "airflow.Dockerfile").read_text()
     training_image = (DOCKER / "training.Dockerfile").read_text()
     assert f"ARG AIRFLOW_VERSION={pins['apache-airflow']}" in airflow_image
-    torch_pin = re.search(r"^torch==([\w.]+)$", (REPO / "requirements.txt").read_text(), re.M).group(1)
+    assert 'pip install --no-cache-dir --no-build-isolation "/opt/uniad-pipeline[airflow,mini]"' in airflow_image
+    assert 'pip install --no-cache-dir --no-build-isolation "/opt/uniad-pipeline[airflow]"' in training_image
     for image in (airflow_image, training_image):
-        assert "-r /tmp/requirements-airflow.txt" in image
-        assert f"torch=={torch_pin}" in image
+        assert torch_pin in image and "COPY --chown=airflow:0 plugins /opt/airflow/plugins" not in image
+        assert "requirements" not in image
     assert "FROM nvidia/cuda:11.8.0" in training_image and "ARG RECIPE=uniad-v2" in training_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from support import REPO
 
@@ -34,3 +35,24 @@ def test_dag_file_parse_imports_no_torch_or_mmcv():
     )
     assert "airflow" in modules
     assert not {"torch", "mmcv", "numpy", "boto3", "matplotlib"} & modules
+
+
+def test_the_installed_package_registers_its_plugin_and_provider_info():
+    """``pip install .`` registers the plugin through its entry point (the plugins folder's .airflowignore keeps the
+    folder scan from registering it twice) and the provider info Airflow's schema accepts."""
+    import json
+    from importlib.metadata import entry_points
+
+    import jsonschema
+    from airflow.plugins_manager import AirflowPlugin
+
+    (plugin,) = [e for e in entry_points(group="airflow.plugins") if e.value.startswith("uniad_airflow.")]
+    assert plugin.name == "uniad_dashboard" and issubclass(plugin.load(), AirflowPlugin)
+    (provider,) = [e for e in entry_points(group="apache_airflow_provider") if e.value.startswith("uniad_airflow.")]
+    info = provider.load()()
+    import airflow
+
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(info, schema)
+    assert info["package-name"] == "uniad-pipeline"
+    assert "uniad_airflow/" in (REPO / "plugins/.airflowignore").read_text().split()

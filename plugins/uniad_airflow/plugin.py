@@ -1,5 +1,8 @@
-"""Registers the UniAD training dashboard with Airflow 3: the FastAPI app at /uniad, a "UniAD training" entry in
-the navigation, a tab on every run of uniad_e2e_training, and the training tasks' "Training dashboard" link."""
+"""The UniAD training dashboard as an Airflow 3 plugin: the FastAPI app at /uniad, a "UniAD training" entry in the
+navigation, a tab on every run of uniad_e2e_training, and the training tasks' "Training dashboard" link.
+
+Registered by the package's ``airflow.plugins`` entry point (``pip install .``), not by the plugins folder, whose
+``.airflowignore`` keeps Airflow's folder scan from registering it a second time."""
 
 from __future__ import annotations
 
