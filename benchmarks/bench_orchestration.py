@@ -150,7 +150,7 @@ def main() -> int:
     parse_s, sdk_s = parse_cost()
     print(
         f"DAG file parse after `import airflow.sdk`: {parse_s * 1000:.1f} ms (median of 7; import airflow.sdk "
-        f"itself: {sdk_s * 1000:.0f} ms); target <= 50 ms: {'met' if parse_s <= 0.05 else 'MISSED'}"
+        f"itself: {sdk_s * 1000:.0f} ms); target <= 30 ms: {'met' if parse_s <= 0.03 else 'MISSED'}"
     )
     result = orchestration()
     empty = result["empty"]
