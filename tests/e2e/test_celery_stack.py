@@ -28,7 +28,8 @@ TASKS = [
     "upload_stage2",
     "publish_model",
 ]
-TRAINING = {"stage1_train", "stage2_train"}
+# Where the GPUs are: training, and publish_model (it may evaluate the champion with tools/test.py).
+ON_GPUS = {"stage1_train", "stage2_train", "publish_model"}
 
 
 @pytest.fixture(scope="module")
@@ -103,14 +104,14 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
             for t in TASKS  # no s3_uri
         }
         for task in TASKS:
-            expected = ("gpu", "gpu", 2) if task in TRAINING else ("default", "default_pool", 1)
+            expected = ("gpu", "gpu", 2) if task in ON_GPUS else ("default", "default_pool", 1)
             assert (by_task[task]["queue"], by_task[task]["pool"], by_task[task]["pool_slots"]) == expected, task
         assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
 
-    # Routing, from the workers' own logs: the gpu worker ran the training tasks of both runs and nothing else.
+    # Routing, from the workers' own logs: the gpu worker ran the GPU tasks of both runs and nothing else.
     executed = {}
     for worker in ("worker-gpu", "worker-default"):
         text = (Path(home) / "logs" / f"{worker}.log").read_text()
         executed[worker] = sorted(re.findall(r"Executing workload in Celery: .*? task_id='([a-z0-9_]+)'", text))
-    assert executed["worker-gpu"] == sorted([t for t in TASKS if t in TRAINING] * 2), executed
-    assert executed["worker-default"] == sorted([t for t in TASKS if t not in TRAINING] * 2), executed
+    assert executed["worker-gpu"] == sorted([t for t in TASKS if t in ON_GPUS] * 2), executed
+    assert executed["worker-default"] == sorted([t for t in TASKS if t not in ON_GPUS] * 2), executed
