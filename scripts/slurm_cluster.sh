@@ -121,7 +121,8 @@ stop() {
     fi
     rm -f "$pidfile"
   done
-  if alive "$MUNGE_PID"; then
+  # munged serves every cluster on this host: it goes with the last one.
+  if alive "$MUNGE_PID" && ! pgrep -x slurmctld > /dev/null; then
     kill -TERM "$(cat "$MUNGE_PID")"
   fi
   echo "==> Slurm cluster stopped"

@@ -21,7 +21,7 @@ os.environ.update(airflow_env(_AIRFLOW_HOME))
 sys.path.insert(0, str(REPO / "plugins"))
 
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
-E2E_FIXTURES = {"trained_root", "s3_server", "s3_client"}
+E2E_FIXTURES = {"trained_root", "s3_server", "s3_client", "slurm_env"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -102,6 +102,16 @@ def trained_root(tmp_path_factory) -> dict:
         "stage2_stdout": stage2.stdout,
         "stage2_stderr": stage2.stderr,
     }
+
+
+@pytest.fixture(scope="session")
+def slurm_env(tmp_path_factory) -> dict[str, str]:
+    """The two-node Slurm cluster on loopback (scripts/slurm_cluster.sh, 2 stand-in GPUs per node) that the
+    end-to-end tests share: the environment that points at it. Tests tell their jobs apart by name and work dir."""
+    from support import slurm_cluster
+
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), 27817) as env:
+        yield {"SLURM_CONF": env["SLURM_CONF"]}
 
 
 @pytest.fixture(scope="session")

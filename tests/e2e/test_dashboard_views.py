@@ -12,8 +12,7 @@ import pytest
 
 from support import PYTHON
 from uniad.run.params import PipelineParams
-from uniad.run.plan import Plan
-from uniad.run.root import prepare_root
+from uniad.run.plan import prepare
 from uniad.views.dashboard import run_view, stage_view
 from uniad.workdir import MARKER, WorkDir
 
@@ -93,7 +92,7 @@ def test_a_stage_not_started_or_just_launched(trained_root, tmp_path):
 def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
     root = tmp_path / "root"
     params = PipelineParams(profile="mini", uniad_root=str(root), stage1_epochs=2, stage2_epochs=1)
-    plan = Plan.build(params, prepare_root(params), python=PYTHON)
+    plan, _ = prepare(params, python=PYTHON)
     for stage, src in (("stage1", trained_root["stage1_dir"]), ("stage2", trained_root["stage2_dir"])):
         mark(copy_logs(src, plan.work_dir(stage).path), "r1", stage)
     promoted = {"path": plan.ckpt_path, "sha256": "ab" * 32, "epoch": 2}

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from services import celery_stack, descendants, http, kill_tree
-from support import processes_mentioning, run, slurm_cluster
+from support import processes_mentioning, run
 
 DAG_ID = "uniad_e2e_training"
 TIMERS = {
@@ -56,23 +56,22 @@ echo "$out"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, slurm_env):
     base = tmp_path_factory.mktemp("long-running")
-    with slurm_cluster(base / "slurm", 28817) as cluster:
-        shim = base / "bin"
-        shim.mkdir()
-        (shim / "sbatch").write_text(SBATCH_HOLD.format(sbatch="/usr/bin/sbatch"))
-        (shim / "sbatch").chmod(0o755)
-        env = {
-            **TIMERS,
-            "SLURM_CONF": cluster["SLURM_CONF"],
-            "UNIAD_TEST_SBATCH_HOLD": str(base / "hold"),
-            "PATH": f"{shim}:{os.environ['PATH']}",
-        }
-        home = base / "airflow"
-        home.mkdir()
-        with celery_stack(home, redis_db=9, gpu_workers=2, extra_env=env) as running:
-            yield {"home": home, "stack": running, "base": base, "slurm_env": {**os.environ, **cluster}}
+    shim = base / "bin"
+    shim.mkdir()
+    (shim / "sbatch").write_text(SBATCH_HOLD.format(sbatch="/usr/bin/sbatch"))
+    (shim / "sbatch").chmod(0o755)
+    env = {
+        **TIMERS,
+        **slurm_env,
+        "UNIAD_TEST_SBATCH_HOLD": str(base / "hold"),
+        "PATH": f"{shim}:{os.environ['PATH']}",
+    }
+    home = base / "airflow"
+    home.mkdir()
+    with celery_stack(home, redis_db=9, gpu_workers=2, extra_env=env) as running:
+        yield {"home": home, "stack": running, "base": base, "slurm_env": {**os.environ, **slurm_env}}
 
 
 def api(stack, method: str, path: str, body: dict | None = None):

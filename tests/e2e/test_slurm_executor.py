@@ -11,15 +11,9 @@ from datetime import datetime
 
 import pytest
 
-from support import BIN, processes_mentioning, run, slurm_cluster
+from support import BIN, processes_mentioning, run
 
 DAG_ID = "uniad_e2e_training"
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    with slurm_cluster(tmp_path_factory.mktemp("slurm-executor"), 27817) as env:
-        yield {"SLURM_CONF": env["SLURM_CONF"]}
 
 
 def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):

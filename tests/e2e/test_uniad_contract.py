@@ -17,7 +17,6 @@ from support import (
     processes_mentioning,
     run,
     save_mmcv_checkpoint,
-    slurm_cluster,
     standin_python,
     standin_root,
 )
@@ -136,12 +135,6 @@ def test_a_gpu_worker_without_gpus_is_refused_before_launch(airflow_home, python
     assert done.returncode != 0
     assert "profile uniad needs a GPU per rank" in output and "AirflowFailException" in output, output[-4000:]
     assert not (root / STAGE1 / "standin_ranks").exists()  # nothing was launched
-
-
-@pytest.fixture(scope="module")
-def slurm_env(tmp_path_factory):
-    with slurm_cluster(tmp_path_factory.mktemp("slurm-contract"), 27917) as env:
-        yield {"SLURM_CONF": env["SLURM_CONF"]}
 
 
 def test_two_node_slurm_jobs_get_gpus_cpus_and_no_airflow_secret(airflow_home, python38, slurm_env, tmp_path):
