@@ -1,5 +1,5 @@
-"""Benchmark: what Airflow adds around the training, the worker slots a Slurm stage holds, and the DAG file's parse
-cost.
+"""Benchmark: what Airflow adds around the training, and the worker slots a Slurm stage holds (the DAG file's parse
+cost: benchmarks/bench_parse.py).
 
     .venv/bin/python benchmarks/bench_orchestration.py     # or: make bench (needs PostgreSQL, Redis, slurm-wlm, root)
 
@@ -13,16 +13,12 @@ cost.
    Target for the local path: <= 1.2.
 2. Worker slots held while a Slurm stage trains: sampled twice a second from the gpu pool while a training task is
    deferred (running_slots: task instances of the pool that hold a worker). Target: 0.
-3. Parse cost: running the DAG file in a fresh interpreter, after `import airflow.sdk`, median of 7. Target:
-   <= 50 ms.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,24 +32,6 @@ sys.path.insert(0, str(REPO))
 from services import celery_stack, http  # noqa: E402
 
 DAG_FILE = REPO / "dags/uniad_e2e_training.py"
-
-
-def parse_cost(repeats: int = 7) -> tuple[float, float]:
-    probe = (
-        "import sys, time, runpy; import airflow.sdk; "
-        f"sys.path.insert(0, {str(REPO / 'plugins')!r}); "
-        f"t = time.perf_counter(); runpy.run_path({str(DAG_FILE)!r}); print(time.perf_counter() - t)"
-    )
-    base_probe = "import time; t = time.perf_counter(); import airflow.sdk; print(time.perf_counter() - t)"
-    parse, sdk = [], []
-    for _ in range(repeats):
-        parse.append(
-            float(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
-        )
-        sdk.append(
-            float(subprocess.run([sys.executable, "-c", base_probe], capture_output=True, text=True, check=True).stdout)
-        )
-    return statistics.median(parse), statistics.median(sdk)
 
 
 def _seconds(start: str, end: str) -> float:
@@ -147,11 +125,6 @@ def orchestration() -> dict:
 
 
 def main() -> int:
-    parse_s, sdk_s = parse_cost()
-    print(
-        f"DAG file parse after `import airflow.sdk`: {parse_s * 1000:.1f} ms (median of 7; import airflow.sdk "
-        f"itself: {sdk_s * 1000:.0f} ms); target <= 30 ms: {'met' if parse_s <= 0.03 else 'MISSED'}"
-    )
     result = orchestration()
     empty = result["empty"]
     print(f"empty chain of the same 10 tasks: {empty['wall_s']:.1f} s")
