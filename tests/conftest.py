@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, PYTHON, REPO, airflow_env, run
+from support import BIN, PYTHON, REPO, airflow_env, mini_train_argv, run
+from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="uniad-airflow-home-"))
 os.environ.update(airflow_env(_AIRFLOW_HOME))
@@ -54,43 +55,12 @@ def trained_root(tmp_path_factory) -> dict:
     """
     root = tmp_path_factory.mktemp("mini-root")
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
-    common = ["--uniad-root", str(root), "--nproc-per-node", "2", "--backend", "auto"]
-    stage1 = run(
-        [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            *common,
-            "--config",
-            "projects/configs/stage1_track_map/full_track_map.py",
-            "--epochs",
-            "2",
-            "--stage-name",
-            "stage1",
-        ],
-        timeout=600,
-    )
+    stage1 = run([*mini_train_argv(root, STAGE1_CONFIG, 2), "--backend", "auto", "--stage-name", "stage1"], timeout=600)
     stage1_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
     ckpt = root / "ckpts/full_track_map.pth"
     run([PYTHON, "-m", "uniad", "promote", str(stage1_dir / "latest.pth"), str(ckpt), "--expect-epoch", "2"])
     stage2 = run(
-        [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            *common,
-            "--config",
-            "projects/configs/stage2_e2e/full_e2e.py",
-            "--epochs",
-            "1",
-            "--load-from",
-            str(ckpt),
-            "--stage-name",
-            "stage2",
-        ],
-        timeout=600,
+        [*mini_train_argv(root, STAGE2_CONFIG, 1), "--load-from", str(ckpt), "--stage-name", "stage2"], timeout=600
     )
     return {
         "root": root,

@@ -47,6 +47,25 @@ def run(argv: list[str], *, env: dict | None = None, timeout: float = 600, check
     return done
 
 
+def mini_train_argv(root, config: str, epochs: int | str) -> list[str]:
+    """``python -m uniad train`` of a mini root's stage with 2 gloo ranks, as the pipeline launches it; append
+    the rest of the options."""
+    return [
+        PYTHON,
+        "-m",
+        "uniad",
+        "train",
+        "--uniad-root",
+        str(root),
+        "--config",
+        config,
+        "--epochs",
+        str(epochs),
+        "--nproc-per-node",
+        "2",
+    ]
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Live (non-zombie) processes whose command line or working directory mentions ``text``: the process-table
     check for orphans. Ranks run with relative paths from the UniAD root, so their cwd is what names the run."""

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from support import PYTHON, processes_mentioning, run
+from support import PYTHON, mini_train_argv, processes_mentioning, run
 
 CONFIG = "projects/configs/stage1_track_map/full_track_map.py"
 
@@ -30,18 +30,7 @@ def test_fault_stops_the_stage_fast(tmp_path, kind, epoch, iter, signal, extra):
     started = time.monotonic()
     done = run(
         [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            "--uniad-root",
-            str(root),
-            "--config",
-            CONFIG,
-            "--epochs",
-            "3",
-            "--nproc-per-node",
-            "2",
+            *mini_train_argv(root, CONFIG, 3),
             *extra,
             "--cfg-options",
             f"fault_injection.kind={kind}",
@@ -82,18 +71,7 @@ def test_ranks_die_with_a_sigkilled_launching_process(tmp_path):
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
     proc = subprocess.Popen(
         [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            "--uniad-root",
-            str(root),
-            "--config",
-            CONFIG,
-            "--epochs",
-            "6",
-            "--nproc-per-node",
-            "2",
+            *mini_train_argv(root, CONFIG, 6),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from support import PYTHON, processes_mentioning, run
+from support import PYTHON, mini_train_argv, processes_mentioning, run
 from uniad.artifacts.checkpoints import inspect_checkpoint
 from uniad.health.gate import validate_stage
 from uniad.health.logs import read_log
@@ -23,18 +23,7 @@ WORK = "projects/work_dirs/stage1_track_map/full_track_map"
 def train(root, run_id, *extra, check=False, epochs=3):
     return run(
         [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            "--uniad-root",
-            str(root),
-            "--config",
-            CONFIG,
-            "--epochs",
-            str(epochs),
-            "--nproc-per-node",
-            "2",
+            *mini_train_argv(root, CONFIG, str(epochs)),
             "--run-id",
             run_id,
             "--stage",
@@ -151,18 +140,7 @@ def test_kill_9_of_a_rank_fails_the_attempt_and_the_retry_finishes(tmp_path):
     run([PYTHON, "-m", "uniad", "init-mini", str(root)])
     proc = subprocess.Popen(
         [
-            PYTHON,
-            "-m",
-            "uniad",
-            "train",
-            "--uniad-root",
-            str(root),
-            "--config",
-            CONFIG,
-            "--epochs",
-            "3",
-            "--nproc-per-node",
-            "2",
+            *mini_train_argv(root, CONFIG, 3),
             "--run-id",
             "run-k",
             "--stage",
