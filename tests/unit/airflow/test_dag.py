@@ -10,7 +10,9 @@ from support import REPO
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_home):
+def dagbag():
+    """The DAG folder parsed as the dag-processor parses it, every SQL statement counted: a DAG file must not touch
+    the metadata database (the session's SQLite file is not even migrated here)."""
     from airflow import settings
     from airflow.dag_processing.dagbag import DagBag
     from sqlalchemy import event
@@ -148,7 +150,7 @@ def test_defaults_validate_and_bad_values_are_refused_by_the_form(dag):
     ("value", "expected"),
     [("0 2 * * 0", "CronTriggerTimetable"), ("asset:file:///data/nuscenes/infos_train.pkl", "AssetTriggeredTimetable")],
 )
-def test_retraining_schedule_from_the_environment(airflow_home, value, expected):
+def test_retraining_schedule_from_the_environment(value, expected):
     """UNIAD_SCHEDULE: a cron expression or an Asset; still no catchup and one run at a time."""
     from airflow.dag_processing.dagbag import DagBag
 
@@ -160,7 +162,7 @@ def test_retraining_schedule_from_the_environment(airflow_home, value, expected)
     assert dag.catchup is False and dag.max_active_runs == 1
 
 
-def test_retry_delay_from_the_environment(airflow_home):
+def test_retry_delay_from_the_environment():
     """UNIAD_RETRY_DELAY_S: every task's wait before its retry; a value that is no number of seconds is refused."""
     from airflow.dag_processing.dagbag import DagBag
 
