@@ -129,6 +129,12 @@ class UniADPreflightOperator(BaseOperator):
                 spec.work_dir,
             )
         self.log.info("stage-1 checkpoint will be promoted to %s", plan.ckpt_path)
+        if plan.slurm is None:
+            # What this worker cannot see: the GPU worker decides them when it launches each attempt.
+            self.log.info(
+                "the training interpreter (UNIAD_PYTHON), the GPUs and the backend are resolved by the GPU "
+                "worker that runs each attempt"
+            )
         return plan.to_json()
 
 
