@@ -7,6 +7,7 @@ starts a service is refused at collection.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -22,7 +23,7 @@ os.environ.update(airflow_env(_AIRFLOW_HOME))
 sys.path.insert(0, str(REPO / "plugins"))
 
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
-E2E_FIXTURES = {"trained_root", "s3_server", "s3_client", "slurm_env"}
+E2E_FIXTURES = {"trained_root", "reference_run", "s3_server", "s3_client", "slurm_env"}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -72,6 +73,17 @@ def trained_root(tmp_path_factory) -> dict:
         "stage2_stdout": stage2.stdout,
         "stage2_stderr": stage2.stderr,
     }
+
+
+@pytest.fixture(scope="session")
+def reference_run(airflow_home, tmp_path_factory) -> dict:
+    """The main job on the embedded default, once for the session: ``airflow dags test`` of the whole pipeline with
+    the form's defaults (6 + 20 epochs) and a mid-epoch checkpoint every 15 iterations, in the session's Airflow
+    home (its run is in the metadata database the dashboard tests serve). Its root and output."""
+    root = tmp_path_factory.mktemp("reference") / "uniad-mini"
+    conf = {"profile": "mini", "uniad_root": str(root), "checkpoint_interval_iters": 15}
+    done = run([str(BIN / "airflow"), "dags", "test", "uniad_e2e_training", "-c", json.dumps(conf)], timeout=900)
+    return {"root": root, "conf": conf, "output": done.stdout + done.stderr}
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 from services import admin_credentials, api_healthy, api_token, http, service_group, stop_group
-from support import BIN, REPO, processes_mentioning, require_tool, run
+from support import BIN, REPO, processes_mentioning, require_tool
 from uniad.train.launch import find_free_port
 from uniad.workdir import provenance_path
 
@@ -27,11 +27,9 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
-def finished_run(airflow_home, tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("dashboard") / "uniad-mini"
-    conf = {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 2, "stage2_epochs": 2}
-    run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=600)
-    return {"root": root, "conf": conf}
+def finished_run(reference_run) -> dict:
+    """The session's reference run (6 + 20 epochs of the mini through dags test), finished."""
+    return reference_run
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +54,11 @@ def test_the_api_shows_a_finished_run(server, finished_run):
     first, second = view["stages"]
     for stage in (first, second):
         assert stage["task_state"] == "success" and stage["gate"]["verdict"] == "healthy"
-        assert (stage["epoch"], stage["iter"], stage["progress"]) == (2, 40, 1.0)
-        assert stage["gpu_hours"] > 0 and len(stage["series"]["x"]) == 8
-        assert stage["checkpoint"]["file"] == "epoch_2.pth" and stage["checkpoint"]["at_risk_iters"] == 0
-    assert view["handoff_x"] == 80 and second["x_offset"] == 80
+    for stage, epochs in ((first, 6), (second, 20)):
+        assert (stage["epoch"], stage["iter"], stage["progress"]) == (epochs, 40, 1.0)
+        assert stage["gpu_hours"] > 0 and len(stage["series"]["x"]) == 4 * epochs  # a record every 10 iterations
+        assert stage["checkpoint"]["file"] == f"epoch_{epochs}.pth" and stage["checkpoint"]["at_risk_iters"] == 0
+    assert view["handoff_x"] == 240 and second["x_offset"] == 240
     assert "zero_by_design" in {f["code"] for f in first["findings"]}
     sidecar = json.loads(provenance_path(finished_run["root"] / "ckpts/full_track_map.pth").read_text())
     assert {k: view["promoted"][k] for k in ("path", "sha256", "epoch")} == {
@@ -132,7 +131,7 @@ def test_the_page_in_chromium(server):
         assert driver.find_elements(By.CSS_SELECTOR, ".chart circle.marker")  # one marker per evaluation
         tables = driver.find_elements(By.CSS_SELECTOR, "table.metrics")
         assert [t.get_attribute("data-stage") for t in tables] == ["stage1", "stage2"]
-        assert "pts_bbox_NuScenes/amota" in tables[0].text and "epoch 2" in tables[0].text
+        assert "pts_bbox_NuScenes/amota" in tables[0].text and "epoch 6" in tables[0].text
         published = driver.find_element(By.ID, "published").text
         assert "no champion at" in published and "publishing the first model" in published, published
         curves = driver.find_elements(By.CSS_SELECTOR, ".chart")[:4]
@@ -143,9 +142,9 @@ def test_the_page_in_chromium(server):
         findings = driver.find_elements(By.CSS_SELECTOR, "#findings tr.finding")
         assert findings and "zero_by_design" in findings[0].text
         progress = [p.text for p in driver.find_elements(By.CSS_SELECTOR, ".card .progress")]
-        assert progress == ["epoch 2/2, iter 40/40 (100%)"] * 2
+        assert progress == ["epoch 6/6, iter 40/40 (100%)", "epoch 20/20, iter 40/40 (100%)"]
         checkpoints = [c.text for c in driver.find_elements(By.CSS_SELECTOR, ".card .checkpoint")]
-        assert checkpoints == ["epoch_2.pth; a crash now loses 0 iteration(s) (~0s)"] * 2, checkpoints
+        assert checkpoints == [f"epoch_{n}.pth; a crash now loses 0 iteration(s) (~0s)" for n in (6, 20)], checkpoints
         assert len(driver.find_element(By.CSS_SELECTOR, "#promoted .sha256").text) == 64
         driver.save_screenshot(str(ARTIFACTS / "dashboard_run.png"))
         # The same page as the run's "Training curves" tab inside Airflow's UI.

@@ -18,11 +18,8 @@ from uniad.workdir import provenance_path
 DAG_ID = "uniad_e2e_training"
 
 
-def test_dags_test_leaves_the_reference_layout(airflow_home, tmp_path):
-    root = tmp_path / "uniad-mini"
-    conf = {"profile": "mini", "uniad_root": str(root), "checkpoint_interval_iters": 15}
-    done = run([str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], timeout=900)
-    output = done.stdout + done.stderr
+def test_dags_test_leaves_the_reference_layout(reference_run):
+    root, output = reference_run["root"], reference_run["output"]
     assert "[stage1] epoch 6/6 iter 40/40 | 100.0%" in output
     assert "[stage2] epoch 20/20 iter 40/40 | 100.0%" in output
     assert "backend gloo (auto: 0 usable GPU(s) for 2 process(es))" in output
