@@ -25,7 +25,7 @@ import time
 import numpy as np
 import torch
 
-from .compat import ensure_torchvision_importable, init_dist
+from .compat import ensure_torchvision_importable, init_dist, skip_epoch_pauses
 
 ensure_torchvision_importable()
 
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume_from is not None and osp.isfile(args.resume_from):
         cfg.resume_from = args.resume_from
 
+    if cfg.data.get("workers_per_gpu", 0) == 0:
+        skip_epoch_pauses()  # no loader worker process to wait for at an epoch transition
     distributed = args.launcher != "none"
     if distributed:
         init_dist(args.launcher, **cfg.dist_params)
