@@ -30,11 +30,17 @@ LAYERS = [
     {"uniad.run"},
     {"uniad.views"},
     {"uniad.cli", "uniad.__main__"},
-    {"uniad_airflow.names", "uniad_airflow.settings", "uniad_airflow.celery_config", "uniad_airflow.admin"},
+    {
+        "uniad_airflow.names",
+        "uniad_airflow.settings",
+        "uniad_airflow.celery_config",
+        "uniad_airflow.admin",
+        "uniad_airflow.provider_info",
+    },
     {"uniad_airflow.triggers"},
     {"uniad_airflow.operators"},
     {"uniad_airflow.notify", "uniad_airflow.dashboard"},
-    {"uniad_dashboard_plugin"},
+    {"uniad_airflow.plugin"},
     {"dags"},
 ]
 # What the training interpreter has: the standard library, UniAD's stack, and the other trainside modules.
