@@ -139,7 +139,16 @@ def test_refused_promotion_leaves_previous_file_untouched(ckpts, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "uniad", *args], capture_output=True, text=True, timeout=120)
+    """``python -m uniad ARGS``, run in this process (its exit code and output; torch is imported already)."""
+    import contextlib
+    import io
+
+    from uniad.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["python", "-m", "uniad", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_cli_inspect_exit_codes_and_json(ckpts):

@@ -10,10 +10,10 @@ import pytest
 from support import PYTHON
 from uniad.errors import ParamError
 from uniad.mini.scaffold import MARKER, init_mini_root
-from uniad.run.configs import ConfigFacts
+from uniad.run.configs import ConfigFacts, read_configs
 from uniad.run.params import PipelineParams, check_field, parse_cfg_options
-from uniad.run.plan import prepare
-from uniad.run.root import UPSTREAM_CONFIGS, check_load_from, choose_configs, prepare_root
+from uniad.run.plan import Plan, prepare
+from uniad.run.root import UPSTREAM_CONFIGS, check_data, check_load_from, choose_configs, prepare_root
 
 
 @pytest.mark.parametrize(
@@ -186,24 +186,21 @@ evaluation = dict(interval=6, pipeline=[dict(type="X", interval=9)])
 """
 
 
-def test_preflight_reads_the_configs_with_mmcv_and_refuses_missing_data(tmp_path):
-    from support import save_mmcv_checkpoint
-
+def test_the_configs_are_read_with_mmcv_and_missing_data_refused(tmp_path):
+    """What a config says comes from mmcv's Config (its _base_ file, then the cfg options), not from its text; the
+    data it names must be there. The whole preflight, in UniAD's Python 3.8: tests/e2e/test_uniad_contract.py."""
     root = _uniad_checkout(tmp_path, '_base_ = ["../_base_/nus.py"]\ntotal_epochs = 6\n')
     (root / "projects/configs/_base_").mkdir()
     (root / "projects/configs/_base_/nus.py").write_text(_BASE)
-    (root / "ckpts").mkdir()
-    save_mmcv_checkpoint(root / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
-    params = PipelineParams.from_mapping(
-        {
-            "profile": "uniad",
-            "uniad_root": str(root),
-            "stage1_epochs": 5,
-            "stage1_cfg_options": ["data.val.ann_file=data/infos/mine.pkl"],
-        }
+    stage1_config = UPSTREAM_CONFIGS["stage1_config"]
+    (facts,) = read_configs(PYTHON, root, [(stage1_config, ["data.val.ann_file=data/infos/mine.pkl"])])
+    assert (facts.load_from, facts.evaluation_interval, facts.total_epochs) == (
+        "ckpts/bevformer_r101_dcn_24ep.pth",
+        6,
+        6,
     )
     with pytest.raises(ParamError) as refused:
-        prepare(params, python=PYTHON)
+        check_data(root, facts)
     message = str(refused.value)
     assert "data/infos/nuscenes_infos_temporal_train.pkl (data.train.ann_file)" in message
     assert "data/infos/mine.pkl (data.val.ann_file)" in message  # the cfg option, not the base file's value
@@ -212,9 +209,10 @@ def test_preflight_reads_the_configs_with_mmcv_and_refuses_missing_data(tmp_path
     (root / "data/nuscenes").mkdir()
     for name in ("nuscenes_infos_temporal_train.pkl", "mine.pkl"):
         (root / "data/infos" / name).write_bytes(b"infos")
-    plan, notes = prepare(params, python=PYTHON)
-    stage1 = plan.stage("stage1")
-    assert stage1.config == UPSTREAM_CONFIGS["stage1_config"] and len(notes) == 2
+    check_data(root, facts)
+    params = PipelineParams.from_mapping({"profile": "uniad", "uniad_root": str(root), "stage1_epochs": 5})
+    stage1 = Plan.build(params, root, {"stage1": facts, "stage2": ConfigFacts(UPSTREAM_CONFIGS["stage2_config"])})
+    stage1 = stage1.stage("stage1")
     assert stage1.evaluation_interval == 5  # the base file's interval 6 would skip the final epoch 5
     assert stage1.data_files == (f"{root}/data/infos/nuscenes_infos_temporal_train.pkl", f"{root}/data/infos/mine.pkl")
     assert stage1.needs_gpus and stage1.python is None
