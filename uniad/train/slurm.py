@@ -109,7 +109,8 @@ def check_cluster(slurm: SlurmSettings, nproc_per_node: int, *, needs_gpus: bool
             "slurm_gpus_per_node"
         )
     cpus = facts["cpus_per_node"]
-    facts["cpus_per_task"] = slurm.cpus_per_task or max(1, cpus // max(gpus if gpus else 0, nproc_per_node, 1))
+    # The partition's CPUs per GPU; on a partition without GPUs (the mini), the node's CPUs shared by the ranks.
+    facts["cpus_per_task"] = slurm.cpus_per_task or max(1, cpus // (gpus or nproc_per_node))
     if facts["cpus_per_task"] * nproc_per_node > cpus:
         raise ParamError(
             f"{nproc_per_node} rank(s) x slurm_cpus_per_task={facts['cpus_per_task']} is more than the {cpus} CPUs of "
