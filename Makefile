@@ -21,9 +21,9 @@ slurm-stop:  ## stop it, by the pids in its pid files
 slurm-demo:  ## the mini pipeline with both stages as 2-node Slurm jobs (2 ranks per node, gloo), end to end
 	bash scripts/slurm_demo.sh
 
-test:  ## the full suite, slow end-to-end runs included (what CI runs); installs chromium and docker-compose for tests
+test:  ## the full suite, slow end-to-end runs included (what CI runs), on two workers; installs chromium, docker-compose, slurm-wlm and munge for tests
 	bash scripts/setup.sh --test-tools
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest -n 2 --dist loadgroup
 
 test-fast: setup  ## tests/unit only: no training, no services
 	.venv/bin/python -m pytest tests/unit

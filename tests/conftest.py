@@ -26,10 +26,31 @@ E2E_DIR = Path(__file__).resolve().parent / "e2e"
 E2E_FIXTURES = {"trained_root", "reference_run", "s3_server", "s3_client", "slurm_env"}
 
 
+# make test runs the suite on two pytest-xdist workers, each with its own Airflow home and session fixtures. Tests
+# that share a session fixture (a trained root, the reference run, the Slurm cluster, the S3 server) run in one
+# worker, so it is built once; every other end-to-end module is a group of its own, so its module fixtures (service
+# stacks) are too.
+XDIST_GROUPS = {
+    "test_e2e_airflow": "reference_run",
+    "test_dashboard_ui": "reference_run",
+    "test_mini_training": "trained_root",
+    "test_dashboard_views": "trained_root",
+    "test_resume_faults": "trained_root",
+    "test_slurm_executor": "slurm",
+    "test_long_running_faults": "slurm",
+    "test_uniad_contract": "slurm",
+    "test_slurm_cluster": "slurm",  # two clusters starting at once would race to start the host's munged
+    "test_s3_and_alerts_e2e": "s3",
+    "test_storage": "s3",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_DIR in Path(item.fspath).parents:
             item.add_marker(pytest.mark.e2e)
+            module = Path(item.fspath).stem
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(module, module)))
         elif E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             raise pytest.UsageError(
                 f"{item.nodeid} is a unit test but uses {sorted(E2E_FIXTURES & set(item.fixturenames))}, which "

@@ -169,3 +169,31 @@ def standin_root(path: Path, train_samples: int = 80, val_samples: int = 20) -> 
     (path / "ckpts").mkdir()
     save_mmcv_checkpoint(path / "ckpts/bevformer_r101_dcn_24ep.pth", "stage1", 24)
     return path
+
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def chromium(window: str = "1400,900"):
+    """Debian's Chromium, headless, driven through its chromedriver (a fresh profile per session), without the
+    background traffic a closed network refuses. Skipped (or, in CI, failed) when it is not installed."""
+    require_tool(CHROMIUM, "chromium")
+    require_tool(CHROMEDRIVER, "chromedriver (Debian's chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--window-size={window}",
+    ):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
     from uniad.run.plan import Plan
+    from uniad.train.process import StageRun
 
 
 class TrainingDashboardLink(BaseOperatorLink):
@@ -62,13 +63,16 @@ def domain_errors(prefix: str = "") -> Iterator[None]:
 
 
 class PlanOperator(BaseOperator):
-    """A task that works from the run's plan, given as ``plan=preflight.output``."""
+    """A task that works from the run's plan, given as ``plan=preflight.output``; a task of one stage names it
+    (``stage="stage1"`` or ``"stage2"``). The one constructor of the pipeline's operators but publish_model's: Airflow
+    deep-copies the DAG's 40 parameters for every constructor in a task's class chain, at every parse."""
 
     template_fields = ("plan",)
 
-    def __init__(self, *, plan: Any, **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, stage: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
+        self.stage = stage
 
     def typed_plan(self) -> Plan:
         from uniad.run.plan import Plan
@@ -138,23 +142,12 @@ class UniADPreflightOperator(BaseOperator):
         return plan.to_json()
 
 
-class StageOperator(PlanOperator):
-    """A task of one stage (``stage1`` or ``stage2``) of the plan."""
-
-    def __init__(self, *, stage: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.stage = stage
-
-
-class UniADTrainOperator(StageOperator):
+class UniADTrainOperator(PlanOperator):
     """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
 
     ui_color = "#fde8e8"
     operator_extra_links = (TrainingDashboardLink(),)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._run = None
+    _run: StageRun | None = None  # the stage's process group while execute runs it
 
     def execute(self, context: Context) -> dict:
         from uniad.health.monitor import Thresholds
@@ -345,7 +338,7 @@ class UniADTrainOperator(StageOperator):
         )
 
 
-class ValidateStageOperator(StageOperator):
+class ValidateStageOperator(PlanOperator):
     """The gate of a stage: analyse its log and its evaluations (report in ``<work_dir>/health/``) and check that
     its ``latest.pth`` loads safely, is finite, fits the stage and is its last epoch. Fails on an unhealthy verdict
     (or a warning when the run is ``strict``), on a metric requirement not met, on a final epoch that was not
@@ -396,7 +389,7 @@ class FetchPretrainedOperator(PlanOperator):
         return fetched
 
 
-class UploadArtifactsOperator(StageOperator):
+class UploadArtifactsOperator(PlanOperator):
     """Upload a finished stage's checkpoint(s), logs and health report to ``<s3_uri>/<run_id>/`` through the
     amazon provider's S3 hook (``aws_conn_id``). Skipped when the run has no ``s3_uri``."""
 

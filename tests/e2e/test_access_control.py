@@ -12,13 +12,12 @@ from urllib.parse import quote, unquote
 import pytest
 
 from services import POSTGRES, api_healthy, http, service_group, user_token
-from support import BIN, REPO, airflow_env, require_tool, run
+from support import BIN, REPO, airflow_env, chromium, run
 from uniad.train.launch import find_free_port
 
 DAG_ID = "uniad_e2e_training"
 FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 @pytest.fixture(scope="module")
@@ -126,28 +125,10 @@ def test_without_a_session_pages_go_to_the_login_and_the_api_says_401(fab):
 
 
 def test_a_viewer_logs_in_through_the_form_and_sees_the_dashboard(fab):
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        require_tool(binary, f"{binary} (Debian's chromium and chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,900",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(window="1400,900")
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         driver.get(f"{fab['base']}/uniad/")

@@ -17,13 +17,12 @@ from urllib.parse import quote, unquote
 import pytest
 
 from services import admin_credentials, api_healthy, api_token, http, service_group, stop_group
-from support import BIN, REPO, processes_mentioning, require_tool
+from support import BIN, REPO, chromium, processes_mentioning
 from uniad.train.launch import find_free_port
 from uniad.workdir import provenance_path
 
 DAG_ID = "uniad_e2e_training"
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -87,28 +86,10 @@ def test_everything_is_behind_airflows_auth(server):
 
 def test_the_page_in_chromium(server):
     """Log in through Airflow's form, open the run's page, check the curves and findings, keep a screenshot."""
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        require_tool(binary, f"{binary} (Debian's chromium and chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,2100",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = chromium(window="1400,2100")
     ARTIFACTS.mkdir(exist_ok=True)
     try:
         page = f"{server['base']}/uniad/runs/{quote(server['run_id'], safe='')}"
