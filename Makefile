@@ -26,7 +26,7 @@ test:  ## the full suite, slow end-to-end runs included (what CI runs), on two w
 	.venv/bin/python -m pytest -n 2 --dist loadgroup
 
 test-fast: setup  ## tests/unit only: no training, no services
-	.venv/bin/python -m pytest tests/unit
+	.venv/bin/python -m pytest -n 2 tests/unit
 
 lint: setup
 	.venv/bin/ruff check .
