@@ -23,7 +23,7 @@ slurm-demo:  ## the mini pipeline with both stages as 2-node Slurm jobs (2 ranks
 
 test:  ## the full suite, slow end-to-end runs included (what CI runs), on two workers; installs chromium, docker-compose, slurm-wlm and munge for tests
 	bash scripts/setup.sh --test-tools
-	.venv/bin/python -m pytest -n 2 --dist loadgroup
+	.venv/bin/python -m pytest -n 2
 
 test-fast: setup  ## tests/unit only: no training, no services
 	.venv/bin/python -m pytest -n 2 tests/unit

@@ -26,10 +26,10 @@ E2E_DIR = Path(__file__).resolve().parent / "e2e"
 E2E_FIXTURES = {"trained_root", "reference_run", "s3_server", "s3_client", "slurm_env"}
 
 
-# make test runs the suite on two pytest-xdist workers, each with its own Airflow home and session fixtures. Tests
-# that share a session fixture (a trained root, the reference run, the Slurm cluster, the S3 server) run in one
-# worker, so it is built once; every other end-to-end module is a group of its own, so its module fixtures (service
-# stacks) are too.
+# make test runs the suite on two pytest-xdist workers, each with its own Airflow home and session fixtures. The
+# end-to-end tests that share a session fixture (a trained root, the reference run, the Slurm cluster, the S3
+# server) run in one worker, so it is built once, and every other end-to-end module runs whole in one worker, so
+# its module fixtures (service stacks) are built once too; unit tests go wherever a worker is free.
 XDIST_GROUPS = {
     "test_e2e_airflow": "reference_run",
     "test_dashboard_ui": "reference_run",
@@ -45,12 +45,31 @@ XDIST_GROUPS = {
 }
 
 
+def xdist_group(nodeid: str) -> str:
+    """The unit of work a worker takes whole: an end-to-end module's group, or a unit test alone."""
+    path = Path(nodeid.split("::", 1)[0])
+    if path.parent.name != "e2e":
+        return nodeid
+    return XDIST_GROUPS.get(path.stem, path.stem)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    # A scheduler of our own rather than xdist_group marks: pytest 9 keeps a node's id where pytest-xdist 3.8's
+    # loadgroup no longer renames it, so those marks group nothing.
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if E2E_DIR in Path(item.fspath).parents:
             item.add_marker(pytest.mark.e2e)
-            module = Path(item.fspath).stem
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS.get(module, module)))
         elif E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             raise pytest.UsageError(
                 f"{item.nodeid} is a unit test but uses {sorted(E2E_FIXTURES & set(item.fixturenames))}, which "
