@@ -13,7 +13,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ def admin_credentials(home: Path) -> tuple[str, str]:
 def user_token(port: int, username: str, password: str) -> str:
     """A REST token of an api-server's user (``POST /auth/token``, simple and FAB auth managers alike)."""
     status, answer = http(
-        "POST", f"http://127.0.0.1:{port}/auth/token", body={"username": username, "password": password}, timeout=10
+        "POST", f"http://127.0.0.1:{port}/auth/token", body={"username": username, "password": password}
     )
     assert status in (200, 201), answer
     return answer["access_token"]
@@ -173,9 +173,14 @@ class CeleryStack:
     port: int
     db_url: str
     admin: tuple[str, str]  # the FAB admin the script created from UNIAD_ADMIN_PASSWORD
+    _tokens: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def token(self) -> str:
-        return user_token(self.port, *self.admin)
+        """The admin's REST token, asked for once: FAB hashes the password on every login, which a test polling
+        every 2 s on a loaded machine turns into the api-server's main work (a login once timed out)."""
+        if "admin" not in self._tokens:
+            self._tokens["admin"] = user_token(self.port, *self.admin)
+        return self._tokens["admin"]
 
 
 @contextmanager
