@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,14 @@ def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
     per_iter = first["seconds_per_iter"]
     assert live["eta_s"] == pytest.approx(first["eta_s"] + 1 * 40 * per_iter, abs=0.2)
     assert live["promoted"] is None
+
+    # The same stage as a job of 2 Slurm nodes, deferred while its trigger follows it: training, with an ETA, and
+    # holding the GPUs of both nodes.
+    slurm_plan, _ = prepare(replace(params, executor="slurm", nnodes=2), python=PYTHON)
+    assert slurm_plan.work_dir("stage1").path == plan.work_dir("stage1").path
+    (deferred, _) = run_view(slurm_plan, "r1", stage_states={"stage1": "deferred"}, now=now)["stages"]
+    assert deferred["eta_s"] == first["eta_s"] and deferred["nproc"] == 2 * first["nproc"]
+    assert deferred["gpu_hours"] == pytest.approx(2 * first["gpu_hours"], abs=1e-4)
 
 
 def test_the_api_is_json_serialisable_without_nan(trained_root, tmp_path):

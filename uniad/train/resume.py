@@ -43,8 +43,9 @@ class AttemptPlan:
         return f"resuming from {self.resumed_from} ({where})"
 
 
-def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
-    """Fresh start for a new run (older artifacts archived); resume from the newest valid checkpoint on a retry."""
+def plan_attempt(spec: StageSpec, stage: str, run_id: str, nnodes: int = 1) -> AttemptPlan:
+    """Fresh start for a new run (older artifacts archived); resume from the newest valid checkpoint on a retry.
+    ``nnodes``: the nodes the attempt's ranks run on (a Slurm job's), each with ``spec.nproc_per_node`` of them."""
     work_dir = WorkDir(spec.work_dir_path)
     if not work_dir.claim(run_id, stage):
         return AttemptPlan(spec=replace(spec, resume_from=None))
@@ -65,7 +66,7 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str) -> AttemptPlan:
                 "iteration(s) of the next, which its name does not"
             )
             continue
-        world_size = spec.nproc_per_node
+        world_size = nnodes * spec.nproc_per_node
         if inner_iter and report.inner_iter_world_size not in (None, world_size):
             # UniAD's DistributedGroupSampler gives each rank a contiguous block of a permutation padded to the world
             # size: with another world size, skipping the first K batches skips the wrong samples.

@@ -199,8 +199,8 @@ def run_view(
             plan.work_dir(stage).for_run(run_id),
             stage,
             max_epochs=spec.max_epochs,
-            nproc=spec.nproc_per_node,
-            active=state in ("running", "restarting"),
+            nproc=spec.nproc_per_node * (plan.slurm.nnodes if plan.slurm else 1),
+            active=state in ("running", "restarting", "deferred"),  # deferred: a Slurm job trains, followed
             now=now,
         )
         view.update(

@@ -58,6 +58,9 @@ def test_iteration_checkpoints_rank_by_position_and_must_match_their_meta(tmp_pa
         "depends on the world size, so the rest of its epoch would train the wrong samples; resuming from the last "
         "epoch checkpoint instead"
     )
+    # A Slurm job of 2 nodes x 1 process has the world size of 2: it resumes mid-epoch; 2 nodes x 2 do not.
+    assert plan_attempt(replace(spec, nproc_per_node=1), "stage1", run_id="run-a", nnodes=2).resume_point == (3, 10)
+    assert plan_attempt(spec, "stage1", run_id="run-a", nnodes=2).resume_point == (3, 0)
     # Once epoch 3 is complete its file is newer than any iteration checkpoint inside it.
     save_mmcv_checkpoint(work / "epoch_3.pth", "stage1", 3)
     assert plan_attempt(spec, "stage1", run_id="run-a").resume_point == (4, 0)
