@@ -62,6 +62,31 @@ def domain_errors(prefix: str = "") -> Iterator[None]:
         raise airflow_error(exc, prefix) from exc
 
 
+def cancel_slurm_jobs_of_run(context: Context) -> None:
+    """The DAG run's failure callback: no job of the run trains on after the run failed (a task marked failed
+    before a triggerer followed its job, or while none ran, leaves the job to no one; ``cancel_run_jobs``). Runs
+    where DAG callbacks run (the dag-processor), which needs Slurm's client for it as the GPU workers do."""
+    import logging
+    import shutil
+
+    from uniad.errors import PipelineError
+    from uniad.stages import STAGES
+    from uniad.train.slurm import cancel_run_jobs
+
+    log = logging.getLogger(__name__)
+    run_id = context["run_id"]
+    if shutil.which("squeue") is None:
+        log.info("no Slurm client here: no Slurm job of run %s looked for", run_id)
+        return
+    try:
+        cancelled = cancel_run_jobs(run_id, STAGES)
+    except PipelineError as exc:
+        log.error("could not cancel the Slurm jobs of run %s: %s; look for them with squeue --name", run_id, exc)
+        return
+    if cancelled:
+        log.warning("run %s failed with Slurm job(s) %s still active: cancelled", run_id, ", ".join(cancelled))
+
+
 class PlanOperator(BaseOperator):
     """A task that works from the run's plan, given as ``plan=preflight.output``; a task of one stage names it
     (``stage="stage1"`` or ``"stage2"``). The one constructor of the pipeline's operators but publish_model's: Airflow
@@ -243,7 +268,9 @@ class UniADTrainOperator(PlanOperator):
                 "re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id, state["JobState"]
             )
         else:
-            attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"])
+            attempt = plan_attempt(
+                self.attempt_spec(plan), self.stage, run_id=context["run_id"], nnodes=plan.slurm.nnodes
+            )
             if attempt.resumed_from:
                 self.log.info("attempt %s: %s", try_number, attempt.describe())
             for line in attempt.skipped + attempt.warnings:

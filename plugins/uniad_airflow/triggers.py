@@ -3,7 +3,8 @@
 It polls the job's state and reads the stage's text log incrementally: progress with ETA in the task log (at most
 once a minute: multi-day task logs stay small), and the live health watch (NaN/Inf, gradient explosion, stall) that
 cancels the job with ``scancel`` when it fires. Everything it needs is in ``serialize()``, so a triggerer restart
-resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job.
+resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job
+(a task marked failed before a triggerer ran its trigger: the DAG's failure callback, ``cancel_slurm_jobs_of_run``).
 """
 
 from __future__ import annotations

@@ -131,3 +131,57 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     while processes_mentioning(str(tmp_path)):  # the job's process is killed, not left to run
         assert time.monotonic() < deadline, "the cancelled job's process outlived it"
         time.sleep(0.5)
+
+
+def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, tmp_path, monkeypatch):
+    """The DAG run's failure callback on real jobs: the run's stage job that no trigger follows (its task marked
+    failed before a triggerer picked the trigger up) is cancelled and recorded CANCELLED; another run's job trains
+    on."""
+    from uniad.train import slurm
+    from uniad.workdir import WorkDir
+    from uniad_airflow.operators import cancel_slurm_jobs_of_run
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    jobs = {}
+    for run_id in ("failed-run", "other-run"):
+        work_dir = WorkDir(tmp_path / run_id)
+        work_dir.path.mkdir()
+        job_id = run(
+            [
+                "sbatch",
+                "--parsable",
+                "-N1",
+                f"--job-name={slurm.job_name('stage2', run_id)}",
+                f"--comment={slurm.job_comment(1, work_dir)}",
+                "-D",
+                str(work_dir.path),
+                "-o",
+                str(work_dir.path / "job.out"),
+                "--wrap",
+                "exec sleep 300",
+            ],
+            env=slurm_env,
+        ).stdout.strip()
+        slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
+        jobs[run_id] = (work_dir, job_id)
+    deadline = time.monotonic() + 60
+    while not all(processes_mentioning(str(work_dir.path)) for work_dir, _ in jobs.values()):
+        assert time.monotonic() < deadline, "the jobs never started"
+        time.sleep(0.5)
+
+    cancel_slurm_jobs_of_run({"run_id": "failed-run"})
+
+    (work_dir, job_id), (other_dir, other_id) = jobs["failed-run"], jobs["other-run"]
+    deadline = time.monotonic() + 30
+    while "JobState=CANCELLED" not in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout:
+        assert time.monotonic() < deadline, "the failed run's job was not cancelled"
+        time.sleep(0.5)
+    (line,) = slurm.read_jobs(work_dir)
+    assert line["state"] == "CANCELLED" and line["end"] not in (None, "Unknown"), line
+    deadline = time.monotonic() + 60
+    while processes_mentioning(str(work_dir.path)):
+        assert time.monotonic() < deadline, "the cancelled job's process outlived it"
+        time.sleep(0.5)
+    assert "JobState=RUNNING" in run(["scontrol", "show", "job", other_id], env=slurm_env).stdout
+    assert slurm.read_jobs(other_dir)[0]["state"] == "PENDING" and processes_mentioning(str(other_dir.path))
+    run(["scancel", other_id], env=slurm_env)

@@ -169,6 +169,32 @@ def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict
     return job_id, state
 
 
+def cancel_run_jobs(run_id: str, stages: Sequence[str]) -> list[str]:
+    """Cancel every job of ``run_id``'s ``stages`` that is still pending or running, and record its end in the audit
+    trail of its work dir (named in the job's comment) when that trail lists it: the ids cancelled.
+
+    A run that ends must leave no job training: the trigger's ``on_kill`` cancels the job it follows when the task is
+    marked failed, but a task marked failed before a triggerer picked its trigger up (or while no triggerer runs)
+    has no trigger to kill, and its job would train on, alone, for days."""
+    cancelled = []
+    for stage in stages:
+        listed = _run(["squeue", "--noheader", "--me", f"--name={job_name(stage, run_id)}", "--format=%i|%k"])
+        for line in listed.splitlines():
+            job_id, _, comment = line.strip().partition("|")
+            _run(["scancel", job_id])
+            cancelled.append(job_id)
+            attempt, _, path = comment.partition(":")
+            work_dir = WorkDir(Path(path))
+            if (
+                attempt.startswith("attempt=")
+                and Path(path).is_absolute()
+                and any(job["job_id"] == job_id for job in read_jobs(work_dir))
+            ):
+                state = job_state(job_id)
+                record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
+    return cancelled
+
+
 def submit_time(state: dict[str, str]) -> float | None:
     """The job's ``SubmitTime`` (the controller's local time) as a timestamp, when Slurm reports one."""
     try:
