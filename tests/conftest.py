@@ -43,6 +43,18 @@ XDIST_GROUPS = {
     "test_s3_and_alerts_e2e": "s3",
     "test_storage": "s3",
 }
+# Seconds each group took in one worker (make test on 2 cores, 2026-11-30): the workers take the longest first, so
+# that neither is left with a long group after the other ran out of work. A group not listed counts 30 s.
+GROUP_SECONDS = {
+    "slurm": 540,
+    "reference_run": 390,
+    "trained_root": 150,
+    "test_celery_stack": 120,
+    "test_model_quality": 90,
+    "s3": 60,
+    "test_health_watch": 50,
+    "test_access_control": 45,
+}
 
 
 def xdist_group(nodeid: str) -> str:
@@ -53,20 +65,28 @@ def xdist_group(nodeid: str) -> str:
     return XDIST_GROUPS.get(path.stem, path.stem)
 
 
+def group_seconds(nodeid: str) -> float:
+    group = xdist_group(nodeid)
+    return 0.0 if group == nodeid else GROUP_SECONDS.get(group, 30)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
     # A scheduler of our own rather than xdist_group marks: pytest 9 keeps a node's id where pytest-xdist 3.8's
-    # loadgroup no longer renames it, so those marks group nothing.
+    # loadgroup no longer renames it, so those marks group nothing. The groups go out in collection order, which
+    # pytest_collection_modifyitems made longest first.
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return xdist_group(nodeid)
 
+    config.option.loadscopereorder = False  # xdist's own order: the most tests first
     return GroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -group_seconds(item.nodeid))  # stable: a group's tests keep their order
     for item in items:
         if E2E_DIR in Path(item.fspath).parents:
             item.add_marker(pytest.mark.e2e)
