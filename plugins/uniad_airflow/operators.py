@@ -23,6 +23,7 @@ from uniad_airflow.settings import (
     allowed_roots,
     gpus_per_worker,
     runs_dir,
+    slurm_controller_grace_s,
     slurm_export,
     slurm_partition,
     training_python,
@@ -247,6 +248,12 @@ class UniADTrainOperator(PlanOperator):
         known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
         job_id, started = known.get("job_id"), known.get("started")
         state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
+        if state["JobState"] == slurm.UNREACHABLE:
+            # Submitting now could start a second job in the work dir of one that runs on: wait for the controller.
+            raise AirflowException(
+                f"{self.stage}: Slurm's controller does not answer about job {job_id} ({state.get('Reason')}); "
+                "a retry re-attaches to the job once it does"
+            )
         if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
             # A run of this task lost before it stored the job id, or before it recorded the job's end.
             with domain_errors():
@@ -318,6 +325,7 @@ class UniADTrainOperator(PlanOperator):
                 started=started,
                 stall_timeout_s=plan.gate.stall_timeout_s,
                 later_epochs=plan.later_epochs(self.stage),
+                controller_grace_s=slurm_controller_grace_s(),
             ),
             method_name="execute_complete",
         )
@@ -331,6 +339,13 @@ class UniADTrainOperator(PlanOperator):
         plan = self.typed_plan()
         work_dir = plan.work_dir(self.stage)
         state, job_id = event.get("state", {}), event["job_id"]
+        if event["status"] == slurm.UNREACHABLE:
+            # Not an end: the job may train on. Nothing is recorded, the task state store keeps its id, and the
+            # retry re-attaches to it (or waits again for the controller).
+            raise AirflowException(
+                f"{self.stage}: Slurm's controller did not answer about job {job_id} for {event['away_s']:.0f} s "
+                f"(UNIAD_SLURM_CONTROLLER_GRACE_S; last: {state.get('Reason')}); a retry re-attaches to the job"
+            )
         line = slurm.record_end(work_dir, job_id, state, status=event["status"])
         self.log.info("Slurm job %s: %s", job_id, line)
         store = context.get("task_state_store")

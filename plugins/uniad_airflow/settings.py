@@ -63,6 +63,23 @@ def retry_delay_s() -> float:
     return seconds
 
 
+def slurm_controller_grace_s() -> float:
+    """``UNIAD_SLURM_CONTROLLER_GRACE_S`` (default 900): how long a followed job's controller may not answer (a
+    restart, a failover, ``Socket timed out`` under load) before the task fails for a retry; the job is not taken
+    to have ended, and the retry re-attaches to it."""
+    value = os.environ.get("UNIAD_SLURM_CONTROLLER_GRACE_S", "900")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise ValueError(
+            f"UNIAD_SLURM_CONTROLLER_GRACE_S={value!r}: give the seconds Slurm's controller may be away from a "
+            "followed job (default 900)"
+        )
+    return seconds
+
+
 def slurm_partition() -> str | None:
     """``UNIAD_SLURM_PARTITION``: the partition of executor=slurm runs that name none (else the cluster's default)."""
     return os.environ.get("UNIAD_SLURM_PARTITION") or None

@@ -33,6 +33,7 @@ class SlurmStageTrigger(BaseTrigger):
         stall_timeout_s: float = 600.0,
         later_epochs: int | None = None,
         poll_s: float = 5.0,
+        controller_grace_s: float = 900.0,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -43,6 +44,7 @@ class SlurmStageTrigger(BaseTrigger):
         self.stall_timeout_s = stall_timeout_s
         self.later_epochs = later_epochs
         self.poll_s = poll_s
+        self.controller_grace_s = controller_grace_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -56,6 +58,7 @@ class SlurmStageTrigger(BaseTrigger):
                 "stall_timeout_s": self.stall_timeout_s,
                 "later_epochs": self.later_epochs,
                 "poll_s": self.poll_s,
+                "controller_grace_s": self.controller_grace_s,
             },
         )
 
@@ -63,7 +66,7 @@ class SlurmStageTrigger(BaseTrigger):
         from uniad.health.logs import LogReader
         from uniad.health.monitor import Finding, HealthMonitor, Thresholds
         from uniad.train.progress import ProgressTracker
-        from uniad.train.slurm import ACTIVE, acancel, ajob_state
+        from uniad.train.slurm import ACTIVE, UNREACHABLE, acancel, ajob_state
         from uniad.workdir import WorkDir, text_log_of
 
         work_dir = WorkDir(Path(self.work_dir))
@@ -73,9 +76,39 @@ class SlurmStageTrigger(BaseTrigger):
         reader: LogReader | None = None
         last = {}
         logged_at = 0.0
+        away_since: float | None = None  # when the controller stopped answering
+        misses = 0
         self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
+            asked_at = time.monotonic()  # scontrol itself keeps trying a silent controller for a while
             state = await ajob_state(self.job_id)
+            if state["JobState"] == UNREACHABLE:
+                # No answer is not an end: the job runs on under slurmd while the controller restarts.
+                now = time.monotonic()
+                if away_since is None:
+                    away_since = asked_at
+                    self.log.warning(
+                        "job %s: Slurm's controller does not answer (%s); following on for up to %.0f s",
+                        self.job_id,
+                        state.get("Reason"),
+                        self.controller_grace_s,
+                    )
+                away = now - away_since
+                if away >= self.controller_grace_s:
+                    yield TriggerEvent({"job_id": self.job_id, "status": UNREACHABLE, "away_s": away, "state": state})
+                    return
+                # Back off to once a minute: a controller coming back is not helped by every trigger asking at once.
+                misses += 1
+                await asyncio.sleep(min(self.poll_s * 2**misses, 60.0, self.controller_grace_s - away))
+                continue
+            if away_since is not None:
+                self.log.info(
+                    "job %s: Slurm's controller answers again after %.0f s: %s",
+                    self.job_id,
+                    time.monotonic() - away_since,
+                    state["JobState"],
+                )
+                away_since, misses = None, 0
             if reader is None and (log := work_dir.latest_json_log(newer_than=self.started - 1)) is not None:
                 reader = LogReader(text_log_of(log))  # the text log says the epoch length
             now = time.monotonic()

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +187,91 @@ def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, t
     assert "JobState=RUNNING" in run(["scontrol", "show", "job", other_id], env=slurm_env).stdout
     assert slurm.read_jobs(other_dir)[0]["state"] == "PENDING" and processes_mentioning(str(other_dir.path))
     run(["scancel", other_id], env=slurm_env)
+
+
+def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_env, tmp_path, monkeypatch):
+    """slurmctld stopped for 60 s while a stage's job runs, then started again: a trigger with the shipped grace
+    (UNIAD_SLURM_CONTROLLER_GRACE_S unset) follows the job through the outage to COMPLETED; one with a 15 s grace
+    ends UNREACHABLE (the operator fails it for a retry, recording no end). A new attempt adopts the running job
+    even where the audit trail took the outage for its end, as the trail of an earlier version did."""
+    import signal
+
+    from uniad.train import slurm
+    from uniad.workdir import WorkDir
+    from uniad_airflow.settings import slurm_controller_grace_s
+    from uniad_airflow.triggers import SlurmStageTrigger
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    monkeypatch.delenv("UNIAD_SLURM_CONTROLLER_GRACE_S", raising=False)
+    work_dir, name = WorkDir(tmp_path), slurm.job_name("stage1", "outage")
+    marker = tmp_path / "job-ran"
+    job_id = run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N1",
+            f"--job-name={name}",
+            f"--comment={slurm.job_comment(1, work_dir)}",
+            "-D",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "job.out"),
+            "--wrap",
+            f"touch {marker}; exec sleep 90",
+        ],
+        env=slurm_env,
+    ).stdout.strip()
+    slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"job {job_id} never started"
+        time.sleep(0.5)
+
+    def follower(grace_s: float) -> SlurmStageTrigger:
+        return SlurmStageTrigger(
+            job_id=job_id,
+            stage="stage1",
+            work_dir=str(tmp_path),
+            total_epochs=1,
+            started=time.time(),
+            poll_s=1,
+            controller_grace_s=grace_s,
+        )
+
+    async def first_event(trigger: SlurmStageTrigger) -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    ctld_pid = int((Path(slurm_env["SLURM_CONF"]).parent / "slurmctld.pid").read_text())
+
+    async def outage() -> tuple[dict, dict, float]:
+        patient = asyncio.create_task(first_event(follower(slurm_controller_grace_s())))
+        impatient = asyncio.create_task(first_event(follower(15)))
+        await asyncio.sleep(2)
+        os.kill(ctld_pid, signal.SIGTERM)
+        stopped_at = time.monotonic()
+        gave_up = await asyncio.wait_for(impatient, 90)
+        await asyncio.sleep(max(0.0, 60 - (time.monotonic() - stopped_at)))
+        assert not patient.done(), patient.result()
+        await asyncio.to_thread(run, ["slurmctld"], env=slurm_env)  # its state (the job) is in StateSaveLocation
+        away_s = time.monotonic() - stopped_at
+        # While the job runs on: the trail as a follower that took the silence for an end left it.
+        deadline = time.monotonic() + 60
+        while "JobState=RUNNING" not in run(["scontrol", "show", "job", job_id], env=slurm_env, check=False).stdout:
+            assert time.monotonic() < deadline, "the restarted controller did not report the job running"
+            await asyncio.sleep(1)
+        slurm.record_job(work_dir, job_id, state="UNKNOWN", end="Unknown")
+        adopted = await asyncio.to_thread(slurm.unfollowed_job, name, work_dir, 1)
+        assert adopted is not None and adopted[0] == job_id and adopted[1]["JobState"] == "RUNNING", adopted
+        assert slurm.read_jobs(work_dir)[0]["state"] == "RUNNING"
+        return gave_up, await asyncio.wait_for(patient, 180), away_s
+
+    gave_up, followed, away_s = asyncio.run(outage())
+    assert gave_up["status"] == slurm.UNREACHABLE and gave_up["away_s"] >= 15, gave_up
+    assert followed["status"] == "COMPLETED" and away_s >= 60, (followed, away_s)
+    assert [job["job_id"] for job in slurm.read_jobs(work_dir)] == [job_id]  # one job, adopted, never a second
+    deadline = time.monotonic() + 60
+    while run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() != ["2", "idle"]:
+        assert time.monotonic() < deadline, "the cluster did not come back idle after the controller's restart"
+        time.sleep(1)

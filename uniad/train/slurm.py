@@ -23,6 +23,9 @@ from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
+# Not a Slurm state: scontrol got no answer from the controller, so nothing is known of the job (it may well run on).
+UNREACHABLE = "UNREACHABLE"
+SCONTROL_TIMEOUT_S = 60
 
 
 # What a job's ranks get of the submitting worker's environment: where programs, libraries and the locale are, and
@@ -129,32 +132,41 @@ def job_comment(attempt: int, work_dir: WorkDir) -> str:
     return f"attempt={attempt}:{work_dir.path}"
 
 
-def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int]]:
+def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int, str]]:
     """The jobs the cluster still knows (any state) named ``name`` for ``work_dir``, newest first, each with the
-    attempt that submitted it."""
-    listed = _run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%k"])
+    attempt that submitted it and its state."""
+    listed = _run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%T|%k"])
     found = []
     for line in listed.splitlines():
-        job_id, _, comment = line.strip().partition("|")
+        job_id, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
         attempt, _, path = comment.partition(":")
         if path == str(work_dir.path) and attempt.startswith("attempt="):
-            found.append((job_id, int(attempt.removeprefix("attempt="))))
+            found.append((job_id, int(attempt.removeprefix("attempt=")), state))
     return sorted(found, key=lambda job: int(job[0]), reverse=True)
 
 
 def unfollowed_job(name: str, work_dir: WorkDir, nnodes: int) -> tuple[str, dict[str, str]] | None:
-    """The newest job named ``name`` for ``work_dir`` that the cluster knows and the audit trail does not know to
-    have ended, with its state; its line in ``slurm_jobs.jsonl`` is added, and given its end if it ended.
+    """The job of ``name`` for ``work_dir`` that a new attempt must adopt rather than submit a second one beside:
+    the newest the cluster reports active, whatever the audit trail says of it (a follower that took a controller's
+    silence for an end recorded one), else the newest the audit trail does not know to have ended; with its state.
+    Its line in ``slurm_jobs.jsonl`` is added, and given its end if it ended.
 
     It covers the gap between ``sbatch`` and the task state store: a worker lost right after submitting (or before
-    it recorded the job's end) leaves a job only the cluster knows about, which the task's next run must adopt
-    rather than submit a second one."""
+    it recorded the job's end) leaves a job only the cluster knows about."""
     recorded = {line["job_id"]: line.get("state") for line in read_jobs(work_dir)}
-    found = [job for job in find_jobs(name, work_dir) if job[0] not in recorded or recorded[job[0]] in ACTIVE]
+    listed = find_jobs(name, work_dir)
+    found = [job for job in listed if job[2] in ACTIVE] or [
+        job for job in listed if job[0] not in recorded or recorded[job[0]] in ACTIVE
+    ]
     if not found:
         return None
-    job_id, submitted_by = found[0]
+    job_id, submitted_by, _ = found[0]
     state = job_state(job_id)
+    if state["JobState"] == UNREACHABLE:
+        raise TrainingFailed(f"Slurm's controller stopped answering about job {job_id}: {state.get('Reason')}")
+    if job_id in recorded and recorded[job_id] not in ACTIVE and state["JobState"] in ACTIVE:
+        record_job(work_dir, job_id, state=state["JobState"], end=None)  # the end recorded was none
     if job_id not in recorded:
         record_job(
             work_dir,
@@ -217,19 +229,40 @@ def _fields(text: str) -> dict[str, str]:
     return out
 
 
+def _state_of(returncode: int | None, out: str, err: str) -> dict[str, str]:
+    if returncode == 0 and out.strip():
+        return _fields(out)
+    if "invalid job id" in err.lower():
+        return {"JobState": "UNKNOWN"}
+    # Not an answer about the job: the controller restarting, failing over or too busy to answer in time.
+    return {"JobState": UNREACHABLE, "Reason": (err.strip() or f"scontrol exited {returncode}")[-500:]}
+
+
 def job_state(job_id: str) -> dict[str, str]:
     """``scontrol show job -o`` as a dict (JobState, NodeList, StartTime, EndTime, ExitCode, Reason, ...); a job
-    Slurm no longer knows (older than MinJobAge) has JobState UNKNOWN."""
-    done = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-    return _fields(done.stdout) if done.returncode == 0 and done.stdout.strip() else {"JobState": "UNKNOWN"}
+    Slurm no longer knows (older than MinJobAge) has JobState UNKNOWN; no answer from the controller (down,
+    restarting, timed out) is JobState ``UNREACHABLE``, which says nothing about the job."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        return {"JobState": UNREACHABLE, "Reason": f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"}
+    return _state_of(done.returncode, done.stdout, done.stderr)
 
 
 async def ajob_state(job_id: str) -> dict[str, str]:
+    """``job_state`` for the triggerer's event loop."""
     proc = await asyncio.create_subprocess_exec(
         "scontrol", "show", "job", "-o", job_id, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
-    out, _ = await proc.communicate()
-    return _fields(out.decode()) if proc.returncode == 0 and out.strip() else {"JobState": "UNKNOWN"}
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), SCONTROL_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return {"JobState": UNREACHABLE, "Reason": f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"}
+    return _state_of(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 async def acancel(job_id: str) -> None:

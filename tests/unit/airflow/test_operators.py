@@ -89,3 +89,28 @@ def test_a_stage_runs_with_the_interpreter_of_the_worker_that_trains(tmp_path, m
     monkeypatch.setenv("UNIAD_PYTHON", "/opt/uniad-venv/bin/python")  # the GPU worker
     train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan)
     assert train.attempt_spec(train.typed_plan()).python == "/opt/uniad-venv/bin/python"
+
+
+def test_a_controller_that_stayed_away_fails_for_a_retry_and_records_no_end(tmp_path):
+    """The trigger's UNREACHABLE event (Slurm's controller silent for the whole grace period) is not the job's end:
+    a retryable failure that says so, before the audit trail or the task state store is touched (the retry
+    re-attaches to the job whose id the store keeps)."""
+    from uniad.run.configs import ConfigFacts
+    from uniad.run.params import PipelineParams
+    from uniad.run.plan import Plan
+    from uniad.train import slurm
+    from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
+
+    facts = {"stage1": ConfigFacts(STAGE1_CONFIG), "stage2": ConfigFacts(STAGE2_CONFIG)}
+    params = PipelineParams(profile="mini", uniad_root=str(tmp_path), executor="slurm")
+    plan = Plan.build(params, tmp_path, facts)
+    work_dir = plan.work_dir("stage1")
+    work_dir.path.mkdir(parents=True)
+    slurm.record_job(work_dir, "41", attempt=1, state="PENDING", nnodes=1)
+    train = UniADTrainOperator(task_id="stage1_train", stage="stage1", plan=plan.to_json())
+
+    event = {"job_id": "41", "status": slurm.UNREACHABLE, "away_s": 900.4, "state": {"Reason": "connect failure"}}
+    with pytest.raises(AirflowException, match="did not answer about job 41 for 900 s") as raised:
+        train.execute_complete({}, event)
+    assert not isinstance(raised.value, AirflowFailException)
+    assert slurm.read_jobs(work_dir) == [{**slurm.read_jobs(work_dir)[0], "state": "PENDING"}]

@@ -7,7 +7,14 @@ from uniad_airflow.triggers import SlurmStageTrigger
 
 def test_serialize_is_all_the_trigger_needs():
     trigger = SlurmStageTrigger(
-        job_id="12", stage="stage1", work_dir="/r/w", total_epochs=6, started=1.5, stall_timeout_s=600, later_epochs=20
+        job_id="12",
+        stage="stage1",
+        work_dir="/r/w",
+        total_epochs=6,
+        started=1.5,
+        stall_timeout_s=600,
+        later_epochs=20,
+        controller_grace_s=300,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "uniad_airflow.triggers.SlurmStageTrigger"
@@ -20,5 +27,6 @@ def test_serialize_is_all_the_trigger_needs():
         "stall_timeout_s": 600,
         "later_epochs": 20,
         "poll_s": 5.0,
+        "controller_grace_s": 300,
     }
     assert SlurmStageTrigger(**kwargs).serialize() == (classpath, kwargs)

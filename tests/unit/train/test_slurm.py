@@ -213,6 +213,22 @@ def test_scontrol_output_is_parsed():
     assert "RUNNING" in slurm.ACTIVE
 
 
+def test_no_answer_from_the_controller_is_not_a_job_state():
+    """What scontrol prints when the controller is away (Slurm 23.02) is UNREACHABLE, never an end; a job the
+    controller no longer knows is UNKNOWN."""
+    away = slurm._state_of(1, "", "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n")
+    assert away == {
+        "JobState": slurm.UNREACHABLE,
+        "Reason": "slurm_load_jobs error: Unable to contact slurm controller (connect failure)",
+    }
+    assert slurm._state_of(1, "", "slurm_load_jobs error: Socket timed out on send/recv operation")["JobState"] == (
+        slurm.UNREACHABLE
+    )
+    assert slurm._state_of(1, "", "slurm_load_jobs error: Invalid job id specified") == {"JobState": "UNKNOWN"}
+    assert slurm._state_of(0, "JobId=3 JobState=TIMEOUT", "")["JobState"] == "TIMEOUT"
+    assert slurm.UNREACHABLE not in slurm.ACTIVE
+
+
 def test_the_audit_trail_has_one_line_per_job(tmp_path):
     work = WorkDir(tmp_path)
     slurm.record_job(work, "12", attempt=1, state="PENDING", nnodes=2)
