@@ -70,6 +70,32 @@ def test_a_batch_job_runs_on_both_nodes(cluster, tmp_path):
     assert sorted(out.read_text().split()) == ["n1", "n2"]
 
 
+def test_a_second_job_of_a_stage_waits_for_the_first(cluster, tmp_path):
+    """What the pipeline's --dependency=singleton (build_slurm_job) relies on: a job named like one that runs pends
+    on it (Reason=Dependency) while nodes are free, and starts once it has ended."""
+    env = cluster["env"]
+
+    def submit(tag: str) -> str:
+        marker = tmp_path / tag
+        argv = ["sbatch", "--parsable", "-N1", "--job-name=uniad-stage1-run", "--dependency=singleton"]
+        return run([*argv, "-o", "/dev/null", "--wrap", f"touch {marker}; exec sleep 8"], env=env).stdout.strip()
+
+    first = submit("first")
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "first").exists():
+        assert time.monotonic() < deadline, "the first job never started"
+        time.sleep(0.5)
+    second = submit("second")
+    time.sleep(3)
+    state = run(["scontrol", "show", "job", second], env=env).stdout
+    assert "JobState=PENDING" in state and "Reason=Dependency" in state, state
+    assert not (tmp_path / "second").exists()
+    while not (tmp_path / "second").exists():
+        assert time.monotonic() < deadline, "the second job never started after the first"
+        time.sleep(0.5)
+    assert "JobState=RUNNING" not in run(["scontrol", "show", "job", first], env=env).stdout
+
+
 def test_stop_ends_every_daemon_by_pid_and_every_job(cluster, tmp_path):
     pids = [int(p) for p in cluster["pids"].values()]
     assert len(pids) == 3  # slurmctld, slurmd n1, slurmd n2

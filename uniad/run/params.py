@@ -52,6 +52,7 @@ SLURM_MANAGED = {
     "wrap": "the stage's command",
     "job-name": "the stage and run",
     "comment": "the attempt and work dir",
+    "dependency": "one job per stage of a run at a time (singleton)",
     "parsable": "the pipeline",
     "gres": "slurm_gpus_per_node and slurm_gpu_type",
     "gpus-per-node": "slurm_gpus_per_node",

@@ -335,6 +335,9 @@ def build_slurm_job(
         "--parsable",
         f"--job-name={job_name}",
         f"--comment={comment}",
+        # Slurm starts a job of this name only once no other of the same name (and user) runs: never two jobs of a
+        # stage of a run in its work dir, whatever the pipeline believed when it submitted.
+        "--dependency=singleton",
         f"--nodes={nodes}",
         *resources,
         "--export=NONE",
