@@ -10,7 +10,7 @@ writes is spelled here, and nowhere else.
       epoch_E_iter_K.pth         a checkpoint inside epoch E after K iterations (checkpoint_interval_iters)
       slurm_jobs.jsonl           executor=slurm: one line per submitted job (id, attempt, nodes, state, times)
       slurm-<job id>.out         executor=slurm: a job's output (all ranks; what output_*.txt is for a local run)
-      slurm-attempt-<N>.json     the job file the batch step of attempt N reads (the ranks' argv as a list)
+      slurm-attempt-<N>[-<S>].json  the job file the batch step of attempt N (its S-th job) reads (the ranks' argv)
       .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
       champion_evaluation/       executor=slurm: the job that scored a champion published without metrics
       health/                    the gate's report.md and plots
@@ -150,8 +150,11 @@ class WorkDir:
         """A Slurm job's output: ``job`` is its id, or sbatch's ``%j`` before it has one."""
         return self.path / f"slurm-{job}.out"
 
-    def slurm_job_file(self, attempt: int) -> Path:
-        return self.path / f"slurm-attempt-{attempt}.json"
+    def slurm_job_file(self, attempt: int, segment: int = 1) -> Path:
+        """The job file of an attempt's ``segment``-th job (later ones continue a preempted or timed-out job)."""
+        return self.path / (
+            f"slurm-attempt-{attempt}.json" if segment == 1 else f"slurm-attempt-{attempt}-{segment}.json"
+        )
 
     @property
     def champion_evaluation(self) -> WorkDir:

@@ -231,18 +231,11 @@ class UniADTrainOperator(PlanOperator):
     def _execute_slurm(self, context: Context, plan: Plan) -> dict | None:
         """Submit this attempt's batch job (or adopt the one an earlier run of this task submitted) and defer to
         the trigger that follows it; the worker slot is free while the stage trains."""
-        import json
-        import os
         import time
 
         from uniad.train import slurm
-        from uniad.train.launch import build_slurm_job, ship_trainside
-        from uniad.train.probes import check_data_files
-        from uniad.train.resume import plan_attempt
-        from uniad_airflow.triggers import SlurmStageTrigger
 
         work_dir = plan.work_dir(self.stage)
-        try_number = context["ti"].try_number
         store = context.get("task_state_store")
         name = slurm.job_name(self.stage, context["run_id"])
         known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
@@ -275,52 +268,77 @@ class UniADTrainOperator(PlanOperator):
                 "re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id, state["JobState"]
             )
         else:
-            attempt = plan_attempt(
-                self.attempt_spec(plan), self.stage, run_id=context["run_id"], nnodes=plan.slurm.nnodes
-            )
-            if attempt.resumed_from:
-                self.log.info("attempt %s: %s", try_number, attempt.describe())
-            for line in attempt.skipped + attempt.warnings:
-                self.log.warning("%s", line)
-            with domain_errors():
-                spec = attempt.spec
-                facts = slurm.check_cluster(plan.slurm, spec.nproc_per_node, needs_gpus=spec.needs_gpus)
-                check_data_files(spec)
-                # The submit host cannot probe the compute nodes: auto means NCCL where the job has its GPUs.
-                backend = spec.backend if spec.backend != "auto" else ("nccl" if plan.slurm.gpus_per_node else "gloo")
-                job_file = work_dir.slurm_job_file(try_number)
-                argv, job = build_slurm_job(
-                    spec,
-                    plan.slurm,
-                    backend=backend,
-                    job_name=name,
-                    comment=slurm.job_comment(try_number, work_dir),
-                    job_file=job_file,
-                    output=work_dir.slurm_output("%j"),
-                    trainside=ship_trainside(work_dir.trainside),
-                    cpus_per_task=facts["cpus_per_task"],
-                    env=slurm.job_environment(os.environ, slurm_export()),
-                )
-                job_file.write_text(json.dumps(job, indent=2) + "\n")
-                started = time.time()
-                job_id = slurm.submit(argv)
-            slurm.record_job(
-                work_dir,
-                job_id,
-                attempt=try_number,
-                state="PENDING",
-                partition=facts["partition"],
-                nnodes=plan.slurm.nnodes,
+            job_id, started = self._submit(context, plan)
+        return self._follow(context, plan, job_id, started)
+
+    def _submit(self, context: Context, plan: Plan, continuing: str | None = None) -> tuple[str, float]:
+        """Submit a job of this attempt that resumes from the newest valid checkpoint (``continuing``: the id of
+        the job it continues); its id and submit time, recorded in the audit trail."""
+        import json
+        import os
+        import time
+
+        from uniad.train import slurm
+        from uniad.train.launch import build_slurm_job, ship_trainside
+        from uniad.train.probes import check_data_files
+        from uniad.train.resume import plan_attempt
+
+        work_dir = plan.work_dir(self.stage)
+        try_number = context["ti"].try_number
+        attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"], nnodes=plan.slurm.nnodes)
+        if attempt.resumed_from:
+            self.log.info("attempt %s: %s", try_number, attempt.describe())
+        for line in attempt.skipped + attempt.warnings:
+            self.log.warning("%s", line)
+        segment = 1 + sum(job.get("attempt") == try_number for job in slurm.read_jobs(work_dir))
+        with domain_errors():
+            spec = attempt.spec
+            facts = slurm.check_cluster(plan.slurm, spec.nproc_per_node, needs_gpus=spec.needs_gpus)
+            check_data_files(spec)
+            # The submit host cannot probe the compute nodes: auto means NCCL where the job has its GPUs.
+            backend = spec.backend if spec.backend != "auto" else ("nccl" if plan.slurm.gpus_per_node else "gloo")
+            job_file = work_dir.slurm_job_file(try_number, segment)
+            argv, job = build_slurm_job(
+                spec,
+                plan.slurm,
                 backend=backend,
+                job_name=slurm.job_name(self.stage, context["run_id"]),
+                comment=slurm.job_comment(try_number, work_dir),
+                job_file=job_file,
+                output=work_dir.slurm_output("%j"),
+                trainside=ship_trainside(work_dir.trainside),
+                cpus_per_task=facts["cpus_per_task"],
+                env=slurm.job_environment(os.environ, slurm_export()),
             )
-            self.log.info("submitted Slurm job %s: %s", job_id, argv)
+            job_file.write_text(json.dumps(job, indent=2) + "\n")
+            started = time.time()
+            job_id = slurm.submit(argv)
+        slurm.record_job(
+            work_dir,
+            job_id,
+            attempt=try_number,
+            state="PENDING",
+            partition=facts["partition"],
+            nnodes=plan.slurm.nnodes,
+            backend=backend,
+            resume_from=attempt.resumed_from,
+            **({"continues": continuing} if continuing else {}),
+        )
+        self.log.info("submitted Slurm job %s: %s", job_id, argv)
+        return job_id, started
+
+    def _follow(self, context: Context, plan: Plan, job_id: str, started: float) -> None:
+        """Keep the job's id for a restarted task and defer to the trigger that follows it."""
+        from uniad_airflow.triggers import SlurmStageTrigger
+
+        store = context.get("task_state_store")
         if store is not None:
             store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
         self.defer(
             trigger=SlurmStageTrigger(
                 job_id=job_id,
                 stage=self.stage,
-                work_dir=str(work_dir.path),
+                work_dir=str(plan.work_dir(self.stage).path),
                 total_epochs=plan.stage(self.stage).max_epochs,
                 started=started,
                 stall_timeout_s=plan.gate.stall_timeout_s,
@@ -329,7 +347,6 @@ class UniADTrainOperator(PlanOperator):
             ),
             method_name="execute_complete",
         )
-        return None
 
     def execute_complete(self, context: Context, event: dict) -> dict:
         """The job ended: record it, then succeed, or fail with or without a retry by cause."""
@@ -361,8 +378,24 @@ class UniADTrainOperator(PlanOperator):
                 "nodes": state.get("NodeList"),
                 "latest_checkpoint": str(latest) if latest else None,
             }
+        continued = sum(bool(job.get("continues")) for job in slurm.read_jobs(work_dir))
+        if event["status"] in slurm.CONTINUED and continued < plan.slurm.max_continuations:
+            # Preempted, a node lost, the time limit: the stage goes on in a new job from its newest checkpoint,
+            # without spending a retry.
+            self.log.warning(
+                "Slurm job %s ended %s (reason %s): continuing the stage in a new job (continuation %d of at most %d)",
+                job_id,
+                event["status"],
+                state.get("Reason"),
+                continued + 1,
+                plan.slurm.max_continuations,
+            )
+            new_job, started = self._submit(context, plan, continuing=job_id)
+            return self._follow(context, plan, new_job, started)
         tail = slurm.tail(work_dir.slurm_output(job_id))
         last_lines = "\nlast lines of the job's output:\n" + "\n".join(tail) if tail else ""
+        if event["status"] in slurm.CONTINUED:
+            last_lines = f" (after {continued} continuation(s), slurm_max_continuations){last_lines}"
         if event["status"] == "unhealthy":
             finding = event["finding"]
             message = f"{self.stage}: Slurm job {job_id} cancelled by the health watch: {finding['code']}: "

@@ -275,3 +275,63 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     while run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() != ["2", "idle"]:
         assert time.monotonic() < deadline, "the cluster did not come back idle after the controller's restart"
         time.sleep(1)
+
+
+def test_a_stage_longer_than_the_time_limit_continues_in_new_jobs(airflow_home, slurm_env, tmp_path):
+    """Stage 1 needs several times its jobs' 1-minute time limit: each job that ends TIMEOUT is continued in a new
+    job from the newest checkpoint, on the same try, never two at once; no epoch is trained again from scratch
+    after its checkpoint existed; the run succeeds and the audit trail links every job to the one it continues."""
+    import threading
+
+    root = tmp_path / "uniad-mini-limit"
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "executor": "slurm",
+        "nnodes": 2,
+        "nproc_per_node": 1,
+        # 35 epochs of 3x the data, about 6 s each: over 3 minutes, three times the limit. The lower lr keeps the
+        # mini's gradients calm over so many iterations (at 2e-3 the health watch rightly stops it near epoch 50).
+        "stage1_epochs": 35,
+        "stage1_cfg_options": ["data.train.num_samples=960", "optimizer.lr=0.0005"],
+        "stage2_epochs": 1,
+        "slurm_time_limit": "1",  # minutes: Slurm's smallest
+    }
+    running, stop = [], threading.Event()
+
+    def sample() -> None:  # how many jobs of this root run at once, every 2 s
+        while not stop.wait(2):
+            listed = run(["squeue", "--noheader", "--states=RUNNING", "--format=%j|%k"], env=slurm_env, check=False)
+            running.append(sum(str(root) in line for line in listed.stdout.splitlines()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        done = run(
+            [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+            env=slurm_env,
+            timeout=1500,
+            check=False,
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-6000:]
+    work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+    assert len(jobs) >= 3 and [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
+    assert all(job["attempt"] == 1 for job in jobs)  # continued, not retried
+    assert [job.get("continues") for job in jobs] == [None] + [job["job_id"] for job in jobs[:-1]]
+    assert max(running) == 1 and running.count(1) > 10, running
+    # Each job trained from the checkpoint its predecessor left: its log (one per job) starts at the epoch after.
+    logs = sorted(work_dir.glob("*.log.json"))
+    assert len(logs) == len(jobs), logs
+    for job, log in zip(jobs[1:], logs[1:]):
+        resumed = int(re.search(r"epoch_(\d+)\.pth$", job["resume_from"]).group(1))
+        epochs = [json.loads(line)["epoch"] for line in log.read_text().splitlines()[1:] if '"mode": "train"' in line]
+        # A job whose time ran out after the last epoch's checkpoint (while it evaluated) leaves nothing to train.
+        assert epochs[:1] == ([resumed + 1] if resumed < 35 else []), (job, log.name, epochs[:3])
+    assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 35
+    assert processes_mentioning(str(root)) == []
+    print(f"{len(jobs)} jobs for 35 epochs; samples of running jobs: {running}")

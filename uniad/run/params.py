@@ -53,6 +53,8 @@ SLURM_MANAGED = {
     "job-name": "the stage and run",
     "comment": "the attempt and work dir",
     "dependency": "one job per stage of a run at a time (singleton)",
+    "requeue": "the pipeline's continuations (slurm_max_continuations)",
+    "no-requeue": "the pipeline's continuations (slurm_max_continuations)",
     "parsable": "the pipeline",
     "gres": "slurm_gpus_per_node and slurm_gpu_type",
     "gpus-per-node": "slurm_gpus_per_node",
@@ -364,6 +366,16 @@ class PipelineParams:
             "a100",
             "The GPU type where the cluster names them (--gres=gpu:TYPE:N); empty: any.",
             "any type",
+        ),
+    )
+    slurm_max_continuations: int = field(
+        default=20,
+        metadata=param(
+            {"type": "integer", "minimum": 0, "maximum": 1000},
+            "Slurm continuations per stage",
+            "20",
+            "How many times a stage's job that was preempted, lost a node or hit its time limit is continued in a new "
+            "job from its newest checkpoint (executor=slurm), apart from the task's retries for crashes.",
         ),
     )
     slurm_cpus_per_task: int | None = field(

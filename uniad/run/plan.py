@@ -143,6 +143,7 @@ class Plan:
                 gpus_per_node=params.gpus_per_node,
                 gpu_type=params.slurm_gpu_type,
                 cpus_per_task=params.slurm_cpus_per_task,
+                max_continuations=params.slurm_max_continuations,
             )
             if params.executor == "slurm"
             else None,

@@ -265,6 +265,8 @@ class SlurmSettings:
     gpu_type: str | None = None
     # CPUs per rank (UniAD's script: 5); None: the partition's CPUs per GPU, decided when the job is submitted.
     cpus_per_task: int | None = None
+    # Jobs of a stage that end PREEMPTED, NODE_FAIL or TIMEOUT continue in a new job this many times at most.
+    max_continuations: int = 20
 
     @property
     def gres(self) -> str | None:
@@ -338,6 +340,10 @@ def build_slurm_job(
         # Slurm starts a job of this name only once no other of the same name (and user) runs: never two jobs of a
         # stage of a run in its work dir, whatever the pipeline believed when it submitted.
         "--dependency=singleton",
+        # Not Slurm's own requeue, which would start the job again with the arguments it was submitted with (from
+        # epoch 1, or an old checkpoint): a preempted job, or one that lost a node, ends, and the pipeline continues
+        # the stage in a new job from the newest checkpoint (slurm_max_continuations).
+        "--no-requeue",
         f"--nodes={nodes}",
         *resources,
         "--export=NONE",

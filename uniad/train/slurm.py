@@ -23,6 +23,8 @@ from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
+# Ends that say nothing against the training: the stage continues in a new job from its newest checkpoint.
+CONTINUED = {"PREEMPTED", "NODE_FAIL", "TIMEOUT"}
 # Not a Slurm state: scontrol got no answer from the controller, so nothing is known of the job (it may well run on).
 UNREACHABLE = "UNREACHABLE"
 SCONTROL_TIMEOUT_S = 60

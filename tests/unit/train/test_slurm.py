@@ -59,12 +59,13 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
     )
     # UniAD's tools/uniad_slurm_train.sh: --gres=gpu:N and --cpus-per-task=5 per node and rank; nothing of the
     # submitting worker's environment (--export=NONE).
-    assert argv[:13] == [
+    assert argv[:14] == [
         "sbatch",
         "--parsable",
         "--job-name=uniad-stage1-manual__2026-11-24T09_00_00_00_00",
         f"--comment=attempt=2:{tmp_path}/work dir",
         "--dependency=singleton",  # two jobs of one stage of a run never run at once
+        "--no-requeue",  # a preempted job is continued by the pipeline, from its newest checkpoint
         "--nodes=2",
         "--ntasks-per-node=8",
         "--cpus-per-task=5",
@@ -74,10 +75,10 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
         f"--output={tmp_path}/slurm-%j.out",
         "--partition=gpu",
     ]
-    assert argv[13:16] == ["--account=perception", "--time=2-00:00:00", "--exclusive"]
+    assert argv[14:17] == ["--account=perception", "--time=2-00:00:00", "--exclusive"]
     # The only shell words are the interpreter and the files, quoted; every parameter travels in the job file. The
     # batch step is the work dir's copy: UniAD's interpreter does not have this package.
-    assert argv[16] == "--wrap" and shlex.split(argv[17]) == [
+    assert argv[17] == "--wrap" and shlex.split(argv[18]) == [
         "exec",
         "/opt/uniad-venv/bin/python",
         f"{trainside}/uniad_slurm_job.py",
