@@ -335,3 +335,61 @@ def test_a_stage_longer_than_the_time_limit_continues_in_new_jobs(airflow_home, 
     assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 35
     assert processes_mentioning(str(root)) == []
     print(f"{len(jobs)} jobs for 35 epochs; samples of running jobs: {running}")
+
+
+def test_a_job_that_loses_a_node_ends_node_fail_which_is_continued(slurm_env, tmp_path, monkeypatch):
+    """A node set DOWN under a running 2-node job submitted as the pipeline submits (--no-requeue): Slurm ends it
+    NODE_FAIL instead of starting it again with its first arguments, and the trigger reports that end, one the
+    operator continues in a new job (the continuation itself: the time-limit test above)."""
+    from uniad.train import slurm
+    from uniad.workdir import WorkDir
+    from uniad_airflow.triggers import SlurmStageTrigger
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    marker = tmp_path / "job-ran"
+    job_id = run(
+        [
+            "sbatch",
+            "--parsable",
+            "-N2",
+            "--no-requeue",
+            f"--comment={slurm.job_comment(1, WorkDir(tmp_path))}",
+            "-D",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "job.out"),
+            "--wrap",
+            f"touch {marker}; srun sleep 300",
+        ],
+        env=slurm_env,
+    ).stdout.strip()
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"job {job_id} never started"
+        time.sleep(0.5)
+
+    async def follow_while_a_node_goes_down() -> dict:
+        trigger = SlurmStageTrigger(
+            job_id=job_id, stage="stage1", work_dir=str(tmp_path), total_epochs=1, started=time.time(), poll_s=1
+        )
+        events = trigger.run()
+        first = asyncio.create_task(events.__anext__())
+        await asyncio.sleep(2)
+        await asyncio.to_thread(
+            run, ["scontrol", "update", "nodename=n2", "state=down", "reason=lost in a test"], env=slurm_env
+        )
+        return (await asyncio.wait_for(first, 120)).payload
+
+    try:
+        event = asyncio.run(follow_while_a_node_goes_down())
+    finally:
+        # The cluster's ReturnToService=2 may have returned n2 already (then Slurm answers "Invalid node state
+        # specified"): the wait for two idle nodes below decides.
+        run(["scontrol", "update", "nodename=n2", "state=resume"], env=slurm_env, check=False)
+    assert event["status"] == "NODE_FAIL" and event["status"] in slurm.CONTINUED, event
+    assert "Restarts=0" in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout  # not requeued
+    deadline = time.monotonic() + 60
+    while run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() != ["2", "idle"]:
+        assert time.monotonic() < deadline, "n2 did not come back idle"
+        time.sleep(1)
+    assert processes_mentioning(str(tmp_path)) == []
