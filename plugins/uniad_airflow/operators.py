@@ -76,6 +76,10 @@ def cancel_slurm_jobs_of_run(context: Context) -> None:
 
     log = logging.getLogger(__name__)
     run_id = context["run_id"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    executor = (context.get("params") or {}).get("executor") or conf.get("executor")
+    if executor not in (None, "slurm"):  # None: a minimal callback context, which does not say
+        return  # a local run's stages end with their task
     if shutil.which("squeue") is None:
         log.info("no Slurm client here: no Slurm job of run %s looked for", run_id)
         return

@@ -171,7 +171,7 @@ def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, t
         assert time.monotonic() < deadline, "the jobs never started"
         time.sleep(0.5)
 
-    cancel_slurm_jobs_of_run({"run_id": "failed-run"})
+    cancel_slurm_jobs_of_run({"run_id": "failed-run", "params": {"executor": "slurm"}})
 
     (work_dir, job_id), (other_dir, other_id) = jobs["failed-run"], jobs["other-run"]
     deadline = time.monotonic() + 30

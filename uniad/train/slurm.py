@@ -205,7 +205,8 @@ def cancel_run_jobs(run_id: str, stages: Sequence[str]) -> list[str]:
                 and any(job["job_id"] == job_id for job in read_jobs(work_dir))
             ):
                 state = job_state(job_id)
-                record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
+                if state["JobState"] != UNREACHABLE:  # no answer right after scancel: the trail keeps what it knew
+                    record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
     return cancelled
 
 
