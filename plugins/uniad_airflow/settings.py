@@ -50,34 +50,35 @@ def allowed_roots(profile: str):
     )
 
 
-def retry_delay_s() -> float:
-    """``UNIAD_RETRY_DELAY_S`` (default 120): how long a failed task waits before its retry. A training retry
-    resumes from the newest checkpoint, so the wait only needs to outlast a node's or a worker's restart."""
-    value = os.environ.get("UNIAD_RETRY_DELAY_S", "120")
+def _seconds(name: str, default: str, what: str, *, zero: bool) -> float:
+    """The seconds in environment variable ``name`` (``default`` when unset); ``what`` says what they are in the
+    error that refuses a value that is not a number, is negative or, unless ``zero``, is 0."""
+    value = os.environ.get(name, default)
     try:
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if seconds < 0:
-        raise ValueError(f"UNIAD_RETRY_DELAY_S={value!r}: give the seconds a failed task waits before its retry")
+    if seconds < 0 or (seconds == 0 and not zero):
+        raise ValueError(f"{name}={value!r}: give {what}")
     return seconds
+
+
+def retry_delay_s() -> float:
+    """``UNIAD_RETRY_DELAY_S`` (default 120): how long a failed task waits before its retry. A training retry
+    resumes from the newest checkpoint, so the wait only needs to outlast a node's or a worker's restart."""
+    return _seconds("UNIAD_RETRY_DELAY_S", "120", "the seconds a failed task waits before its retry", zero=True)
 
 
 def slurm_controller_grace_s() -> float:
     """``UNIAD_SLURM_CONTROLLER_GRACE_S`` (default 900): how long a followed job's controller may not answer (a
     restart, a failover, ``Socket timed out`` under load) before the task fails for a retry; the job is not taken
     to have ended, and the retry re-attaches to it."""
-    value = os.environ.get("UNIAD_SLURM_CONTROLLER_GRACE_S", "900")
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise ValueError(
-            f"UNIAD_SLURM_CONTROLLER_GRACE_S={value!r}: give the seconds Slurm's controller may be away from a "
-            "followed job (default 900)"
-        )
-    return seconds
+    return _seconds(
+        "UNIAD_SLURM_CONTROLLER_GRACE_S",
+        "900",
+        "the seconds Slurm's controller may be away from a followed job (default 900)",
+        zero=False,
+    )
 
 
 def slurm_partition() -> str | None:

@@ -28,6 +28,7 @@ CONTINUED = {"PREEMPTED", "NODE_FAIL", "TIMEOUT"}
 # Not a Slurm state: scontrol got no answer from the controller, so nothing is known of the job (it may well run on).
 UNREACHABLE = "UNREACHABLE"
 SCONTROL_TIMEOUT_S = 60
+NO_ANSWER = f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"
 
 
 # What a job's ranks get of the submitting worker's environment: where programs, libraries and the locale are, and
@@ -134,17 +135,24 @@ def job_comment(attempt: int, work_dir: WorkDir) -> str:
     return f"attempt={attempt}:{work_dir.path}"
 
 
-def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int, str]]:
-    """The jobs the cluster still knows (any state) named ``name`` for ``work_dir``, newest first, each with the
-    attempt that submitted it and its state."""
-    listed = _run(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%T|%k"])
+def _listed(argv: list[str]) -> list[tuple[str, str, int | None, str]]:
+    """The jobs ``squeue ... --format=%i|%T|%k`` lists: id, state, and from the comment (``job_comment``) the
+    attempt that submitted it and its work dir (None and "" for a job this pipeline did not submit)."""
     found = []
-    for line in listed.splitlines():
+    for line in _run(argv).splitlines():
         job_id, _, rest = line.strip().partition("|")
         state, _, comment = rest.partition("|")
         attempt, _, path = comment.partition(":")
-        if path == str(work_dir.path) and attempt.startswith("attempt="):
-            found.append((job_id, int(attempt.removeprefix("attempt=")), state))
+        ours = attempt.startswith("attempt=") and attempt.removeprefix("attempt=").isdigit()
+        found.append((job_id, state, int(attempt.removeprefix("attempt=")) if ours else None, path if ours else ""))
+    return found
+
+
+def find_jobs(name: str, work_dir: WorkDir) -> list[tuple[str, int, str]]:
+    """The jobs the cluster still knows (any state) named ``name`` for ``work_dir``, newest first, each with the
+    attempt that submitted it and its state."""
+    listed = _listed(["squeue", "--noheader", "--states=all", f"--name={name}", "--format=%i|%T|%k"])
+    found = [(job_id, attempt, state) for job_id, state, attempt, path in listed if path == str(work_dir.path)]
     return sorted(found, key=lambda job: int(job[0]), reverse=True)
 
 
@@ -192,18 +200,12 @@ def cancel_run_jobs(run_id: str, stages: Sequence[str]) -> list[str]:
     has no trigger to kill, and its job would train on, alone, for days."""
     cancelled = []
     for stage in stages:
-        listed = _run(["squeue", "--noheader", "--me", f"--name={job_name(stage, run_id)}", "--format=%i|%k"])
-        for line in listed.splitlines():
-            job_id, _, comment = line.strip().partition("|")
+        argv = ["squeue", "--noheader", "--me", f"--name={job_name(stage, run_id)}", "--format=%i|%T|%k"]
+        for job_id, _, _, path in _listed(argv):
             _run(["scancel", job_id])
             cancelled.append(job_id)
-            attempt, _, path = comment.partition(":")
             work_dir = WorkDir(Path(path))
-            if (
-                attempt.startswith("attempt=")
-                and Path(path).is_absolute()
-                and any(job["job_id"] == job_id for job in read_jobs(work_dir))
-            ):
+            if Path(path).is_absolute() and any(job["job_id"] == job_id for job in read_jobs(work_dir)):
                 state = job_state(job_id)
                 if state["JobState"] != UNREACHABLE:  # no answer right after scancel: the trail keeps what it knew
                     record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
@@ -250,7 +252,7 @@ def job_state(job_id: str) -> dict[str, str]:
             ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=SCONTROL_TIMEOUT_S
         )
     except subprocess.TimeoutExpired:
-        return {"JobState": UNREACHABLE, "Reason": f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"}
+        return _state_of(None, "", NO_ANSWER)
     return _state_of(done.returncode, done.stdout, done.stderr)
 
 
@@ -264,7 +266,7 @@ async def ajob_state(job_id: str) -> dict[str, str]:
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()
-        return {"JobState": UNREACHABLE, "Reason": f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"}
+        return _state_of(None, "", NO_ANSWER)
     return _state_of(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
