@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +46,15 @@ def run(argv: list[str], *, env: dict | None = None, timeout: float = 600, check
             f"{argv} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):
+    """``check()``'s first true value, asked every ``every_s``; fails saying ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(every_s)
+    return value
 
 
 def mini_train_argv(root, config: str, epochs: int | str) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from services import celery_stack, descendants, http, kill_tree
-from support import processes_mentioning, run
+from support import processes_mentioning, run, wait_for
 
 DAG_ID = "uniad_e2e_training"
 TIMERS = {
@@ -99,14 +99,6 @@ def trigger(stack, run_id: str, conf: dict) -> None:
 
 def task(stack, run_id: str, task_id: str) -> dict:
     return api(stack, "GET", f"dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
-
-
-def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-    return value
 
 
 def run_state(stack, run_id: str, timeout_s: float = 600) -> str:

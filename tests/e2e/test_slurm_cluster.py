@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from support import REPO, processes_mentioning, run, slurm_cluster
+from support import REPO, processes_mentioning, run, slurm_cluster, wait_for
 
 SCRIPT = REPO / "scripts/slurm_cluster.sh"
 
@@ -81,11 +81,8 @@ def test_a_second_job_of_a_stage_waits_for_the_first_and_none_is_requeued(cluste
         argv = ["sbatch", "--parsable", "-N1", "--job-name=uniad-stage1-run", "--dependency=singleton", "--no-requeue"]
         return run([*argv, "-o", "/dev/null", "--wrap", f"touch {marker}; exec sleep 8"], env=env).stdout.strip()
 
-    first = submit("first")
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "first").exists():
-        assert time.monotonic() < deadline, "the first job never started"
-        time.sleep(0.5)
+    first, submitted = submit("first"), time.monotonic()
+    wait_for("the first job to start", (tmp_path / "first").exists, 60)
     requeue = run(["scontrol", "requeue", first], env=env, check=False)
     assert requeue.returncode != 0 and "disabled" in requeue.stderr, requeue
     second = submit("second")
@@ -93,9 +90,8 @@ def test_a_second_job_of_a_stage_waits_for_the_first_and_none_is_requeued(cluste
     state = run(["scontrol", "show", "job", second], env=env).stdout
     assert "JobState=PENDING" in state and "Reason=Dependency" in state, state
     assert not (tmp_path / "second").exists()
-    while not (tmp_path / "second").exists():
-        assert time.monotonic() < deadline, "the second job never started after the first"
-        time.sleep(0.5)
+    started = (tmp_path / "second").exists
+    wait_for("the second job to start after the first", started, 60 - (time.monotonic() - submitted))
     assert "JobState=RUNNING" not in run(["scontrol", "show", "job", first], env=env).stdout
 
 

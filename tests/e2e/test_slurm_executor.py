@@ -13,27 +13,52 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, processes_mentioning, run
+from support import BIN, processes_mentioning, run, wait_for
 
 DAG_ID = "uniad_e2e_training"
+TWO_NODES = {"profile": "mini", "executor": "slurm", "nnodes": 2, "nproc_per_node": 1}  # one gloo rank on each
+
+
+def dags_test(slurm_env, conf: dict, timeout: float) -> tuple[int, str]:
+    """``airflow dags test`` of the pipeline with ``conf`` in the session's Airflow home: exit code and output."""
+    argv = [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)]
+    done = run(argv, env=slurm_env, timeout=timeout, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def submit(slurm_env, directory: Path, script: str, *options: str) -> str:
+    """A job of ``script`` with sbatch ``options``, its output in ``directory/job.out``; it runs in ``directory``,
+    which names its processes in the process table. Its id."""
+    argv = ["sbatch", "--parsable", *options, "-D", str(directory), "-o", str(directory / "job.out"), "--wrap", script]
+    return run(argv, env=slurm_env).stdout.strip()
+
+
+def job_state(slurm_env, job_id: str) -> str:
+    return run(["scontrol", "show", "job", job_id], env=slurm_env, check=False).stdout
+
+
+async def first_event(trigger) -> dict:
+    async for event in trigger.run():
+        return event.payload
+    raise AssertionError("the trigger ended without an event")
+
+
+def wait_until_idle(slurm_env, why: str) -> None:
+    """Both nodes idle again, as the tests after this one need them."""
+    idle = ["2", "idle"]
+    wait_for(why, lambda: run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() == idle, 60, 1)
 
 
 def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
     root = tmp_path / "uniad-mini"
     conf = {
-        "profile": "mini",
+        **TWO_NODES,
         "uniad_root": str(root),
-        "executor": "slurm",
-        "nnodes": 2,
-        "nproc_per_node": 1,
         "stage1_epochs": 2,
         "stage2_epochs": 1,
     }
-    done = run(
-        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=900, check=False
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
+    returncode, output = dags_test(slurm_env, conf, timeout=900)
+    assert returncode == 0, output[-6000:]
     assert "Slurm: partition uniad, 2 node(s)" in output
     for work, epochs in (("stage1_track_map/full_track_map", 2), ("stage2_e2e/full_e2e", 1)):
         work_dir = root / "projects/work_dirs" / work
@@ -53,19 +78,13 @@ def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
 def test_nan_cancels_the_job_from_the_trigger_and_fails_without_retry(airflow_home, slurm_env, tmp_path):
     root = tmp_path / "uniad-mini-nan"
     conf = {
-        "profile": "mini",
+        **TWO_NODES,
         "uniad_root": str(root),
-        "executor": "slurm",
-        "nnodes": 2,
-        "nproc_per_node": 1,
         "stage1_epochs": 8,  # far more left after the fault than the cancel may take, however slow the machine
         "stage1_cfg_options": ["fault_injection.kind=nan_loss", "fault_injection.epoch=2", "fault_injection.iter=5"],
     }
-    done = run(
-        [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=slurm_env, timeout=600, check=False
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
+    returncode, output = dags_test(slurm_env, conf, timeout=600)
+    assert returncode != 0
     assert "non_finite_loss: loss is nan at epoch 2" in output and "cancelling it" in output, output[-4000:]
     assert "AirflowFailException" in output  # no retry: NaN comes back on a plain retry
     assert output.count("submitted Slurm job") == 1
@@ -100,19 +119,14 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     work_dir = WorkDir(tmp_path)
     marker = tmp_path / "job-ran"
     script = "true" if job_ends_first else f"touch {marker}; exec sleep 300"
-    # Run in tmp_path: its working directory names the job's process in the process table.
-    job_id = run(
-        ["sbatch", "--parsable", "-N1", "-D", str(tmp_path), "-o", str(tmp_path / "job.out"), "--wrap", script],
-        env=slurm_env,
-    ).stdout.strip()
+    job_id = submit(slurm_env, tmp_path, script, "-N1")
     slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
-    wait_for = "JobState=COMPLETED" if job_ends_first else "JobState=RUNNING"
-    deadline = time.monotonic() + 60
-    while wait_for not in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout or not (
-        job_ends_first or marker.exists()
-    ):
-        assert time.monotonic() < deadline, f"job {job_id} never reached {wait_for}"
-        time.sleep(0.5)
+    reached = "JobState=COMPLETED" if job_ends_first else "JobState=RUNNING"
+    wait_for(
+        f"job {job_id} to reach {reached}",
+        lambda: reached in job_state(slurm_env, job_id) and (job_ends_first or marker.exists()),
+        60,
+    )
 
     assert job_ends_first or processes_mentioning(str(tmp_path))  # the check below can see the running job
     trigger = SlurmStageTrigger(
@@ -129,10 +143,8 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     (line,) = slurm.read_jobs(work_dir)
     assert line["state"] == ("COMPLETED" if job_ends_first else "CANCELLED"), line
     assert line["end"] not in (None, "Unknown") and line["nodes"], line
-    deadline = time.monotonic() + 60
-    while processes_mentioning(str(tmp_path)):  # the job's process is killed, not left to run
-        assert time.monotonic() < deadline, "the cancelled job's process outlived it"
-        time.sleep(0.5)
+    # The job's process is killed, not left to run.
+    wait_for("the cancelled job's process to end", lambda: not processes_mentioning(str(tmp_path)), 60)
 
 
 def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, tmp_path, monkeypatch):
@@ -148,43 +160,20 @@ def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, t
     for run_id in ("failed-run", "other-run"):
         work_dir = WorkDir(tmp_path / run_id)
         work_dir.path.mkdir()
-        job_id = run(
-            [
-                "sbatch",
-                "--parsable",
-                "-N1",
-                f"--job-name={slurm.job_name('stage2', run_id)}",
-                f"--comment={slurm.job_comment(1, work_dir)}",
-                "-D",
-                str(work_dir.path),
-                "-o",
-                str(work_dir.path / "job.out"),
-                "--wrap",
-                "exec sleep 300",
-            ],
-            env=slurm_env,
-        ).stdout.strip()
+        name, comment = slurm.job_name("stage2", run_id), slurm.job_comment(1, work_dir)
+        job_id = submit(slurm_env, work_dir.path, "exec sleep 300", "-N1", f"--job-name={name}", f"--comment={comment}")
         slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
         jobs[run_id] = (work_dir, job_id)
-    deadline = time.monotonic() + 60
-    while not all(processes_mentioning(str(work_dir.path)) for work_dir, _ in jobs.values()):
-        assert time.monotonic() < deadline, "the jobs never started"
-        time.sleep(0.5)
+    wait_for("the jobs to start", lambda: all(processes_mentioning(str(d.path)) for d, _ in jobs.values()), 60)
 
     cancel_slurm_jobs_of_run({"run_id": "failed-run", "params": {"executor": "slurm"}})
 
     (work_dir, job_id), (other_dir, other_id) = jobs["failed-run"], jobs["other-run"]
-    deadline = time.monotonic() + 30
-    while "JobState=CANCELLED" not in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout:
-        assert time.monotonic() < deadline, "the failed run's job was not cancelled"
-        time.sleep(0.5)
+    wait_for("the failed run's job to be cancelled", lambda: "JobState=CANCELLED" in job_state(slurm_env, job_id), 30)
     (line,) = slurm.read_jobs(work_dir)
     assert line["state"] == "CANCELLED" and line["end"] not in (None, "Unknown"), line
-    deadline = time.monotonic() + 60
-    while processes_mentioning(str(work_dir.path)):
-        assert time.monotonic() < deadline, "the cancelled job's process outlived it"
-        time.sleep(0.5)
-    assert "JobState=RUNNING" in run(["scontrol", "show", "job", other_id], env=slurm_env).stdout
+    wait_for("the cancelled job's process to end", lambda: not processes_mentioning(str(work_dir.path)), 60)
+    assert "JobState=RUNNING" in job_state(slurm_env, other_id)
     assert slurm.read_jobs(other_dir)[0]["state"] == "PENDING" and processes_mentioning(str(other_dir.path))
     run(["scancel", other_id], env=slurm_env)
 
@@ -205,27 +194,12 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     monkeypatch.delenv("UNIAD_SLURM_CONTROLLER_GRACE_S", raising=False)
     work_dir, name = WorkDir(tmp_path), slurm.job_name("stage1", "outage")
     marker = tmp_path / "job-ran"
-    job_id = run(
-        [
-            "sbatch",
-            "--parsable",
-            "-N1",
-            f"--job-name={name}",
-            f"--comment={slurm.job_comment(1, work_dir)}",
-            "-D",
-            str(tmp_path),
-            "-o",
-            str(tmp_path / "job.out"),
-            "--wrap",
-            f"touch {marker}; exec sleep 90",
-        ],
-        env=slurm_env,
-    ).stdout.strip()
+    comment = slurm.job_comment(1, work_dir)
+    job_id = submit(
+        slurm_env, tmp_path, f"touch {marker}; exec sleep 90", "-N1", f"--job-name={name}", f"--comment={comment}"
+    )
     slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, f"job {job_id} never started"
-        time.sleep(0.5)
+    wait_for(f"job {job_id} to start", marker.exists, 60)
 
     def follower(grace_s: float) -> SlurmStageTrigger:
         return SlurmStageTrigger(
@@ -237,11 +211,6 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
             poll_s=1,
             controller_grace_s=grace_s,
         )
-
-    async def first_event(trigger: SlurmStageTrigger) -> dict:
-        async for event in trigger.run():
-            return event.payload
-        raise AssertionError("the trigger ended without an event")
 
     ctld_pid = int((Path(slurm_env["SLURM_CONF"]).parent / "slurmctld.pid").read_text())
 
@@ -256,11 +225,12 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
         assert not patient.done(), patient.result()
         await asyncio.to_thread(run, ["slurmctld"], env=slurm_env)  # its state (the job) is in StateSaveLocation
         away_s = time.monotonic() - stopped_at
+
         # While the job runs on: the trail as a follower that took the silence for an end left it.
-        deadline = time.monotonic() + 60
-        while "JobState=RUNNING" not in run(["scontrol", "show", "job", job_id], env=slurm_env, check=False).stdout:
-            assert time.monotonic() < deadline, "the restarted controller did not report the job running"
-            await asyncio.sleep(1)
+        def running() -> bool:
+            return "JobState=RUNNING" in job_state(slurm_env, job_id)
+
+        await asyncio.to_thread(wait_for, "the restarted controller to report the job running", running, 60, 1)
         slurm.record_job(work_dir, job_id, state="UNKNOWN", end="Unknown")
         adopted = await asyncio.to_thread(slurm.unfollowed_job, name, work_dir, 1)
         assert adopted is not None and adopted[0] == job_id and adopted[1]["JobState"] == "RUNNING", adopted
@@ -271,10 +241,7 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     assert gave_up["status"] == slurm.UNREACHABLE and gave_up["away_s"] >= 15, gave_up
     assert followed["status"] == "COMPLETED" and away_s >= 60, (followed, away_s)
     assert [job["job_id"] for job in slurm.read_jobs(work_dir)] == [job_id]  # one job, adopted, never a second
-    deadline = time.monotonic() + 60
-    while run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() != ["2", "idle"]:
-        assert time.monotonic() < deadline, "the cluster did not come back idle after the controller's restart"
-        time.sleep(1)
+    wait_until_idle(slurm_env, "the cluster to come back idle after the controller's restart")
 
 
 def test_a_stage_longer_than_the_time_limit_continues_in_new_jobs(airflow_home, slurm_env, tmp_path):
@@ -285,11 +252,8 @@ def test_a_stage_longer_than_the_time_limit_continues_in_new_jobs(airflow_home, 
 
     root = tmp_path / "uniad-mini-limit"
     conf = {
-        "profile": "mini",
+        **TWO_NODES,
         "uniad_root": str(root),
-        "executor": "slurm",
-        "nnodes": 2,
-        "nproc_per_node": 1,
         # 35 epochs of 3x the data, about 6 s each: over 3 minutes, three times the limit. The lower lr keeps the
         # mini's gradients calm over so many iterations (at 2e-3 the health watch rightly stops it near epoch 50).
         "stage1_epochs": 35,
@@ -307,17 +271,11 @@ def test_a_stage_longer_than_the_time_limit_continues_in_new_jobs(airflow_home, 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        done = run(
-            [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-            env=slurm_env,
-            timeout=1500,
-            check=False,
-        )
+        returncode, output = dags_test(slurm_env, conf, timeout=1500)
     finally:
         stop.set()
         sampler.join()
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-6000:]
+    assert returncode == 0, output[-6000:]
     work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
     jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
     assert len(jobs) >= 3 and [job["state"] for job in jobs] == ["TIMEOUT"] * (len(jobs) - 1) + ["COMPLETED"], jobs
@@ -347,38 +305,22 @@ def test_a_job_that_loses_a_node_ends_node_fail_which_is_continued(slurm_env, tm
 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     marker = tmp_path / "job-ran"
-    job_id = run(
-        [
-            "sbatch",
-            "--parsable",
-            "-N2",
-            "--no-requeue",
-            f"--comment={slurm.job_comment(1, WorkDir(tmp_path))}",
-            "-D",
-            str(tmp_path),
-            "-o",
-            str(tmp_path / "job.out"),
-            "--wrap",
-            f"touch {marker}; srun sleep 300",
-        ],
-        env=slurm_env,
-    ).stdout.strip()
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, f"job {job_id} never started"
-        time.sleep(0.5)
+    comment = slurm.job_comment(1, WorkDir(tmp_path))
+    job_id = submit(
+        slurm_env, tmp_path, f"touch {marker}; srun sleep 300", "-N2", "--no-requeue", f"--comment={comment}"
+    )
+    wait_for(f"job {job_id} to start", marker.exists, 60)
 
     async def follow_while_a_node_goes_down() -> dict:
         trigger = SlurmStageTrigger(
             job_id=job_id, stage="stage1", work_dir=str(tmp_path), total_epochs=1, started=time.time(), poll_s=1
         )
-        events = trigger.run()
-        first = asyncio.create_task(events.__anext__())
+        first = asyncio.create_task(first_event(trigger))
         await asyncio.sleep(2)
         await asyncio.to_thread(
             run, ["scontrol", "update", "nodename=n2", "state=down", "reason=lost in a test"], env=slurm_env
         )
-        return (await asyncio.wait_for(first, 120)).payload
+        return await asyncio.wait_for(first, 120)
 
     try:
         event = asyncio.run(follow_while_a_node_goes_down())
@@ -387,9 +329,6 @@ def test_a_job_that_loses_a_node_ends_node_fail_which_is_continued(slurm_env, tm
         # specified"): the wait for two idle nodes below decides.
         run(["scontrol", "update", "nodename=n2", "state=resume"], env=slurm_env, check=False)
     assert event["status"] == "NODE_FAIL" and event["status"] in slurm.CONTINUED, event
-    assert "Restarts=0" in run(["scontrol", "show", "job", job_id], env=slurm_env).stdout  # not requeued
-    deadline = time.monotonic() + 60
-    while run(["sinfo", "-h", "-o", "%D %t"], env=slurm_env).stdout.split() != ["2", "idle"]:
-        assert time.monotonic() < deadline, "n2 did not come back idle"
-        time.sleep(1)
+    assert "Restarts=0" in job_state(slurm_env, job_id)  # not requeued
+    wait_until_idle(slurm_env, "n2 to come back idle")
     assert processes_mentioning(str(tmp_path)) == []
