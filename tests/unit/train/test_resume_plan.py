@@ -125,3 +125,33 @@ def test_a_changed_world_size_is_warned_not_the_visible_gpus(tmp_path, meta, war
         if warned
         else []
     )
+
+
+def test_a_final_checkpoint_without_its_evaluation_trains_the_last_epoch_again(tmp_path):
+    """An attempt that ended after the final epoch's checkpoint but before its evaluation (a Slurm time limit in
+    the middle of it): resuming from that checkpoint would train nothing and leave the stage unevaluated, so the
+    retry resumes from the epoch before; once the evaluation is logged, the final checkpoint is the resume point."""
+    from support import save_mmcv_checkpoint
+
+    work = tmp_path / WORK
+    work.mkdir(parents=True)
+    for epoch in (2, 3):
+        save_mmcv_checkpoint(work / f"epoch_{epoch}.pth", "stage1", epoch)
+    (work / MARKER).write_text(json.dumps({"run_id": "run-a"}))
+    log = work / "20261130_101010.log.json"
+    train = {"mode": "train", "epoch": 3, "iter": 40, "lr": 0.001, "loss": 1.0}
+    log.write_text(json.dumps({"env_info": "world_size: 2"}) + "\n" + json.dumps(train) + "\n")
+    spec = StageSpec(uniad_root=str(tmp_path), config=CONFIG, work_dir=WORK + "/", max_epochs=3, nproc_per_node=2)
+    attempt = plan_attempt(spec, "stage1", run_id="run-a")
+    assert attempt.resumed_from == str(work / "epoch_2.pth") and attempt.resume_point == (3, 0)
+    assert attempt.skipped == [
+        "epoch_3.pth: the final epoch's evaluation is not in the logs; the last epoch trains again from the "
+        "checkpoint before it, and is evaluated"
+    ]
+    with log.open("a") as handle:
+        handle.write(json.dumps({"mode": "val", "epoch": 3, "iter": 16, "pts_bbox_NuScenes/amota": 0.4}) + "\n")
+    assert plan_attempt(spec, "stage1", run_id="run-a").resumed_from == str(work / "epoch_3.pth")
+    # --no-validate: nothing is evaluated during training, so nothing is waited for.
+    unvalidated = replace(spec, validate=False)
+    log.write_text(json.dumps(train) + "\n")
+    assert plan_attempt(unvalidated, "stage1", run_id="run-a").resumed_from == str(work / "epoch_3.pth")
