@@ -11,6 +11,8 @@ writes is spelled here, and nowhere else.
       slurm_jobs.jsonl           executor=slurm: one line per submitted job (id, attempt, nodes, state, times)
       slurm-<job id>.out         executor=slurm: a job's output (all ranks; what output_*.txt is for a local run)
       slurm-attempt-<N>[-<S>].json  the job file the batch step of attempt N (its S-th job) reads (the ranks' argv)
+      slurm-<job id>.job.json    the batch step's record of each start of the job (a requeue starts it again) and its
+                                 end: where it resumed from, and why it ended (completed, failed, its time limit)
       .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
       champion_evaluation/       executor=slurm: the job that scored a champion published without metrics
       health/                    the gate's report.md and plots
@@ -30,7 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .trainside.uniad_workdir import EPOCH_FILE, EPOCH_PATTERN, ITER_FILE, ITER_PATTERN, LATEST, MID_EPOCH_META_KEY
+from .trainside import uniad_workdir as contract
+from .trainside.uniad_workdir import EPOCH_FILE, ITER_FILE, LATEST, MID_EPOCH_META_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -106,15 +109,7 @@ class WorkDir:
     def resume_candidates(self) -> list[tuple[tuple[int, int], Path]]:
         """Checkpoints with their position (epochs complete, iterations of the next epoch), newest first:
         ``epoch_N.pth`` is (N, 0), ``epoch_E_iter_K.pth`` is (E - 1, K). ``latest.pth`` is only a link to one."""
-        found = []
-        for path in self.path.glob("epoch_*.pth"):
-            if not path.is_file():
-                continue
-            if match := EPOCH_PATTERN.match(path.name):
-                found.append(((int(match.group(1)), 0), path))
-            elif match := ITER_PATTERN.match(path.name):
-                found.append(((int(match.group(1)) - 1, int(match.group(2))), path))
-        return sorted(found, reverse=True)
+        return [(position, Path(path)) for position, path in contract.resume_candidates(self.path)]
 
     # ------------------------------------------------------------------ logs
     def json_logs(self) -> list[Path]:
@@ -155,6 +150,10 @@ class WorkDir:
         return self.path / (
             f"slurm-attempt-{attempt}.json" if segment == 1 else f"slurm-attempt-{attempt}-{segment}.json"
         )
+
+    def job_marker(self, job_id: str) -> dict | None:
+        """What the batch step of Slurm job ``job_id`` recorded of its starts and its end (``slurm-<id>.job.json``)."""
+        return contract.read_job_marker(self.path, job_id)
 
     @property
     def champion_evaluation(self) -> WorkDir:

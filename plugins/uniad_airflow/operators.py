@@ -26,6 +26,7 @@ from uniad_airflow.settings import (
     slurm_controller_grace_s,
     slurm_export,
     slurm_partition,
+    slurm_stop_signal_lead_s,
     training_python,
 )
 
@@ -245,6 +246,15 @@ class UniADTrainOperator(PlanOperator):
         known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
         job_id, started = known.get("job_id"), known.get("started")
         state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
+        if job_id and state["JobState"] == "UNKNOWN":
+            # Older than the controller's MinJobAge (a long triggerer outage): accounting or the job's own marker.
+            state = slurm.forgotten_job_state(job_id, work_dir)
+            self.log.warning("Slurm job %s: %s: %s", job_id, state["JobState"], state.get("Reason"))
+            if state["JobState"] != "UNKNOWN":
+                status = slurm.end_status(state, work_dir, job_id)
+                if status == "COMPLETED":
+                    return self.execute_complete(context, {"job_id": job_id, "status": status, "state": state})
+                slurm.record_end(work_dir, job_id, state, status=status)
         if state["JobState"] == slurm.UNREACHABLE:
             # Submitting now could start a second job in the work dir of one that runs on: wait for the controller.
             raise AirflowException(
@@ -313,6 +323,8 @@ class UniADTrainOperator(PlanOperator):
                 trainside=ship_trainside(work_dir.trainside),
                 cpus_per_task=facts["cpus_per_task"],
                 env=slurm.job_environment(os.environ, slurm_export()),
+                resume_position=(attempt.resumed_epoch, attempt.resumed_inner_iter) if attempt.resumed_from else None,
+                stop_signal_lead_s=slurm_stop_signal_lead_s(),
             )
             job_file.write_text(json.dumps(job, indent=2) + "\n")
             started = time.time()
@@ -384,8 +396,8 @@ class UniADTrainOperator(PlanOperator):
             }
         continued = sum(bool(job.get("continues")) for job in slurm.read_jobs(work_dir))
         if event["status"] in slurm.CONTINUED and continued < plan.slurm.max_continuations:
-            # Preempted, a node lost, the time limit: the stage goes on in a new job from its newest checkpoint,
-            # without spending a retry.
+            # Preempted or a node lost (and not requeued by Slurm), the time limit (reached, or stopped at a
+            # checkpoint ahead of it): the stage goes on in a new job from its newest checkpoint, without a retry.
             self.log.warning(
                 "Slurm job %s ended %s (reason %s): continuing the stage in a new job (continuation %d of at most %d)",
                 job_id,
@@ -410,7 +422,7 @@ class UniADTrainOperator(PlanOperator):
             raise AirflowFailException(
                 f"{self.stage}: Slurm job {job_id} ended {event['status']}: {OOM_ADVICE}{last_lines}"
             )
-        # Node failure, preemption, a crashed rank, a job cancelled from outside: the retry resumes in a new job.
+        # A crashed rank, a job cancelled from outside, one lost with its node: the retry resumes in a new job.
         raise AirflowException(
             f"{self.stage}: Slurm job {job_id} ended {event['status']} (exit code {state.get('ExitCode')}, "
             f"reason {state.get('Reason')}); a retry resumes from the newest valid checkpoint in a new job{last_lines}"

@@ -1,8 +1,10 @@
 """The trigger that follows a stage's Slurm job from Airflow's triggerer, so no worker slot is held while it trains.
 
-It polls the job's state and reads the stage's text log incrementally: progress with ETA in the task log (at most
-once a minute: multi-day task logs stay small), and the live health watch (NaN/Inf, gradient explosion, stall) that
-cancels the job with ``scancel`` when it fires. Everything it needs is in ``serialize()``, so a triggerer restart
+It polls the job's state and follows the stage through the follower the local executor uses too
+(``uniad.train.follow``): progress with ETA in the task log (at most once a minute: multi-day task logs stay small),
+the resume check, and the live health watch (NaN/Inf, gradient explosion, stall) that cancels the job with
+``scancel`` when it fires. A job Slurm requeues is followed on into its next start (its new log, the resume point its
+batch step chose); a job the controller forgot is resolved from ``sacct`` or the batch step's marker. Everything it needs is in ``serialize()``, so a triggerer restart
 resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job
 (a task marked failed before a triggerer ran its trigger: the DAG's failure callback, ``cancel_slurm_jobs_of_run``).
 """
@@ -63,26 +65,31 @@ class SlurmStageTrigger(BaseTrigger):
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from uniad.health.logs import LogReader
-        from uniad.health.monitor import Finding, HealthMonitor, Thresholds
-        from uniad.train.progress import ProgressTracker
-        from uniad.train.slurm import ACTIVE, UNREACHABLE, acancel, ajob_state
-        from uniad.workdir import WorkDir, text_log_of
+        from uniad.health.monitor import Thresholds
+        from uniad.train import slurm
+        from uniad.train.follow import StageFollower
+        from uniad.workdir import WorkDir
 
         work_dir = WorkDir(Path(self.work_dir))
-        monitor = HealthMonitor(Thresholds(stall_min_s=self.stall_timeout_s))
-        tracker = ProgressTracker(self.stage, self.total_epochs, later_epochs=self.later_epochs)
+        follower = StageFollower(
+            work_dir,
+            self.stage,
+            self.total_epochs,
+            started=self.started,
+            thresholds=Thresholds(stall_min_s=self.stall_timeout_s),
+            later_epochs=self.later_epochs,
+        )
         output = work_dir.slurm_output(self.job_id)
-        reader: LogReader | None = None
-        last = {}
         logged_at = 0.0
         away_since: float | None = None  # when the controller stopped answering
         misses = 0
+        restarts = None  # Slurm's count of the job's restarts, as last seen
+        starts_seen = 0  # starts the batch step recorded
         self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
             asked_at = time.monotonic()  # scontrol itself keeps trying a silent controller for a while
-            state = await ajob_state(self.job_id)
-            if state["JobState"] == UNREACHABLE:
+            state = await slurm.ajob_state(self.job_id)
+            if state["JobState"] == slurm.UNREACHABLE:
                 # No answer is not an end: the job runs on under slurmd while the controller restarts.
                 now = time.monotonic()
                 if away_since is None:
@@ -95,7 +102,9 @@ class SlurmStageTrigger(BaseTrigger):
                     )
                 away = now - away_since
                 if away >= self.controller_grace_s:
-                    yield TriggerEvent({"job_id": self.job_id, "status": UNREACHABLE, "away_s": away, "state": state})
+                    yield TriggerEvent(
+                        {"job_id": self.job_id, "status": slurm.UNREACHABLE, "away_s": away, "state": state}
+                    )
                     return
                 # Back off to once a minute: a controller coming back is not helped by every trigger asking at once.
                 misses += 1
@@ -109,38 +118,61 @@ class SlurmStageTrigger(BaseTrigger):
                     state["JobState"],
                 )
                 away_since, misses = None, 0
-            if reader is None and (log := work_dir.latest_json_log(newer_than=self.started - 1)) is not None:
-                reader = LogReader(text_log_of(log))  # the text log says the epoch length
+            if state["JobState"] == "UNKNOWN":  # forgotten (older than MinJobAge): accounting or the job's marker
+                state = await asyncio.to_thread(slurm.forgotten_job_state, self.job_id, work_dir)
+                self.log.warning("job %s: the controller no longer knows it; %s", self.job_id, state.get("Reason"))
+            seen = state.get("Restarts")
+            if seen is not None and seen != restarts:
+                if restarts is not None:
+                    # Slurm put the job back in the queue (preemption, a lost node, scontrol requeue): it starts
+                    # again under the same id, from the checkpoint its batch step chooses then.
+                    self.log.warning(
+                        "job %s was requeued (restart %s, %s): following its next start", self.job_id, seen, state
+                    )
+                    follower.monitor.wait_for_records()
+                    await asyncio.to_thread(slurm.record_job, work_dir, self.job_id, restarts=int(seen))
+                restarts = seen
+            marker = work_dir.job_marker(self.job_id) or {}
+            starts = marker.get("starts") or []
+            if len(starts) > starts_seen:
+                latest = starts[-1]
+                position = latest.get("position")
+                resume_point = (position[0] + 1, position[1]) if position else None
+                if starts_seen == 0:
+                    follower.started, follower.resume_point = min(follower.started, latest["time"]), resume_point
+                else:
+                    follower.restart(latest["time"], resume_point)
+                self.log.info(
+                    "job %s started (restart %s) on %s, resuming from %s",
+                    self.job_id,
+                    latest.get("restart"),
+                    latest.get("nodes"),
+                    latest.get("resume_from") or "nothing",
+                )
+                starts_seen = len(starts)
             now = time.monotonic()
-            for record in reader.poll() if reader is not None else []:
-                monitor.feed(record, now)
-                if record.get("mode") == "train":
-                    last = record
-                    progress = tracker.update_record(record)
-                    if progress is not None and now - logged_at >= PROGRESS_EVERY_S:
-                        self.log.info("job %s on %s: %s", self.job_id, state.get("NodeList"), progress.line())
-                        logged_at = now
-            if state["JobState"] in ACTIVE:
+            for progress in follower.poll():
+                if now - logged_at >= PROGRESS_EVERY_S:
+                    self.log.info("job %s on %s: %s", self.job_id, state.get("NodeList"), progress.line())
+                    logged_at = now
+            if state["JobState"] in slurm.ACTIVE:
                 output_at = output.stat().st_mtime if output.exists() else None
                 # The stall clock only runs while the job runs; output activity counts as liveness.
-                finding: Finding | None = monitor.fatal or (
-                    monitor.check_stall(
-                        now, last.get("epoch"), last.get("iter"), now - (time.time() - output_at) if output_at else None
-                    )
-                    if state["JobState"] == "RUNNING"
-                    else None
+                finding = follower.finding(
+                    now - (time.time() - output_at) if output_at else None, running=state["JobState"] == "RUNNING"
                 )
                 if finding is not None:
                     self.log.error("job %s: %s: %s; cancelling it", self.job_id, finding.code, finding.message)
-                    await acancel(self.job_id)
-                    state = await ajob_state(self.job_id)  # the audit trail gets the cancelled job's end time
+                    await slurm.acancel(self.job_id)
+                    state = await slurm.ajob_state(self.job_id)  # the audit trail gets the cancelled job's end time
                     yield TriggerEvent(
                         {"job_id": self.job_id, "status": "unhealthy", "finding": asdict(finding), "state": state}
                     )
                     return
                 await asyncio.sleep(self.poll_s)
                 continue
-            yield TriggerEvent({"job_id": self.job_id, "status": state["JobState"], "state": state})
+            status = await asyncio.to_thread(slurm.end_status, state, work_dir, self.job_id)
+            yield TriggerEvent({"job_id": self.job_id, "status": status, "state": state})
             return
 
     async def on_kill(self) -> None:

@@ -149,6 +149,10 @@ class HealthMonitor:
         """Median wall time between records (epoch boundaries included), once a few have been seen."""
         return statistics.median(self._intervals) if len(self._intervals) >= 2 else None
 
+    def wait_for_records(self) -> None:
+        """The stage starts again (a requeued job): no stall until its first record, however long it waits."""
+        self._last_record_at, self._stalled = None, False
+
     def check_stall(
         self,
         now: float,

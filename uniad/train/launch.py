@@ -20,7 +20,7 @@ import shlex
 import shutil
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import LaunchError
@@ -32,6 +32,7 @@ TRAINSIDE_DIR = Path(__file__).resolve().parents[1] / "trainside"
 TRAINSIDE_MODULES = ("uniad_workdir.py", "uniad_iter_checkpoint.py", "uniad_slurm_job.py", "uniad_config_facts.py")
 ITER_CHECKPOINT_MODULE = "uniad_iter_checkpoint"
 ITER_CHECKPOINT_RUNNER = "IterCheckpointEpochBasedRunner"
+STOP_SIGNAL = "USR2"  # what uniad_slurm_job.py passes on to the ranks ahead of a time limit
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class StageSpec:
     # own interval would skip the final epoch (final_epoch_evaluation_interval).
     validate: bool = True
     evaluation_interval: int | None = None
+    # A Slurm job with a time limit: the signal (e.g. USR2) on which the ranks checkpoint and stop ahead of it.
+    stop_signal: str | None = None
 
     @property
     def work_dir_path(self) -> Path:
@@ -226,13 +229,16 @@ def _train_args(spec: StageSpec, backend: str, launcher: str, trainside: Path) -
     if spec.validate and spec.evaluation_interval is not None:
         options.append(f"evaluation.interval={spec.evaluation_interval}")
     path = [spec.uniad_root]
-    if spec.checkpoint_interval_iters:
+    if spec.checkpoint_interval_iters or spec.stop_signal:
         options += [
             f"custom_imports.imports=[{ITER_CHECKPOINT_MODULE}]",
             "custom_imports.allow_failed_imports=False",
             f"runner.type={ITER_CHECKPOINT_RUNNER}",
-            f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}",
         ]
+        if spec.checkpoint_interval_iters:
+            options.append(f"runner.checkpoint_interval_iters={spec.checkpoint_interval_iters}")
+        if spec.stop_signal:
+            options.append(f"runner.stop_signal={spec.stop_signal}")
         path.append(str(trainside))
     return [*argv, "--cfg-options", *options, *spec.cfg_options], path
 
@@ -289,6 +295,8 @@ def build_slurm_job(
     cpus_per_task: int,
     env: Mapping[str, str],
     evaluate: str | None = None,
+    resume_position: tuple[int, int] | None = None,
+    stop_signal_lead_s: int = 0,
 ) -> tuple[list[str], dict]:
     """The ``sbatch`` argv of one attempt of a stage, and the job file its batch step reads.
 
@@ -300,7 +308,11 @@ def build_slurm_job(
     ``--export=NONE``: the job's environment is ``env`` (``slurm.job_environment``), written into the job file,
     never the submitting worker's. ``job_name`` and ``comment`` identify the stage of a run on the cluster.
     ``evaluate``: a checkpoint to evaluate with ``tools/test.py ... --eval bbox`` on one node instead
-    (``tools/uniad_slurm_eval.sh``)."""
+    (``tools/uniad_slurm_eval.sh``).
+
+    Requeue-safe: ``--requeue`` with output appended, since the batch step chooses the resume point at each start
+    of the job (``resume_position``: where ``spec.resume_from`` is, the floor it looks above). With a time limit and
+    ``stop_signal_lead_s``, ``--signal=B:USR2@LEAD``: the ranks checkpoint and stop that long before the limit."""
     _check_python(spec.python)
     if spec.needs_gpus and not slurm.gres:
         raise LaunchError(
@@ -308,6 +320,9 @@ def build_slurm_job(
             "nproc_per_node); without a GPU request its ranks see no GPU (device cgroups) or use GPUs Slurm gave to "
             "another job"
         )
+    stops = evaluate is None and bool(slurm.time_limit) and stop_signal_lead_s > 0
+    if stops:
+        spec = replace(spec, stop_signal=STOP_SIGNAL)
     if evaluate is None:
         args, path = _train_args(spec, backend, "slurm", trainside)
         nodes = slurm.nnodes
@@ -331,6 +346,14 @@ def build_slurm_job(
         "argv": [spec.python, *args],
         "env": {**env, "PYTHONPATH": ":".join(path), "PYTHONUNBUFFERED": "1"},
         "srun": resources,  # again on the srun line: a step inherits neither --cpus-per-task nor, always, --gres
+        "resume": {
+            "work_dir": str(spec.work_dir_path if evaluate is None else job_file.parent),
+            "from": spec.resume_from if evaluate is None else None,
+            "position": list(resume_position) if resume_position and evaluate is None else None,
+            "max_epochs": spec.max_epochs,
+            # An evaluation job resumes nothing: no checkpoint is above this floor.
+            "validate": spec.validate if evaluate is None else False,
+        },
     }
     argv = [
         "sbatch",
@@ -340,10 +363,11 @@ def build_slurm_job(
         # Slurm starts a job of this name only once no other of the same name (and user) runs: never two jobs of a
         # stage of a run in its work dir, whatever the pipeline believed when it submitted.
         "--dependency=singleton",
-        # Not Slurm's own requeue, which would start the job again with the arguments it was submitted with (from
-        # epoch 1, or an old checkpoint): a preempted job, or one that lost a node, ends, and the pipeline continues
-        # the stage in a new job from the newest checkpoint (slurm_max_continuations).
-        "--no-requeue",
+        # Preempted, or a node lost: Slurm starts the job again under the same id, and its batch step resumes from
+        # the newest checkpoint then (a job that ends PREEMPTED, NODE_FAIL or TIMEOUT all the same is continued in a
+        # new job by the pipeline, slurm_max_continuations). Each start appends to the same output.
+        "--requeue" if evaluate is None else "--no-requeue",
+        "--open-mode=append",
         f"--nodes={nodes}",
         *resources,
         "--export=NONE",
@@ -356,6 +380,9 @@ def build_slurm_job(
         argv.append(f"--account={slurm.account}")
     if slurm.time_limit:
         argv.append(f"--time={slurm.time_limit}")
+    if stops:
+        # To the batch step only (B:), which passes it on to the ranks; not USR1, which NCCL may use.
+        argv.append(f"--signal=B:{STOP_SIGNAL}@{stop_signal_lead_s}")
     argv += list(slurm.extra_args)
     step = [spec.python, str(trainside / "uniad_slurm_job.py"), str(job_file)]
     argv += ["--wrap", "exec " + " ".join(shlex.quote(word) for word in step)]

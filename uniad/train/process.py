@@ -21,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import TrainingFailed
-from ..health.logs import LogReader
-from ..health.monitor import ERROR, Finding, HealthMonitor, Thresholds
+from ..health.monitor import Finding, Thresholds
 from ..workdir import WorkDir
+from .follow import StageFollower
 from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend, ship_trainside
 from .probes import TAIL_LINES, check_data_files, check_gpus, probe_nccl, probe_visible_gpus
-from .progress import Progress, ProgressTracker, format_duration
+from .progress import Progress, format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class StageRun:
         later_epochs: int | None = None,
         resume_point: tuple[int, int] | None = None,
         backend_reason: str | None = None,
+        stop_on_findings: bool = True,
     ) -> None:
         self.command = command
         # (epoch, iterations of it in the checkpoint): a resumed attempt's first record must be in that epoch, after
@@ -89,13 +90,15 @@ class StageRun:
         self.resume_point = resume_point
         self.backend_reason = backend_reason
         self.stage = stage
-        self.tracker = ProgressTracker(stage, total_epochs, later_epochs=later_epochs)
-        # The health watch follows the stage's json log in work_dir and stops the run on a fatal finding.
+        self.total_epochs = total_epochs
+        self.later_epochs = later_epochs
+        self.thresholds = thresholds
+        # The follower reads the stage's log in work_dir: progress, the health watch and the resume check; with
+        # ``stop_on_findings`` a fatal finding or a stall stops the run.
         self.work_dir = work_dir
-        self.monitor = HealthMonitor(thresholds) if work_dir is not None else None
+        self.stop_on_findings = stop_on_findings
+        self.follower: StageFollower | None = None
         self.health_failure: Finding | None = None
-        self._log: LogReader | None = None
-        self._last_record: dict = {}
         self._last_output_at: float | None = None
         self._emit_output = emit_output or (lambda line: logger.info("%s", line))
         self._emit_progress = emit_progress or (lambda progress: logger.info("%s", progress.line()))
@@ -134,6 +137,15 @@ class StageRun:
             self.work_dir.path.mkdir(parents=True, exist_ok=True)
             output = self.work_dir.output_file(self._started_wall)
             self._output = open(output, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+            self.follower = StageFollower(
+                self.work_dir,
+                self.stage,
+                self.total_epochs,
+                started=self._started_wall,
+                thresholds=self.thresholds,
+                later_epochs=self.later_epochs,
+                resume_point=self.resume_point,
+            )
 
     def wait(self) -> StageResult:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""
@@ -146,14 +158,16 @@ class StageRun:
             returncode = None
             while returncode is None:
                 self._drain(lines, timeout=POLL_S)
-                if self.monitor is not None and self.health_failure is None:
-                    self._watch_health()
+                if self.follower is not None:
+                    self._follow()
                 returncode = self._proc.poll()
             # The leader is gone. Ranks still alive in its group are orphans (they would also keep the output pipe
             # open forever): kill them, then read what is left.
             self._kill_group(signal.SIGKILL)
             reader.join(timeout=30)
             self._drain(lines, timeout=0)
+            if self.follower is not None:
+                self._follow()  # the last records
         except BaseException:
             self.terminate(reason="the launching process was interrupted")
             raise
@@ -173,39 +187,15 @@ class StageRun:
                 # NaN, exploding gradients and out-of-memory come back on a plain retry; a crash or a hang may not.
                 retryable=not oom and (self.health_failure is None or self.health_failure.code == "stall"),
             )
-        return StageResult(self.stage, returncode, duration, self.tracker.latest)
+        latest = self.follower.tracker.latest if self.follower is not None else None
+        return StageResult(self.stage, returncode, duration, latest)
 
-    def _watch_health(self) -> None:
-        now = time.monotonic()
-        if self._log is None:
-            # mmcv names the log by its start time; only a log of this run counts, not one of an earlier attempt.
-            path = self.work_dir.latest_json_log(newer_than=self._started_wall - 1)
-            if path is None:
-                return
-            self._log = LogReader(path)
-            logger.info("%s: health watch follows %s", self.stage, path)
-        for record in self._log.poll():
-            if record.get("mode") == "train" and not self._last_record and self.resume_point is not None:
-                epoch, done = self.resume_point
-                if record.get("epoch") != epoch or (record.get("iter") or 0) <= done:
-                    expected = f"epoch {epoch}" + (f" after iteration {done}" if done else "")
-                    self.monitor.add(
-                        Finding(
-                            ERROR,
-                            "not_resumed",
-                            f"training did not resume: its first record is epoch {record.get('epoch')} iteration "
-                            f"{record.get('iter')}, expected {expected} (train.py ignores a --resume-from it cannot "
-                            "read and restarts from load_from)",
-                            record.get("epoch"),
-                            record.get("iter"),
-                        )
-                    )
-            self.monitor.feed(record, now)
-            if record.get("mode") == "train":
-                self._last_record = record
-        finding = self.monitor.fatal or self.monitor.check_stall(
-            now, self._last_record.get("epoch"), self._last_record.get("iter"), self._last_output_at
-        )
+    def _follow(self) -> None:
+        for progress in self.follower.poll():
+            self._emit_progress(progress)
+        if not self.stop_on_findings or self.health_failure is not None:
+            return
+        finding = self.follower.finding(self._last_output_at)
         if finding is not None:
             self.health_failure = finding
             logger.error("%s: %s", self.stage, finding.message)
@@ -228,9 +218,6 @@ class StageRun:
                     if self._output is not None:
                         self._output.write(line + "\n")
                     self._emit_output(line)
-                    progress = self.tracker.update(line)
-                    if progress is not None:
-                        self._emit_progress(progress)
                 line = lines.get_nowait()
         except queue.Empty:
             return
@@ -344,7 +331,8 @@ def make_stage_run(
         total_epochs=spec.max_epochs,
         emit_output=emit_output,
         emit_progress=emit_progress,
-        work_dir=work_dir if watch else None,
+        work_dir=work_dir,
+        stop_on_findings=watch,
         thresholds=thresholds,
         later_epochs=later_epochs,
         resume_point=resume_point,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from ..artifacts.checkpoints import inspect_checkpoint
 from ..errors import CheckpointError
-from ..health.logs import read_log
+from ..trainside.uniad_workdir import final_without_evaluation
 from ..workdir import WorkDir
 from .launch import StageSpec
 
@@ -67,9 +67,7 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str, nnodes: int = 1) -> A
                 "iteration(s) of the next, which its name does not"
             )
             continue
-        if spec.validate and (epoch, inner_iter) == (spec.max_epochs, 0) and not _evaluated(work_dir, epoch):
-            # Its attempt ended between the last checkpoint and the evaluation after it (a time limit, a crash):
-            # resumed from it, nothing would train and the stage would stay unevaluated for the gate.
+        if final_without_evaluation(work_dir.path, (epoch, inner_iter), spec.max_epochs, spec.validate):
             plan.skipped.append(
                 f"{path.name}: the final epoch's evaluation is not in the logs; the last epoch trains again from the "
                 "checkpoint before it, and is evaluated"
@@ -103,12 +101,3 @@ def plan_attempt(spec: StageSpec, stage: str, run_id: str, nnodes: int = 1) -> A
             "%s: retry of run %s found no valid checkpoint; starting the stage from the beginning", stage, run_id
         )
     return plan
-
-
-def _evaluated(work_dir: WorkDir, epoch: int) -> bool:
-    """Whether a log of the stage holds the evaluation (a val record) of ``epoch``."""
-    return any(
-        record.get("mode") == "val" and record.get("epoch") == epoch
-        for log in work_dir.json_logs()
-        for record in read_log(log)[0]
-    )

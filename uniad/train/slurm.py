@@ -19,14 +19,29 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import ParamError, TrainingFailed
+from ..trainside.uniad_workdir import STOPPED_FOR_TIME_LIMIT
 from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
 
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED", "STAGE_OUT"}
-# Ends that say nothing against the training: the stage continues in a new job from its newest checkpoint.
-CONTINUED = {"PREEMPTED", "NODE_FAIL", "TIMEOUT"}
-# Not a Slurm state: scontrol got no answer from the controller, so nothing is known of the job (it may well run on).
+ACTIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+}
+# Not Slurm states. TIME_LIMIT: the job's ranks checkpointed and stopped on the signal sent ahead of its time limit
+# (its batch step says so; Slurm says FAILED with the exit code STOPPED_FOR_TIME_LIMIT). UNREACHABLE: scontrol got
+# no answer from the controller, so nothing is known of the job (it may well run on).
+TIME_LIMIT = "TIME_LIMIT"
 UNREACHABLE = "UNREACHABLE"
+# Ends that say nothing against the training: the stage continues in a new job from its newest checkpoint.
+CONTINUED = {"PREEMPTED", "NODE_FAIL", "TIMEOUT", TIME_LIMIT}
 SCONTROL_TIMEOUT_S = 60
 NO_ANSWER = f"scontrol did not answer in {SCONTROL_TIMEOUT_S} s"
 
@@ -270,6 +285,69 @@ async def ajob_state(job_id: str) -> dict[str, str]:
     return _state_of(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
+def end_status(state: dict[str, str], work_dir: WorkDir, job_id: str) -> str:
+    """How an ended job ended, in one word: its JobState, but TIME_LIMIT for a job whose ranks stopped at a
+    checkpoint on the signal ahead of the limit (its batch step's marker says so)."""
+    if state["JobState"] == "FAILED" and state.get("ExitCode", "").split(":")[0] == str(STOPPED_FOR_TIME_LIMIT):
+        marker = work_dir.job_marker(job_id) or {}
+        end = ((marker.get("starts") or [{}])[-1]).get("end") or {}
+        if end.get("reason") == "time_limit":
+            return TIME_LIMIT
+    return state["JobState"]
+
+
+def forgotten_job_state(job_id: str, work_dir: WorkDir) -> dict[str, str]:
+    """The end of a job the controller no longer knows (older than MinJobAge, e.g. after a long triggerer outage):
+    from accounting (``sacct``) where the cluster keeps it, else from the marker its batch step wrote in the work
+    dir. A job that started and left no end (its node lost power, a SIGKILL) is ``LOST``; one with neither record
+    stays ``UNKNOWN``."""
+    try:
+        done = subprocess.run(
+            ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "State,ExitCode,Start,End,NodeList"],
+            capture_output=True,
+            text=True,
+            timeout=SCONTROL_TIMEOUT_S,
+        )
+        line = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
+    except (OSError, subprocess.TimeoutExpired):
+        line = ""
+    if line.count("|") == 4:
+        state, exit_code, start, end, nodes = line.split("|")
+        return {
+            "JobState": state.split()[0],  # "CANCELLED by 0"
+            "ExitCode": exit_code,
+            "StartTime": start,
+            "EndTime": end,
+            "NodeList": nodes,
+            "Reason": "from sacct: the controller no longer knows the job",
+        }
+    marker = work_dir.job_marker(job_id)
+    if not marker or not marker.get("starts"):
+        return {"JobState": "UNKNOWN", "Reason": "the controller no longer knows the job, and it left no record"}
+    last = marker["starts"][-1]
+    started = {"StartTime": _iso(last.get("time")), "NodeList": ",".join(last.get("nodes") or [])}
+    end = last.get("end")
+    if end is None:
+        return {
+            **started,
+            "JobState": "LOST",
+            "Reason": "the controller no longer knows the job and its batch step recorded no end: it was killed "
+            "(its node lost, a SIGKILL)",
+        }
+    state = {"completed": "COMPLETED", "time_limit": "FAILED", "terminated": "CANCELLED"}.get(end["reason"], "FAILED")
+    return {
+        **started,
+        "JobState": state,
+        "ExitCode": f"{end.get('returncode')}:0",
+        "EndTime": _iso(end.get("time")),
+        "Reason": "from the batch step's marker: the controller no longer knows the job",
+    }
+
+
+def _iso(stamp: float | None) -> str | None:
+    return datetime.fromtimestamp(stamp).isoformat(timespec="seconds") if stamp else None
+
+
 async def acancel(job_id: str) -> None:
     proc = await asyncio.create_subprocess_exec(
         "scancel", job_id, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -298,6 +376,7 @@ def record_end(work_dir: WorkDir, job_id: str, state: dict[str, str], status: st
         start=state.get("StartTime"),
         end=state.get("EndTime"),
         exit_code=state.get("ExitCode"),
+        **({"restarts": int(state["Restarts"])} if str(state.get("Restarts", "")).isdigit() else {}),
     )
 
 

@@ -18,6 +18,11 @@ stage-1 epoch is ~8 hours on 8 GPUs, so a crash loses up to that much. This runn
   Only with the world size that wrote it: the sampler's order depends on it (the pipeline falls back to the last
   epoch checkpoint instead).
 * ``latest.pth`` is not touched: it still points at the newest complete epoch, which is what gates promote.
+* ``runner.stop_signal=USR2`` (Slurm jobs with a time limit, sent ahead of it by ``--signal``): a rank that
+  receives it asks to stop; every iteration the ranks agree (one all-reduce of a flag), and at the first iteration
+  any of them asked, rank 0 writes ``epoch_{E}_iter_{K}.pth`` and every rank exits ``STOPPED_FOR_TIME_LIMIT``, so
+  the next job loses nothing of it. At an epoch's last iteration the stop waits one iteration: ``epoch_N.pth``
+  comes first.
 
 UniAD's tools/train.py imports ``custom_imports`` after applying ``--cfg-options`` and builds the runner from
 ``cfg.runner``, so this works with an unmodified UniAD checkout.
@@ -26,11 +31,14 @@ UniAD's tools/train.py imports ``custom_imports`` after applying ``--cfg-options
 import itertools
 import os
 import os.path as osp
+import signal
 
+import torch
+import torch.distributed as dist
 from mmcv.runner import RUNNERS, CheckpointHook, EpochBasedRunner, Hook
 from mmcv.runner.checkpoint import save_checkpoint
 from torch.utils.data import DataLoader
-from uniad_workdir import EPOCH_FILE, ITER_FILE, ITER_PATTERN, MID_EPOCH_META_KEY
+from uniad_workdir import EPOCH_FILE, ITER_FILE, ITER_PATTERN, MID_EPOCH_META_KEY, STOPPED_FOR_TIME_LIMIT
 
 
 class _SkipBatches:
@@ -93,11 +101,48 @@ class _IterCheckpointHook(Hook):
             runner.save_iter_checkpoint(done)
 
 
+class _StopOnSignalHook(Hook):
+    """After the iteration checkpoint hook: the ranks agree whether any was asked to stop, then all stop at once
+    (a rank that stopped alone would leave the others waiting in the next all-reduce)."""
+
+    def __init__(self, signum):
+        self.requested = False
+        signal.signal(signum, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def _agreed(self):
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.requested
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        flag = torch.tensor([1 if self.requested else 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def after_train_iter(self, runner):
+        if not self._agreed():
+            return
+        done = runner.inner_iter + 1
+        if done >= len(runner.data_loader):
+            self.requested = True  # every rank: the epoch's own checkpoint first, then stop at the next iteration
+            return
+        runner.save_iter_checkpoint(done)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the file is in place before any rank exits
+        runner.logger.info(
+            "stopping ahead of the time limit after iteration %d of epoch %d: the next job resumes here",
+            done,
+            runner.epoch + 1,
+        )
+        raise SystemExit(STOPPED_FOR_TIME_LIMIT)
+
+
 @RUNNERS.register_module()
 class IterCheckpointEpochBasedRunner(EpochBasedRunner):
     """mmcv's EpochBasedRunner plus iteration checkpoints inside an epoch and a mid-epoch resume."""
 
-    def __init__(self, *args, checkpoint_interval_iters=None, **kwargs):
+    def __init__(self, *args, checkpoint_interval_iters=None, stop_signal=None, **kwargs):
         super().__init__(*args, **kwargs)
         interval = checkpoint_interval_iters  # None: epoch checkpoints only, as in the pipeline's parameter
         if interval is not None and (isinstance(interval, bool) or not isinstance(interval, int) or interval < 1):
@@ -110,6 +155,12 @@ class IterCheckpointEpochBasedRunner(EpochBasedRunner):
         self._skip = 0  # the same, while that epoch runs
         if interval is not None:
             self.register_hook(_IterCheckpointHook(interval), priority="LOW")
+        if stop_signal is not None:
+            name = str(stop_signal).upper()
+            signum = getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
+            if not isinstance(signum, signal.Signals):
+                raise ValueError(f"runner.stop_signal must name a signal, e.g. USR2, got {stop_signal!r}")
+            self.register_hook(_StopOnSignalHook(signum), priority="LOWEST")
 
     @property
     def inner_iter(self):

@@ -14,6 +14,7 @@ import pytest
 from uniad.errors import TrainingFailed
 from uniad.train.launch import LaunchCommand
 from uniad.train.process import StageRun
+from uniad.workdir import WorkDir
 
 LAUNCHER = textwrap.dedent(
     """
@@ -24,7 +25,13 @@ LAUNCHER = textwrap.dedent(
              for _ in range(2)]
     with open(pids, "w") as f:
         f.write(" ".join(str(p.pid) for p in [*ranks]) + " " + str(os.getpid()))
-    print("2024-03-24 01:22:33,251 - mmdet - INFO - Epoch [1][10/40]\\tlr: 2.000e-04, eta: 0:00:10, time: 0.1, loss: 9.5", flush=True)
+    line = "2024-03-24 01:22:33,251 - mmdet - INFO - Epoch [1][10/40]\\tlr: 2.000e-04, eta: 0:00:10, time: 0.1, loss: 9.5"
+    print(line, flush=True)
+    # rank 0's logs in the work dir, as mmcv's TextLoggerHook writes them
+    with open("work/20240324_012233.log", "w") as f:
+        f.write(line + "\\n")
+    with open("work/20240324_012233.log.json", "w") as f:
+        f.write('{"env_info": ""}\\n{"mode": "train", "epoch": 1, "iter": 10, "lr": 0.0002, "loss": 9.5}\\n')
     mode = sys.argv[2]
     if mode == "fail":
         print("RuntimeError: NCCL communicator was aborted on rank 1", flush=True)
@@ -72,7 +79,16 @@ def make_run(tmp_path: Path, mode: str, lines: list[str], progress: list) -> tup
         cwd=str(tmp_path),
         backend="gloo",
     )
-    run = StageRun(command, stage="stage1", total_epochs=6, emit_output=lines.append, emit_progress=progress.append)
+    work_dir = WorkDir(tmp_path / "work")
+    work_dir.path.mkdir()
+    run = StageRun(
+        command,
+        stage="stage1",
+        total_epochs=6,
+        emit_output=lines.append,
+        emit_progress=progress.append,
+        work_dir=work_dir,
+    )
     return run, pids
 
 
@@ -85,7 +101,7 @@ def read_pids(path: Path) -> list[int]:
     raise AssertionError("launcher did not start")
 
 
-def test_success_streams_output_and_progress(tmp_path):
+def test_success_streams_output_and_progress_from_the_stages_log(tmp_path):
     lines, progress = [], []
     run, _ = make_run(tmp_path, "ok", lines, progress)
     result = run.run()

@@ -56,16 +56,19 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
         trainside=trainside,
         cpus_per_task=5,
         env={"PATH": "/usr/bin:/bin"},
+        resume_position=(2, 0),
+        stop_signal_lead_s=600,
     )
     # UniAD's tools/uniad_slurm_train.sh: --gres=gpu:N and --cpus-per-task=5 per node and rank; nothing of the
     # submitting worker's environment (--export=NONE).
-    assert argv[:14] == [
+    assert argv[:15] == [
         "sbatch",
         "--parsable",
         "--job-name=uniad-stage1-manual__2026-11-24T09_00_00_00_00",
         f"--comment=attempt=2:{tmp_path}/work dir",
         "--dependency=singleton",  # two jobs of one stage of a run never run at once
-        "--no-requeue",  # a preempted job is continued by the pipeline, from its newest checkpoint
+        "--requeue",  # preempted or a node lost: Slurm starts it again; its batch step resumes from what it wrote
+        "--open-mode=append",  # every start's output in one file
         "--nodes=2",
         "--ntasks-per-node=8",
         "--cpus-per-task=5",
@@ -75,10 +78,11 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
         f"--output={tmp_path}/slurm-%j.out",
         "--partition=gpu",
     ]
-    assert argv[14:17] == ["--account=perception", "--time=2-00:00:00", "--exclusive"]
+    # USR2 to the batch step (B:) 600 s ahead of the limit: the ranks checkpoint and stop (not USR1: NCCL's)
+    assert argv[15:19] == ["--account=perception", "--time=2-00:00:00", "--signal=B:USR2@600", "--exclusive"]
     # The only shell words are the interpreter and the files, quoted; every parameter travels in the job file. The
     # batch step is the work dir's copy: UniAD's interpreter does not have this package.
-    assert argv[17] == "--wrap" and shlex.split(argv[18]) == [
+    assert argv[19] == "--wrap" and shlex.split(argv[20]) == [
         "exec",
         "/opt/uniad-venv/bin/python",
         f"{trainside}/uniad_slurm_job.py",
@@ -92,9 +96,23 @@ def test_the_job_runs_uniads_slurm_launcher_over_srun_with_argv_lists(tmp_path):
         "slurm",
     ]
     assert job["argv"][-1] == NASTY and "total_epochs=6" in job["argv"] and "runner.max_epochs=6" in job["argv"]
+    # The ranks run the runner that checkpoints on the stop signal, from the work dir's trainside copy.
+    assert "runner.type=IterCheckpointEpochBasedRunner" in job["argv"] and "runner.stop_signal=USR2" in job["argv"]
+    # The batch step chooses the resume point at each start, above the one the job was submitted with.
+    assert job["resume"] == {
+        "work_dir": "/workspace/UniAD/projects/work_dirs/stage1_track_map/base_track_map",
+        "from": None,
+        "position": [2, 0],
+        "max_epochs": 6,
+        "validate": True,
+    }
     # srun repeats the resources: since Slurm 22.05 a step does not inherit --cpus-per-task.
     assert job["srun"] == ["--ntasks-per-node=8", "--cpus-per-task=5", "--gres=gpu:a100:8"]
-    assert job["env"] == {"PATH": "/usr/bin:/bin", "PYTHONPATH": "/workspace/UniAD", "PYTHONUNBUFFERED": "1"}
+    assert job["env"] == {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": f"/workspace/UniAD:{trainside}",
+        "PYTHONUNBUFFERED": "1",
+    }
     assert json.loads(json.dumps(job)) == job
 
 
@@ -128,6 +146,8 @@ def test_a_mini_job_requests_no_gpus():
         env={},
     )
     assert not any(a.startswith(("--gres", "--gpus")) for a in argv + job["srun"])
+    # No time limit: no stop signal, and the plain runner.
+    assert not any(a.startswith("--signal") for a in argv) and not any("runner.type" in a for a in job["argv"])
 
 
 def test_no_airflow_secret_reaches_a_jobs_environment():
