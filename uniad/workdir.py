@@ -3,6 +3,7 @@ writes is spelled here, and nowhere else.
 
     <work_dir>/                  projects/work_dirs/<group>/<config name>/ (UniAD's layout)
       .uniad_run.json            which pipeline run owns the folder (run id, stage, start time)
+      .uniad_lease.json          who trains in it now (a local stage's process, a Slurm job), with a heartbeat
       <YYYYMMDD_HHMMSS>.log      mmcv's text log of one attempt (rank 0); .log.json the same as json lines
       output_<YYYYMMDD_HHMMSS>.txt  the launcher's output of one attempt: what rank 0 prints (UniAD's motion,
                                  occupancy and planning metric tables) and the ranks' errors
@@ -32,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .errors import TrainingFailed
 from .trainside import uniad_workdir as contract
 from .trainside.uniad_workdir import EPOCH_FILE, ITER_FILE, LATEST, MID_EPOCH_META_KEY
 
@@ -195,6 +197,14 @@ class WorkDir:
         if marker is not None and marker.get("run_id") == run_id:
             return True
         owner = marker.get("run_id", "unknown") if marker else "unknown"
+        lease = contract.read_lease(self.path)
+        if lease is not None and contract.lease_alive(lease, time.time()):
+            # Moving a live stage's checkpoints aside would pull them from under its ranks.
+            raise TrainingFailed(
+                f"{stage}: the work dir {self.path} is run {owner}'s, and {lease.get('holder')} (host "
+                f"{lease.get('host')}) still trains in it: give this run another uniad_root or work dir, or let that "
+                "one end first"
+            )
         archived = self._archive(owner)
         if archived is not None:
             logger.warning("%s: moved the artifacts of run %s out of the way, to %s", stage, owner, archived)

@@ -12,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,7 +23,9 @@ from dataclasses import dataclass
 
 from ..errors import TrainingFailed
 from ..health.monitor import Finding, Thresholds
+from ..trainside.uniad_workdir import LEASE_TTL_S, Lease, LeaseHeld
 from ..workdir import WorkDir
+from .ending import End, classify_end
 from .follow import StageFollower
 from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, resolve_backend, ship_trainside
 from .probes import TAIL_LINES, check_data_files, check_gpus, probe_nccl, probe_visible_gpus
@@ -108,27 +111,45 @@ class StageRun:
         self._terminated_by: str | None = None
         self._token = ""
         self._output = None
+        self._lease: Lease | None = None
 
     def start(self) -> None:
+        if self.work_dir is not None:
+            # Never two stages training in one work dir: a retry while an earlier attempt's ranks still train, a
+            # Slurm job of the stage, a second run given the same root.
+            self.work_dir.path.mkdir(parents=True, exist_ok=True)
+            lease = Lease(str(self.work_dir.path), f"local:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}")
+            try:
+                self._lease = lease.acquire()
+            except LeaseHeld as exc:
+                raise TrainingFailed(
+                    f"{self.stage}: not started: {exc}. Let it end or stop it first; a retry starts once it is gone "
+                    f"(at once on this host, after {LEASE_TTL_S:.0f} s without a heartbeat for another host)"
+                ) from exc
         # torchrun starts every rank in a session of its own, so the launcher's process group does not reach them
         # once the launcher is gone. Each run's processes carry this token in their environment instead.
         self._token = uuid.uuid4().hex
         env = {**os.environ, **self.command.env, RUN_TOKEN_ENV: self._token}
         logger.info("starting %s in %s: %s", self.stage, self.command.cwd, self.command.argv)
         logger.info("environment additions: %s", sorted(self.command.env))
-        self._proc = subprocess.Popen(
-            self.command.argv,
-            cwd=self.command.cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            bufsize=1,
-            start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),
-        )
+        try:
+            self._proc = subprocess.Popen(
+                self.command.argv,
+                cwd=self.command.cwd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+                preexec_fn=_die_with_parent_hook(),
+            )
+        except BaseException:
+            if self._lease is not None:
+                self._lease.release()
+            raise
         self._started = time.monotonic()
         self._started_wall = time.time()
         # Every attempt's output stays in the work dir: UniAD prints its motion, occupancy and planning metrics
@@ -174,6 +195,8 @@ class StageRun:
         finally:
             if self._output is not None:
                 self._output.close()
+            if self._lease is not None:
+                self._lease.release()
         duration = time.monotonic() - self._started
         if returncode != 0:
             why = f" ({self._terminated_by})" if self._terminated_by else ""
@@ -185,7 +208,10 @@ class StageRun:
                 returncode=returncode,
                 tail=list(self._tail),
                 # NaN, exploding gradients and out-of-memory come back on a plain retry; a crash or a hang may not.
-                retryable=not oom and (self.health_failure is None or self.health_failure.code == "stall"),
+                retryable=classify_end(
+                    finding=self.health_failure.code if self.health_failure else None, out_of_memory=bool(oom)
+                )
+                is End.RETRY,
             )
         latest = self.follower.tracker.latest if self.follower is not None else None
         return StageResult(self.stage, returncode, duration, latest)

@@ -16,6 +16,8 @@ after Slurm requeued it: preemption, a lost node, ``scontrol requeue``) this ste
   ranks' argv from the job file: one task per GPU on every node, the job's CPUs per task and GPUs per node repeated
   on the srun line (since Slurm 22.05 a step does not inherit ``--cpus-per-task``), ``--export=ALL`` so the ranks get
   this environment, ``--kill-on-bad-exit`` so one dead rank ends the job instead of leaving the others waiting;
+* takes the work dir's lease (``.uniad_lease.json``: holder, heartbeat), so a second job refuses to train while a
+  live one holds it (exit 3, marker ``work_dir_held``);
 * passes the stop signal (``--signal=B:USR2@LEAD``, sent to this step ahead of the time limit) on to the ranks,
   which write a checkpoint at their next iteration and exit ``STOPPED_FOR_TIME_LIMIT``; the job then ends with that
   code and the pipeline continues the stage in a new job from that checkpoint.
@@ -34,13 +36,19 @@ import zipfile
 
 from uniad_workdir import (
     STOPPED_FOR_TIME_LIMIT,
+    Lease,
+    LeaseHeld,
     final_without_evaluation,
+    lease_alive,
     read_job_marker,
     resume_candidates,
     write_job_marker,
 )
 
 STOP_SIGNAL = signal.SIGUSR2  # not USR1, which NCCL's watchdog may use
+# A job that found another live job training in its work dir, and did not start its ranks.
+WORK_DIR_HELD = 3
+RUNNING = ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "RESIZING")
 
 
 def node_addr(node, env):
@@ -52,6 +60,19 @@ def node_addr(node, env):
         if field.startswith("NodeAddr="):
             return field.split("=", 1)[1]
     return node
+
+
+def holder_alive(lease, env):
+    """Whether the holder of the work dir's lease trains on: a Slurm job while the controller says it runs (a job
+    killed at its time limit leaves a lease behind), else by its process or heartbeat (``lease_alive``)."""
+    holder = str(lease.get("holder") or "")
+    if holder.startswith("slurm:"):
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "-o", holder.split(":", 1)[1]], capture_output=True, text=True, env=env
+        )
+        if shown.returncode == 0 or "invalid job id" in shown.stderr.lower():
+            return any("JobState=" + state in shown.stdout.split() for state in RUNNING)
+    return lease_alive(lease, time.time())
 
 
 def complete(path):
@@ -176,8 +197,21 @@ def main(argv=None):
         flush=True,
     )
     this.record_start(nodes, resume_from, position)
+    # Never two jobs training in one work dir, whatever submitted them (Slurm's singleton dependency covers the
+    # jobs of one stage of one run; this covers the rest, local stages included).
+    lease = Lease(this.work_dir, "slurm:" + this.job_id, alive=lambda held: holder_alive(held, env))
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        print(f"uniad slurm job {this.job_id}: not training: {exc}", flush=True)
+        this.record_end(WORK_DIR_HELD, "work_dir_held")
+        sys.exit(WORK_DIR_HELD)
     srun = ["srun", "--export=ALL", "--kill-on-bad-exit=1"] + job["srun"] + with_resume(job["argv"], resume_from)
-    sys.exit(this.run(srun, env))
+    try:
+        returncode = this.run(srun, env)
+    finally:
+        lease.release()
+    sys.exit(returncode)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ is on their PYTHONPATH). Standard library only, valid Python 3.8."""
 import json
 import os
 import re
+import time
 
 LATEST = "latest.pth"  # mmcv's CheckpointHook: a symlink to the newest epoch file
 EPOCH_FILE = "epoch_{}.pth"
@@ -83,3 +84,113 @@ def write_job_marker(work_dir, job_id, marker):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+# Who trains in a work dir: one holder at a time (a local stage's launching process, a Slurm job's batch step), with
+# a heartbeat. {"holder", "host", "boot_id", "pid", "pid_start", "heartbeat"}.
+LEASE_FILE = ".uniad_lease.json"
+LEASE_TTL_S = 120.0  # a holder on another host whose heartbeat is older than this is gone
+LEASE_EVERY_S = 15.0
+
+
+class LeaseHeld(Exception):
+    """Another live holder trains in the work dir."""
+
+    def __init__(self, lease, age_s):
+        self.lease, self.age_s = lease, age_s
+        super().__init__(
+            "{} already trains in this work dir (host {}, pid {}, heartbeat {:.0f} s ago)".format(
+                lease.get("holder"), lease.get("host"), lease.get("pid"), age_s
+            )
+        )
+
+
+def _boot_id():
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def process_start(pid):
+    """The start time of process ``pid`` in clock ticks since boot (with the pid, what names it), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == b"Z" else int(fields[19])
+
+
+def read_lease(work_dir):
+    try:
+        with open(os.path.join(work_dir, LEASE_FILE), encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def lease_alive(lease, now, ttl_s=LEASE_TTL_S):
+    """Whether the lease's holder may still train: on this host (same boot) its process must exist; elsewhere its
+    heartbeat must be younger than ``ttl_s``."""
+    if lease.get("boot_id") and lease.get("boot_id") == _boot_id():
+        return process_start(lease.get("pid")) == lease.get("pid_start")
+    return now - float(lease.get("heartbeat") or 0) < ttl_s
+
+
+class Lease:
+    """The work dir's lease for ``holder`` (e.g. ``slurm:1234``, ``local:host:pid``): ``acquire`` refuses while
+    another live holder has it (``LeaseHeld``, unless ``alive`` says that holder is gone), then a thread renews the
+    heartbeat every ``LEASE_EVERY_S`` until ``release``."""
+
+    def __init__(self, work_dir, holder, alive=None):
+        import socket
+
+        self.work_dir, self.holder = work_dir, holder
+        self.alive = alive or (lambda lease: lease_alive(lease, time.time()))
+        pid = os.getpid()
+        self.record = {
+            "holder": holder,
+            "host": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "pid": pid,
+            "pid_start": process_start(pid),
+        }
+        self._stop = None
+
+    def acquire(self):
+        import threading
+
+        held = read_lease(self.work_dir)
+        if held and held.get("holder") != self.holder and self.alive(held):
+            raise LeaseHeld(held, time.time() - float(held.get("heartbeat") or 0))
+        self._write()
+        time.sleep(0.2)  # two that found it free at once: the one whose lease stands trains
+        held = read_lease(self.work_dir)
+        if not held or held.get("holder") != self.holder:
+            raise LeaseHeld(held or {}, 0.0)
+        self._stop = threading.Event()
+        threading.Thread(target=self._renew, name="uniad-lease", daemon=True).start()
+        return self
+
+    def _renew(self):
+        while not self._stop.wait(LEASE_EVERY_S):
+            if (read_lease(self.work_dir) or {}).get("holder") == self.holder:
+                self._write()
+
+    def _write(self):
+        path = os.path.join(self.work_dir, LEASE_FILE)
+        partial = f"{path}.{os.getpid()}.part"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(dict(self.record, heartbeat=time.time()), handle)
+        os.replace(partial, path)
+
+    def release(self):
+        if self._stop is not None:
+            self._stop.set()
+        if (read_lease(self.work_dir) or {}).get("holder") == self.holder:
+            try:
+                os.remove(os.path.join(self.work_dir, LEASE_FILE))
+            except OSError:
+                pass

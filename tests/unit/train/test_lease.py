@@ -1,0 +1,91 @@
+"""The work dir's lease: one holder trains in a work dir at a time, whoever started it (a local stage, a Slurm job)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from uniad.errors import TrainingFailed
+from uniad.train.launch import LaunchCommand
+from uniad.train.process import StageRun
+from uniad.trainside.uniad_workdir import LEASE_FILE, LEASE_TTL_S, Lease, LeaseHeld, lease_alive, read_lease
+from uniad.workdir import WorkDir
+
+
+def test_a_second_holder_is_refused_while_the_first_holds_the_lease(tmp_path):
+    first = Lease(str(tmp_path), "slurm:41").acquire()
+    with pytest.raises(LeaseHeld, match="slurm:41 already trains in this work dir"):
+        Lease(str(tmp_path), "slurm:42").acquire()
+    again = Lease(str(tmp_path), "slurm:41").acquire()  # the same job started again (a requeue) holds it still
+    first.release()
+    again.release()
+    assert read_lease(str(tmp_path)) is None
+    Lease(str(tmp_path), "slurm:42").acquire().release()
+
+
+def test_a_holder_gone_from_this_host_frees_the_lease_at_once(tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path[:0] = {sys.path!r}; "
+            "from uniad.trainside.uniad_workdir import Lease; import time; "
+            f"Lease({str(tmp_path)!r}, 'local:other').acquire(); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lease = read_lease(str(tmp_path))
+        assert lease["pid"] == holder.pid and lease_alive(lease, time.time())
+        with pytest.raises(LeaseHeld):
+            Lease(str(tmp_path), "local:me").acquire()
+    finally:
+        holder.kill()  # as a worker SIGKILLed: no release, the lease file stays
+        holder.wait()
+    assert read_lease(str(tmp_path))["holder"] == "local:other"
+    Lease(str(tmp_path), "local:me").acquire().release()
+
+
+def test_a_holder_on_another_host_counts_until_its_heartbeat_is_too_old(tmp_path):
+    now = time.time()
+    other = {"holder": "slurm:7", "host": "n1", "boot_id": "another-boot", "pid": 1, "pid_start": 1}
+    assert lease_alive({**other, "heartbeat": now - 10}, now)
+    assert not lease_alive({**other, "heartbeat": now - LEASE_TTL_S - 1}, now)
+
+
+def test_a_local_stage_does_not_start_where_a_live_holder_trains(tmp_path):
+    work_dir = WorkDir(tmp_path / "work")
+    work_dir.path.mkdir()
+    (work_dir.path / LEASE_FILE).write_text(
+        json.dumps(
+            {"holder": "slurm:9", "host": "n1", "boot_id": "b", "pid": 1, "pid_start": 1, "heartbeat": time.time()}
+        )
+    )
+    command = LaunchCommand(
+        argv=[sys.executable, "-c", "raise SystemExit(0)"], env={}, cwd=str(tmp_path), backend="gloo"
+    )
+    run = StageRun(command, stage="stage1", total_epochs=1, work_dir=work_dir)
+    with pytest.raises(TrainingFailed, match="not started: slurm:9 already trains in this work dir") as info:
+        run.run()
+    assert info.value.retryable and run._proc is None  # nothing was launched
+    # A new run does not move a live holder's checkpoints aside either.
+    (work_dir.path / ".uniad_run.json").write_text(json.dumps({"run_id": "older", "stage": "stage1"}))
+    with pytest.raises(TrainingFailed, match="slurm:9 \\(host n1\\) still trains in it"):
+        work_dir.claim("newer", "stage1")
+    assert (work_dir.path / ".uniad_run.json").exists()
+
+
+def test_a_local_stage_holds_the_lease_while_it_runs_and_frees_it(tmp_path):
+    work_dir = WorkDir(tmp_path / "work")
+    work_dir.path.mkdir()
+    probe = f"import json; print(json.load(open({str(work_dir.path / LEASE_FILE)!r}))['holder'])"
+    command = LaunchCommand(argv=[sys.executable, "-c", probe], env={}, cwd=str(tmp_path), backend="gloo")
+    lines = []
+    StageRun(command, stage="stage1", total_epochs=1, work_dir=work_dir, emit_output=lines.append).run()
+    assert lines[0].startswith("local:") and read_lease(str(work_dir.path)) is None
