@@ -233,115 +233,39 @@ class UniADTrainOperator(PlanOperator):
     # ------------------------------------------------------------------------------------- executor=slurm
     SLURM_JOB_KEY = "uniad_slurm_job"  # the job id in the task state store: a restarted task re-attaches to it
 
-    def _execute_slurm(self, context: Context, plan: Plan) -> dict | None:
-        """Submit this attempt's batch job (or adopt the one an earlier run of this task submitted) and defer to
-        the trigger that follows it; the worker slot is free while the stage trains."""
-        import time
-
-        from uniad.train import slurm
-
-        work_dir = plan.work_dir(self.stage)
-        store = context.get("task_state_store")
-        name = slurm.job_name(self.stage, context["run_id"])
-        known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
-        job_id, started = known.get("job_id"), known.get("started")
-        state = slurm.job_state(job_id) if job_id else {"JobState": "UNKNOWN"}
-        if job_id and state["JobState"] == "UNKNOWN":
-            # Older than the controller's MinJobAge (a long triggerer outage): accounting or the job's own marker.
-            state = slurm.forgotten_job_state(job_id, work_dir)
-            self.log.warning("Slurm job %s: %s: %s", job_id, state["JobState"], state.get("Reason"))
-            if state["JobState"] != "UNKNOWN":
-                status = slurm.end_status(state, work_dir, job_id)
-                if status == "COMPLETED":
-                    return self.execute_complete(context, {"job_id": job_id, "status": status, "state": state})
-                slurm.record_end(work_dir, job_id, state, status=status)
-        if state["JobState"] == slurm.UNREACHABLE:
-            # Submitting now could start a second job in the work dir of one that runs on: wait for the controller.
-            raise AirflowException(
-                f"{self.stage}: Slurm's controller does not answer about job {job_id} ({state.get('Reason')}); "
-                "a retry re-attaches to the job once it does"
-            )
-        if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
-            # A run of this task lost before it stored the job id, or before it recorded the job's end.
-            with domain_errors():
-                found = slurm.unfollowed_job(name, work_dir, nnodes=plan.slurm.nnodes)
-            if found is not None:
-                job_id, state = found
-                started = slurm.submit_time(state) or time.time()
-                if state["JobState"] not in slurm.ACTIVE | {"COMPLETED"}:
-                    self.log.warning(
-                        "Slurm job %s ended %s while no task followed it; submitting a new job",
-                        job_id,
-                        state["JobState"],
-                    )
-        if state["JobState"] == "COMPLETED":  # it ended while no task followed it
-            self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job_id)
-            return self.execute_complete(context, {"job_id": job_id, "status": "COMPLETED", "state": state})
-        if state["JobState"] in slurm.ACTIVE:
-            self.log.info(
-                "re-attaching to Slurm job %s (%s), submitted by an earlier run of this task", job_id, state["JobState"]
-            )
-        else:
-            job_id, started = self._submit(context, plan)
-        return self._follow(context, plan, job_id, started)
-
-    def _submit(self, context: Context, plan: Plan, continuing: str | None = None) -> tuple[str, float]:
-        """Submit a job of this attempt that resumes from the newest valid checkpoint (``continuing``: the id of
-        the job it continues); its id and submit time, recorded in the audit trail."""
-        import json
+    def slurm_stage(self, context: Context, plan: Plan):
+        """This stage of this run on Slurm (``uniad.train.slurm_stage``), as this worker submits it."""
         import os
-        import time
 
-        from uniad.train import slurm
-        from uniad.train.launch import build_slurm_job, ship_trainside
-        from uniad.train.probes import check_data_files
-        from uniad.train.resume import plan_attempt
+        from uniad.train.slurm import job_environment
+        from uniad.train.slurm_stage import SlurmStage
 
-        work_dir = plan.work_dir(self.stage)
-        try_number = context["ti"].try_number
-        attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"], nnodes=plan.slurm.nnodes)
-        if attempt.resumed_from:
-            self.log.info("attempt %s: %s", try_number, attempt.describe())
-        for line in attempt.skipped + attempt.warnings:
-            self.log.warning("%s", line)
-        segment = 1 + sum(job.get("attempt") == try_number for job in slurm.read_jobs(work_dir))
-        with domain_errors():
-            spec = attempt.spec
-            facts = slurm.check_cluster(plan.slurm, spec.nproc_per_node, needs_gpus=spec.needs_gpus)
-            check_data_files(spec)
-            # The submit host cannot probe the compute nodes: auto means NCCL where the job has its GPUs.
-            backend = spec.backend if spec.backend != "auto" else ("nccl" if plan.slurm.gpus_per_node else "gloo")
-            job_file = work_dir.slurm_job_file(try_number, segment)
-            argv, job = build_slurm_job(
-                spec,
-                plan.slurm,
-                backend=backend,
-                job_name=slurm.job_name(self.stage, context["run_id"]),
-                comment=slurm.job_comment(try_number, work_dir),
-                job_file=job_file,
-                output=work_dir.slurm_output("%j"),
-                trainside=ship_trainside(work_dir.trainside),
-                cpus_per_task=facts["cpus_per_task"],
-                env=slurm.job_environment(os.environ, slurm_export()),
-                resume_position=(attempt.resumed_epoch, attempt.resumed_inner_iter) if attempt.resumed_from else None,
-                stop_signal_lead_s=slurm_stop_signal_lead_s(),
-            )
-            job_file.write_text(json.dumps(job, indent=2) + "\n")
-            started = time.time()
-            job_id = slurm.submit(argv)
-        slurm.record_job(
-            work_dir,
-            job_id,
-            attempt=try_number,
-            state="PENDING",
-            partition=facts["partition"],
-            nnodes=plan.slurm.nnodes,
-            backend=backend,
-            resume_from=attempt.resumed_from,
-            **({"continues": continuing} if continuing else {}),
+        return SlurmStage(
+            self.attempt_spec(plan),
+            plan.slurm,
+            stage=self.stage,
+            run_id=context["run_id"],
+            env=job_environment(os.environ, slurm_export()),
+            stop_signal_lead_s=slurm_stop_signal_lead_s(),
+            emit=self.log.info,
         )
-        self.log.info("submitted Slurm job %s: %s", job_id, argv)
-        return job_id, started
+
+    def _execute_slurm(self, context: Context, plan: Plan) -> dict | None:
+        """Adopt the job an earlier run of this task submitted (or any of the stage the cluster still runs), else
+        submit this attempt's; defer to the trigger that follows it: the worker slot is free while it trains."""
+        stage = self.slurm_stage(context, plan)
+        store = context.get("task_state_store")
+        known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
+        with domain_errors():
+            job = stage.adopt(known.get("job_id"), known.get("started"))
+            if job is not None and job.completed:  # it ended while no task followed it
+                self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job.job_id)
+                return self.execute_complete(context, {"job_id": job.job_id, "status": "COMPLETED", "state": job.state})
+            if job is not None:
+                self.log.info("re-attaching to Slurm job %s (%s)", job.job_id, job.state["JobState"])
+            else:
+                job = stage.submit(context["ti"].try_number)
+        return self._follow(context, plan, job.job_id, job.started)
 
     def _follow(self, context: Context, plan: Plan, job_id: str, started: float) -> None:
         """Keep the job's id for a restarted task and defer to the trigger that follows it."""
@@ -365,68 +289,25 @@ class UniADTrainOperator(PlanOperator):
         )
 
     def execute_complete(self, context: Context, event: dict) -> dict:
-        """The job ended: record it, then succeed, or fail with or without a retry by cause."""
-        from uniad.train import slurm
-        from uniad.train.process import OOM_ADVICE, out_of_memory
+        """The job ended: succeed, continue the stage in a new job, or fail with or without a retry by cause."""
+        from uniad.train.ending import End
+        from uniad.train.slurm import UNREACHABLE
 
         plan = self.typed_plan()
-        work_dir = plan.work_dir(self.stage)
-        state, job_id = event.get("state", {}), event["job_id"]
-        if event["status"] == slurm.UNREACHABLE:
-            # Not an end: the job may train on. Nothing is recorded, the task state store keeps its id, and the
-            # retry re-attaches to it (or waits again for the controller).
-            raise AirflowException(
-                f"{self.stage}: Slurm's controller did not answer about job {job_id} for {event['away_s']:.0f} s "
-                f"(UNIAD_SLURM_CONTROLLER_GRACE_S; last: {state.get('Reason')}); a retry re-attaches to the job"
-            )
-        line = slurm.record_end(work_dir, job_id, state, status=event["status"])
-        self.log.info("Slurm job %s: %s", job_id, line)
+        stage = self.slurm_stage(context, plan)
+        outcome = stage.finish(event)
         store = context.get("task_state_store")
-        if store is not None:
-            store.delete(self.SLURM_JOB_KEY)  # ended: a retry submits a new job
-        if event["status"] == "COMPLETED":
-            latest = work_dir.latest_checkpoint()
-            return {
-                "stage": self.stage,
-                "work_dir": str(work_dir.path),
-                "executor": "slurm",
-                "job_id": job_id,
-                "nodes": state.get("NodeList"),
-                "latest_checkpoint": str(latest) if latest else None,
-            }
-        continued = sum(bool(job.get("continues")) for job in slurm.read_jobs(work_dir))
-        if event["status"] in slurm.CONTINUED and continued < plan.slurm.max_continuations:
-            # Preempted or a node lost (and not requeued by Slurm), the time limit (reached, or stopped at a
-            # checkpoint ahead of it): the stage goes on in a new job from its newest checkpoint, without a retry.
-            self.log.warning(
-                "Slurm job %s ended %s (reason %s): continuing the stage in a new job (continuation %d of at most %d)",
-                job_id,
-                event["status"],
-                state.get("Reason"),
-                continued + 1,
-                plan.slurm.max_continuations,
-            )
-            new_job, started = self._submit(context, plan, continuing=job_id)
-            return self._follow(context, plan, new_job, started)
-        tail = slurm.tail(work_dir.slurm_output(job_id))
-        last_lines = "\nlast lines of the job's output:\n" + "\n".join(tail) if tail else ""
-        if event["status"] in slurm.CONTINUED:
-            last_lines = f" (after {continued} continuation(s), slurm_max_continuations){last_lines}"
-        if event["status"] == "unhealthy":
-            finding = event["finding"]
-            message = f"{self.stage}: Slurm job {job_id} cancelled by the health watch: {finding['code']}: "
-            message += finding["message"] + last_lines
-            # NaN or exploding gradients come back on a retry; a hung rank may not.
-            raise (AirflowException if finding["code"] == "stall" else AirflowFailException)(message)
-        if event["status"] == "OUT_OF_MEMORY" or out_of_memory(tail):
-            raise AirflowFailException(
-                f"{self.stage}: Slurm job {job_id} ended {event['status']}: {OOM_ADVICE}{last_lines}"
-            )
-        # A crashed rank, a job cancelled from outside, one lost with its node: the retry resumes in a new job.
-        raise AirflowException(
-            f"{self.stage}: Slurm job {job_id} ended {event['status']} (exit code {state.get('ExitCode')}, "
-            f"reason {state.get('Reason')}); a retry resumes from the newest valid checkpoint in a new job{last_lines}"
-        )
+        if store is not None and event["status"] != UNREACHABLE:
+            # Ended: a retry submits a new job. The controller away is no end: the retry re-attaches to this one.
+            store.delete(self.SLURM_JOB_KEY)
+        if outcome.end is End.COMPLETED:
+            return outcome.result
+        if outcome.end is End.CONTINUE:
+            self.log.warning("%s", outcome.message)
+            with domain_errors():
+                job = stage.submit(context["ti"].try_number, continuing=event["job_id"])
+            return self._follow(context, plan, job.job_id, job.started)
+        raise (AirflowException if outcome.end is End.RETRY else AirflowFailException)(outcome.message)
 
 
 class ValidateStageOperator(PlanOperator):

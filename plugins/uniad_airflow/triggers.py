@@ -178,12 +178,11 @@ class SlurmStageTrigger(BaseTrigger):
     async def on_kill(self) -> None:
         """The task was marked failed or cleared: the job must not train on alone; its end goes to the audit trail
         (no execute_complete will record it)."""
-        from uniad.train.slurm import ACTIVE, UNREACHABLE, acancel, ajob_state, record_end
+        from uniad.train.slurm import UNREACHABLE, cancel_job
         from uniad.workdir import WorkDir
 
         self.log.warning("the task was stopped: cancelling Slurm job %s", self.job_id)
-        await acancel(self.job_id)
-        state = await ajob_state(self.job_id)
+        state = await asyncio.to_thread(cancel_job, WorkDir(Path(self.work_dir)), self.job_id)
         if state["JobState"] == UNREACHABLE:
             self.log.error(
                 "Slurm's controller does not answer (%s): job %s may train on; the run's failure callback cancels "
@@ -192,7 +191,3 @@ class SlurmStageTrigger(BaseTrigger):
                 self.job_id,
                 self.job_id,
             )
-            return
-        # COMPLETING while its steps are killed: cancelled all the same. A job that had ended first keeps its end.
-        status = "CANCELLED" if state["JobState"] in ACTIVE else None
-        await asyncio.to_thread(record_end, WorkDir(Path(self.work_dir)), self.job_id, state, status=status)

@@ -271,7 +271,8 @@ class SlurmSettings:
     gpu_type: str | None = None
     # CPUs per rank (UniAD's script: 5); None: the partition's CPUs per GPU, decided when the job is submitted.
     cpus_per_task: int | None = None
-    # Jobs of a stage that end PREEMPTED, NODE_FAIL or TIMEOUT continue in a new job this many times at most.
+    # Jobs of a stage that end PREEMPTED, NODE_FAIL, TIMEOUT or TIME_LIMIT continue in a new job this many times at
+    # most.
     max_continuations: int = 20
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from ..errors import ParamError, TrainingFailed
 from ..trainside.uniad_workdir import STOPPED_FOR_TIME_LIMIT
 from ..workdir import WorkDir, sanitize_run_id
 from .launch import SlurmSettings
+
+logger = logging.getLogger(__name__)
 
 ACTIVE = {
     "PENDING",
@@ -217,14 +220,26 @@ def cancel_run_jobs(run_id: str, stages: Sequence[str]) -> list[str]:
     for stage in stages:
         argv = ["squeue", "--noheader", "--me", f"--name={job_name(stage, run_id)}", "--format=%i|%T|%k"]
         for job_id, _, _, path in _listed(argv):
-            _run(["scancel", job_id])
+            work_dir = WorkDir(Path(path)) if Path(path).is_absolute() else None
+            cancel_job(work_dir, job_id)
             cancelled.append(job_id)
-            work_dir = WorkDir(Path(path))
-            if Path(path).is_absolute() and any(job["job_id"] == job_id for job in read_jobs(work_dir)):
-                state = job_state(job_id)
-                if state["JobState"] != UNREACHABLE:  # no answer right after scancel: the trail keeps what it knew
-                    record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
     return cancelled
+
+
+def cancel_job(work_dir: WorkDir | None, job_id: str) -> dict[str, str]:
+    """``scancel`` the job, then record it CANCELLED with its end in ``work_dir``'s audit trail when that lists it (a
+    job that had ended first keeps its end; no answer from the controller right after: the trail keeps what it
+    knew). Its state after the cancel."""
+    try:
+        _run(["scancel", job_id])
+    except TrainingFailed as exc:  # ended already, or no answer: the state read next says which
+        logger.warning("scancel %s: %s", job_id, exc)
+    state = job_state(job_id)
+    if work_dir is not None and state["JobState"] != UNREACHABLE:
+        if any(job["job_id"] == job_id for job in read_jobs(work_dir)):
+            # COMPLETING while its steps are killed: cancelled all the same.
+            record_end(work_dir, job_id, state, status="CANCELLED" if state["JobState"] in ACTIVE else None)
+    return state
 
 
 def submit_time(state: dict[str, str]) -> float | None:

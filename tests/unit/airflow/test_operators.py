@@ -111,6 +111,6 @@ def test_a_controller_that_stayed_away_fails_for_a_retry_and_records_no_end(tmp_
 
     event = {"job_id": "41", "status": slurm.UNREACHABLE, "away_s": 900.4, "state": {"Reason": "connect failure"}}
     with pytest.raises(AirflowException, match="did not answer about job 41 for 900 s") as raised:
-        train.execute_complete({}, event)
+        train.execute_complete({"run_id": "manual__2026-12-04"}, event)
     assert not isinstance(raised.value, AirflowFailException)
     assert slurm.read_jobs(work_dir) == [{**slurm.read_jobs(work_dir)[0], "state": "PENDING"}]
