@@ -82,11 +82,12 @@ def slurm_controller_grace_s() -> float:
 
 
 def slurm_stop_signal_lead_s() -> int:
-    """``UNIAD_SLURM_STOP_SIGNAL_LEAD_S`` (default 600): for a Slurm stage with a time limit, how long before it the
-    job is sent ``USR2`` (``--signal=B:USR2@LEAD``), on which the ranks write a checkpoint at their next iteration and
-    stop, and the stage continues in a new job from there; 0 sends none (a job that hits its limit loses what it
-    trained since its last checkpoint). Give it more than one iteration and a checkpoint's save take: Slurm checks
-    limits about every 30 s, so the signal may come up to that much later."""
+    """``UNIAD_SLURM_STOP_SIGNAL_LEAD_S`` (default 600): how long before a Slurm training job's time limit (its
+    ``slurm_time_limit``, or the partition's when it names none) the job is sent ``USR2``
+    (``--signal=B:USR2@LEAD``), on which the ranks write a checkpoint at their next iteration and stop, and the
+    stage continues in a new job from there; 0 sends none (a job that hits its limit loses what it trained since its
+    last checkpoint). Give it more than an iteration and a checkpoint's save: Slurm may send the signal up to a
+    minute early, never late."""
     return int(
         _seconds(
             "UNIAD_SLURM_STOP_SIGNAL_LEAD_S",

@@ -285,10 +285,10 @@ def train_records(log: Path) -> list[tuple[int, int]]:
 
 
 def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(airflow_home, slurm_env, tmp_path):
-    """Stage 1 needs several times its jobs' 1-minute time limit: ahead of the limit each job is signalled, its ranks
-    write a checkpoint at the next iteration and stop, and the stage continues in a new job from there, on the same
-    try, never two at once; no epoch is trained again from scratch after its checkpoint existed; the run succeeds
-    and the audit trail links every job to the one it continues."""
+    """Stage 1 needs several times the 1-minute time limit of its partition: ahead of the limit each job is
+    signalled, its ranks write a checkpoint at the next iteration and stop, and the stage continues in a new job
+    from there, on the same try, never two at once; no epoch is trained again from scratch after its checkpoint
+    existed; the run succeeds and the audit trail links every job to the one it continues."""
     root = tmp_path / "uniad-mini-limit"
     conf = {
         **TWO_NODES,
@@ -298,10 +298,16 @@ def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(a
         "stage1_epochs": 25,
         "stage1_cfg_options": ["data.train.num_samples=960", "optimizer.lr=0.0005"],
         "stage2_epochs": 1,
-        "slurm_time_limit": "1",  # minutes: Slurm's smallest
     }
-    # Slurm checks limits about every 30 s: a 20 s lead sends the signal 10-40 s into a 1-minute job.
-    outcome = pipeline_under_fault({**slurm_env, "UNIAD_SLURM_STOP_SIGNAL_LEAD_S": "20"}, conf)
+    # The partition's limit, as clusters cap jobs (1 minute: Slurm's smallest); the jobs name none of their own.
+    # Slurm checks limits about every 30 s and may signal up to a minute early: a 20 s lead signals 10-40 s in.
+    run(["scontrol", "update", "partitionname=uniad", "maxtime=1"], env=slurm_env)
+    try:
+        started = time.monotonic()
+        outcome = pipeline_under_fault({**slurm_env, "UNIAD_SLURM_STOP_SIGNAL_LEAD_S": "20"}, conf)
+        took = time.monotonic() - started
+    finally:
+        run(["scontrol", "update", "partitionname=uniad", "maxtime=unlimited"], env=slurm_env)
     assert outcome["returncode"] == 0, outcome["output"][-6000:]
     work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
     jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
@@ -327,7 +333,7 @@ def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(a
             assert last[0] <= resumed_at or last[0] == (resumed_at[0] - 1, 120), (before, last, resumed_at)
     assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 25
     assert processes_mentioning(str(root)) == []
-    print(f"{len(jobs)} jobs for 25 epochs ({states}); samples of running jobs: {outcome['running']}")
+    print(f"{len(jobs)} jobs for 25 epochs in {took:.0f} s ({states}); samples of running jobs: {outcome['running']}")
 
 
 def requeue_test_conf(root: Path) -> dict:
@@ -356,19 +362,30 @@ def assert_went_on_from_its_own_checkpoint(outcome: dict, root: Path) -> dict:
     first_log, second_log = sorted(work_dir.glob("*.log.json"))
     trained, resumed = train_records(first_log)[-1], train_records(second_log)[0]
     assert resumed[0] == epochs_done + 1 and resumed[1] > done, (resumed, starts[1])
-    lost = (trained[0] - 1) * 120 + trained[1] - (epochs_done * 120 + done)  # logged after the checkpoint
-    assert 0 <= lost <= 25, (trained, starts[1])
+    # Iterations logged after the checkpoint (the log is every 10 iterations, so a checkpoint may be the newer).
+    lost = (trained[0] - 1) * 120 + trained[1] - (epochs_done * 120 + done)
+    assert lost <= 25, (trained, starts[1])
     assert f"job {job['job_id']} was requeued (restart 1" in outcome["output"]
     assert max(outcome["running"]) == 1, outcome["running"]
     assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 4
     assert processes_mentioning(str(root)) == []
-    return {"job": job, "starts": starts, "lost_iterations": lost}
+    return {"job": job, "starts": starts, "lost_iterations": max(lost, 0)}
 
 
 def running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir: Path) -> str:
     wait_for("a checkpoint inside epoch 2", lambda: list(work_dir.glob("epoch_2_iter_*.pth")), 600, 0.2)
     (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
     return job["job_id"]
+
+
+def wait_for_second_start(work_dir: Path, job_id: str) -> None:
+    """Until the job's batch step has recorded its second start."""
+
+    def starts() -> int:
+        marker = work_dir / f"slurm-{job_id}.job.json"
+        return len(json.loads(marker.read_text())["starts"]) if marker.exists() else 0
+
+    wait_for(f"job {job_id}'s second start", lambda: starts() == 2, 600, 1)
 
 
 def test_a_requeued_job_goes_on_from_the_checkpoint_it_wrote(airflow_home, slurm_env, tmp_path):
@@ -382,17 +399,14 @@ def test_a_requeued_job_goes_on_from_the_checkpoint_it_wrote(airflow_home, slurm
         job_id = running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir)
         run(["scontrol", "requeue", job_id], env=slurm_env)
         requeued_at = time.time()
-        wait_for(
-            "the job's second start",
-            lambda: len(json.loads((work_dir / f"slurm-{job_id}.job.json").read_text())["starts"]) == 2,
-            600,
-            1,
-        )
+        wait_for_second_start(work_dir, job_id)
         return time.time() - requeued_at
 
     outcome = pipeline_under_fault(slurm_env, requeue_test_conf(root), requeue)
     facts = assert_went_on_from_its_own_checkpoint(outcome, root)
-    print(f"requeued: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} iteration(s) lost")
+    print(
+        f"requeued: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} logged iteration(s) lost"
+    )
 
 
 def test_a_job_that_loses_a_node_goes_on_from_its_checkpoint_on_healthy_nodes(airflow_home, slurm_env, tmp_path):
@@ -413,16 +427,17 @@ def test_a_job_that_loses_a_node_goes_on_from_its_checkpoint_on_healthy_nodes(ai
             # The node comes back (ReturnToService=2 may have returned it already: then Slurm answers "Invalid node
             # state specified"); the job waits for two healthy nodes meanwhile.
             run(["scontrol", "update", "nodename=n2", "state=resume"], env=slurm_env, check=False)
-        wait_for(
-            "the job's second start",
-            lambda: len(json.loads((work_dir / f"slurm-{job_id}.job.json").read_text())["starts"]) == 2,
-            600,
-            1,
-        )
+        # Slurm holds a requeued job for two minutes (Reason=BeginTime), as the requeue test above measures; an
+        # admin's release keeps this test's time for what it checks.
+        wait_for(f"job {job_id} to pend", lambda: "Reason=BeginTime" in job_state(slurm_env, job_id), 120, 0.5)
+        run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_env)
+        wait_for_second_start(work_dir, job_id)
         return time.time() - lost_at
 
     outcome = pipeline_under_fault(slurm_env, requeue_test_conf(root), lose_a_node)
     facts = assert_went_on_from_its_own_checkpoint(outcome, root)
     assert facts["starts"][1]["nodes"] == ["n1", "n2"]
     wait_until_idle(slurm_env, "n2 to come back idle")
-    print(f"node lost: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} iteration(s) lost")
+    print(
+        f"node lost: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} logged iteration(s) lost"
+    )

@@ -312,8 +312,9 @@ def build_slurm_job(
     (``tools/uniad_slurm_eval.sh``).
 
     Requeue-safe: ``--requeue`` with output appended, since the batch step chooses the resume point at each start
-    of the job (``resume_position``: where ``spec.resume_from`` is, the floor it looks above). With a time limit and
-    ``stop_signal_lead_s``, ``--signal=B:USR2@LEAD``: the ranks checkpoint and stop that long before the limit."""
+    of the job (``resume_position``: where ``spec.resume_from`` is, the floor it looks above). With
+    ``stop_signal_lead_s``, ``--signal=B:USR2@LEAD`` on every training job, whether its limit is ``slurm_time_limit``
+    or the partition's (which a job that names none gets): the ranks checkpoint and stop that long before it."""
     _check_python(spec.python)
     if spec.needs_gpus and not slurm.gres:
         raise LaunchError(
@@ -321,7 +322,7 @@ def build_slurm_job(
             "nproc_per_node); without a GPU request its ranks see no GPU (device cgroups) or use GPUs Slurm gave to "
             "another job"
         )
-    stops = evaluate is None and bool(slurm.time_limit) and stop_signal_lead_s > 0
+    stops = evaluate is None and stop_signal_lead_s > 0
     if stops:
         spec = replace(spec, stop_signal=STOP_SIGNAL)
     if evaluate is None:

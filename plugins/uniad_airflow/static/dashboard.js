@@ -190,8 +190,12 @@ function stageCard(s) {
   if (job) {
     card.append(el("dl", { class: "kv slurm" },
       el("dt", {}, "executor"), el("dd", {}, `slurm, ${s.slurm_jobs.length} job(s)`),
-      el("dt", {}, "job"), el("dd", { class: "mono" }, `${job.job_id} (attempt ${job.attempt}): ${job.state}`),
-      el("dt", {}, "nodes"), el("dd", { class: "mono" }, job.nodes || `${job.nnodes} requested`)));
+      el("dt", {}, "job"), el("dd", { class: "mono" }, `${job.job_id} (attempt ${job.attempt}): ${job.state}`
+        + (job.restarts ? `, started ${job.restarts + 1} times (requeued)` : "")),
+      el("dt", {}, "nodes"), el("dd", { class: "mono" }, job.nodes || `${job.nnodes} requested`),
+      el("dt", {}, "segments"), el("dd", { class: "mono segments" }, s.slurm_jobs.map((j) => `${j.job_id} ${j.state}`
+        + (j.restarts ? ` x${j.restarts + 1}` : "")
+        + (j.resume_from ? ` from ${j.resume_from.split("/").pop()}` : "")).join("; "))));
   }
   return card;
 }

@@ -146,7 +146,7 @@ def test_a_mini_job_requests_no_gpus():
         env={},
     )
     assert not any(a.startswith(("--gres", "--gpus")) for a in argv + job["srun"])
-    # No time limit: no stop signal, and the plain runner.
+    # No stop signal asked for (UNIAD_SLURM_STOP_SIGNAL_LEAD_S=0): none sent, and the plain runner.
     assert not any(a.startswith("--signal") for a in argv) and not any("runner.type" in a for a in job["argv"])
 
 
