@@ -127,7 +127,8 @@ class _StopOnSignalHook(Hook):
         if done >= len(runner.data_loader):
             self.requested = True  # every rank: the epoch's own checkpoint first, then stop at the next iteration
             return
-        runner.save_iter_checkpoint(done)
+        if not osp.exists(osp.join(runner.work_dir, ITER_FILE.format(runner.epoch + 1, done))):
+            runner.save_iter_checkpoint(done)  # unless the interval's checkpoint of this iteration came first
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # the file is in place before any rank exits
         runner.logger.info(

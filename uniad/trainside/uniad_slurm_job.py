@@ -158,12 +158,12 @@ class Job:
             signal.signal(signum, self.forward)
         self.srun = subprocess.Popen(argv, env=env)
         returncode = self.srun.wait()
-        if self.stop_requested:
+        if returncode == 0:  # the signal came too late to matter: the stage's last iteration was done
+            reason = "completed"
+        elif self.stop_requested:  # at their checkpoint, or killed by the signal before they could handle it
             reason, returncode = "time_limit", STOPPED_FOR_TIME_LIMIT
-        elif self.terminated:
-            reason = "terminated"
         else:
-            reason = "completed" if returncode == 0 else "failed"
+            reason = "terminated" if self.terminated else "failed"
         self.record_end(returncode, reason)
         return returncode
 

@@ -114,3 +114,38 @@ def test_a_job_that_failed_with_the_stop_code_is_a_time_limit_only_if_its_batch_
     marker(tmp_path, "3", {"time": 2.0, "returncode": 75, "reason": "time_limit"})
     assert slurm.end_status(failed, work_dir, "3") == slurm.TIME_LIMIT
     assert slurm.end_status({"JobState": "FAILED", "ExitCode": "1:0"}, work_dir, "3") == "FAILED"
+
+
+@pytest.fixture
+def own_signals():
+    """Job.run installs its handlers in this process: give pytest's back afterwards."""
+    import signal
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize(
+    ("on_stop", "returncode", "reason"),
+    [
+        ("sys.exit(75)", 75, "time_limit"),  # the ranks checkpointed and stopped
+        ("None", 75, "time_limit"),  # killed by the signal before they handled it: a continuation all the same
+        ("sys.exit(0)", 0, "completed"),  # the signal came as the stage's last iteration ended
+    ],
+)
+def test_the_stop_signal_reaches_the_ranks_and_the_end_says_why(tmp_path, own_signals, on_stop, returncode, reason):
+    import os
+    import signal
+    import threading
+
+    job = batch.Job({"resume": {"work_dir": str(tmp_path)}}, {"SLURM_JOB_ID": "12", "SLURM_RESTART_COUNT": "1"})
+    job.record_start(["n1"], None, None)
+    handler = f"signal.signal(signal.SIGUSR2, lambda *a: {on_stop})" if on_stop != "None" else "None"
+    rank = f"import signal, sys, time; {handler}; time.sleep(20); sys.exit(1)"
+    # As Slurm does with --signal=B:USR2@LEAD: to the batch step, which passes it on to srun (here the rank itself).
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGUSR2)).start()
+    assert job.run([sys.executable, "-c", rank], dict(os.environ)) == returncode
+    (start,) = json.loads((tmp_path / "slurm-12.job.json").read_text())["starts"]
+    assert start["restart"] == 1 and start["end"]["reason"] == reason and start["end"]["returncode"] == returncode
