@@ -4,7 +4,8 @@ It polls the job's state and follows the stage through the follower the local ex
 (``uniad.train.follow``): progress with ETA in the task log (at most once a minute: multi-day task logs stay small),
 the resume check, and the live health watch (NaN/Inf, gradient explosion, stall) that cancels the job with
 ``scancel`` when it fires. A job Slurm requeues is followed on into its next start (its new log, the resume point its
-batch step chose); a job the controller forgot is resolved from ``sacct`` or the batch step's marker. Everything it needs is in ``serialize()``, so a triggerer restart
+batch step chose); a job the controller forgot is resolved from ``sacct`` or the batch step's marker. Everything it
+needs is in ``serialize()``, so a triggerer restart
 resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job
 (a task marked failed before a triggerer ran its trigger: the DAG's failure callback, ``cancel_slurm_jobs_of_run``).
 """
