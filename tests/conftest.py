@@ -46,7 +46,7 @@ XDIST_GROUPS = {
 # Seconds each group took in one worker (make test on 2 cores, 2026-11-30; slurm 2026-12-04): the workers take the longest first, so
 # that neither is left with a long group after the other ran out of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
-    "slurm": 1400,
+    "slurm": 1230,
     "reference_run": 390,
     "trained_root": 150,
     "test_celery_stack": 120,
