@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import TrainingFailed
 from ..health.monitor import Finding, Thresholds
-from ..trainside.uniad_workdir import LEASE_TTL_S, Lease, LeaseHeld
+from ..trainside.uniad_workdir import LEASE_TTL_S, LEASE_WAIT_S, Lease, LeaseHeld
 from ..workdir import WorkDir
 from .ending import End, classify_end
 from .follow import StageFollower
@@ -86,8 +86,10 @@ class StageRun:
         resume_point: tuple[int, int] | None = None,
         backend_reason: str | None = None,
         stop_on_findings: bool = True,
+        lease_wait_s: float = LEASE_WAIT_S,
     ) -> None:
         self.command = command
+        self.lease_wait_s = lease_wait_s
         # (epoch, iterations of it in the checkpoint): a resumed attempt's first record must be in that epoch, after
         # those iterations.
         self.resume_point = resume_point
@@ -120,7 +122,7 @@ class StageRun:
             self.work_dir.path.mkdir(parents=True, exist_ok=True)
             lease = Lease(str(self.work_dir.path), f"local:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}")
             try:
-                self._lease = lease.acquire()
+                self._lease = lease.acquire(wait_s=self.lease_wait_s, on_wait=self._waiting_for)
             except LeaseHeld as exc:
                 raise TrainingFailed(
                     f"{self.stage}: not started: {exc}. Let it end or stop it first; a retry starts once it is gone "
@@ -167,6 +169,18 @@ class StageRun:
                 later_epochs=self.later_epochs,
                 resume_point=self.resume_point,
             )
+
+    def _waiting_for(self, lease: dict) -> None:
+        logger.warning(
+            "%s: %s still trains in %s (host %s, pid %s): waiting up to %.0f s for it to end (an earlier attempt "
+            "being stopped ends within seconds)",
+            self.stage,
+            lease.get("holder"),
+            self.work_dir.path if self.work_dir else "the work dir",
+            lease.get("host"),
+            lease.get("pid"),
+            self.lease_wait_s,
+        )
 
     def wait(self) -> StageResult:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""

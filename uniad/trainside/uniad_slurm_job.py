@@ -35,6 +35,7 @@ import time
 import zipfile
 
 from uniad_workdir import (
+    LEASE_WAIT_S,
     STOPPED_FOR_TIME_LIMIT,
     Lease,
     LeaseHeld,
@@ -200,8 +201,17 @@ def main(argv=None):
     # Never two jobs training in one work dir, whatever submitted them (Slurm's singleton dependency covers the
     # jobs of one stage of one run; this covers the rest, local stages included).
     lease = Lease(this.work_dir, "slurm:" + this.job_id, alive=lambda held: holder_alive(held, env))
+
+    def waiting(held):
+        print(
+            "uniad slurm job {}: {} still trains in the work dir: waiting up to {:.0f} s for it to end".format(
+                this.job_id, held.get("holder"), LEASE_WAIT_S
+            ),
+            flush=True,
+        )
+
     try:
-        lease.acquire()
+        lease.acquire(wait_s=LEASE_WAIT_S, on_wait=waiting)
     except LeaseHeld as exc:
         print(f"uniad slurm job {this.job_id}: not training: {exc}", flush=True)
         this.record_end(WORK_DIR_HELD, "work_dir_held")

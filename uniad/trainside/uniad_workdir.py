@@ -87,20 +87,24 @@ def write_job_marker(work_dir, job_id, marker):
 
 
 # Who trains in a work dir: one holder at a time (a local stage's launching process, a Slurm job's batch step), with
-# a heartbeat. {"holder", "host", "boot_id", "pid", "pid_start", "heartbeat"}.
+# a heartbeat. {"holder", "token", "host", "boot_id", "pid", "pid_start", "heartbeat"}.
 LEASE_FILE = ".uniad_lease.json"
 LEASE_TTL_S = 120.0  # a holder on another host whose heartbeat is older than this is gone
 LEASE_EVERY_S = 15.0
+# How long a new holder waits for a live one to go before it gives up: a retry that Airflow starts while the attempt
+# it replaces is still being stopped (its ranks get 10 s to exit, then SIGKILL) must not fail for it.
+LEASE_WAIT_S = 60.0
 
 
 class LeaseHeld(Exception):
     """Another live holder trains in the work dir."""
 
-    def __init__(self, lease, age_s):
+    def __init__(self, lease, age_s, waited_s=0.0):
         self.lease, self.age_s = lease, age_s
+        waited = f" after waiting {waited_s:.0f} s for it to end" if waited_s else ""
         super().__init__(
-            "{} already trains in this work dir (host {}, pid {}, heartbeat {:.0f} s ago)".format(
-                lease.get("holder"), lease.get("host"), lease.get("pid"), age_s
+            "{} already trains in this work dir (host {}, pid {}, heartbeat {:.0f} s ago){}".format(
+                lease.get("holder"), lease.get("host"), lease.get("pid"), age_s, waited
             )
         )
 
@@ -140,18 +144,22 @@ def lease_alive(lease, now, ttl_s=LEASE_TTL_S):
 
 
 class Lease:
-    """The work dir's lease for ``holder`` (e.g. ``slurm:1234``, ``local:host:pid``): ``acquire`` refuses while
-    another live holder has it (``LeaseHeld``, unless ``alive`` says that holder is gone), then a thread renews the
-    heartbeat every ``LEASE_EVERY_S`` until ``release``."""
+    """The work dir's lease for ``holder`` (e.g. ``slurm:1234``, ``local:host:pid``): ``acquire`` waits up to
+    ``wait_s`` for another live holder to go (``alive`` says whether it is), then refuses (``LeaseHeld``); a thread
+    renews the heartbeat every ``LEASE_EVERY_S`` until ``release``. The same holder may take it over (a Slurm job
+    started again after a requeue); each acquisition has a token of its own, so the start it replaced neither renews
+    nor removes the new one."""
 
     def __init__(self, work_dir, holder, alive=None):
         import socket
+        import uuid
 
         self.work_dir, self.holder = work_dir, holder
         self.alive = alive or (lambda lease: lease_alive(lease, time.time()))
         pid = os.getpid()
         self.record = {
             "holder": holder,
+            "token": uuid.uuid4().hex,
             "host": socket.gethostname(),
             "boot_id": _boot_id(),
             "pid": pid,
@@ -159,24 +167,36 @@ class Lease:
         }
         self._stop = None
 
-    def acquire(self):
+    def acquire(self, wait_s=0.0, on_wait=None):
+        """Take the lease; while another live holder has it, wait up to ``wait_s`` (``on_wait(lease)`` is told once)."""
         import threading
 
-        held = read_lease(self.work_dir)
-        if held and held.get("holder") != self.holder and self.alive(held):
-            raise LeaseHeld(held, time.time() - float(held.get("heartbeat") or 0))
+        began, told = time.time(), False
+        while True:
+            held = read_lease(self.work_dir)
+            if not held or held.get("holder") == self.holder or not self.alive(held):
+                break
+            waited = time.time() - began
+            if waited >= wait_s:
+                raise LeaseHeld(held, time.time() - float(held.get("heartbeat") or 0), waited)
+            if on_wait is not None and not told:
+                on_wait(held)
+                told = True
+            time.sleep(min(1.0, wait_s - waited))
         self._write()
         time.sleep(0.2)  # two that found it free at once: the one whose lease stands trains
-        held = read_lease(self.work_dir)
-        if not held or held.get("holder") != self.holder:
-            raise LeaseHeld(held or {}, 0.0)
+        if not self._mine():
+            raise LeaseHeld(read_lease(self.work_dir) or {}, 0.0)
         self._stop = threading.Event()
         threading.Thread(target=self._renew, name="uniad-lease", daemon=True).start()
         return self
 
+    def _mine(self):
+        return (read_lease(self.work_dir) or {}).get("token") == self.record["token"]
+
     def _renew(self):
         while not self._stop.wait(LEASE_EVERY_S):
-            if (read_lease(self.work_dir) or {}).get("holder") == self.holder:
+            if self._mine():
                 self._write()
 
     def _write(self):
@@ -189,7 +209,7 @@ class Lease:
     def release(self):
         if self._stop is not None:
             self._stop.set()
-        if (read_lease(self.work_dir) or {}).get("holder") == self.holder:
+        if self._mine():
             try:
                 os.remove(os.path.join(self.work_dir, LEASE_FILE))
             except OSError:

@@ -27,20 +27,28 @@ def test_a_second_holder_is_refused_while_the_first_holds_the_lease(tmp_path):
     Lease(str(tmp_path), "slurm:42").acquire().release()
 
 
-def test_a_holder_gone_from_this_host_frees_the_lease_at_once(tmp_path):
-    holder = subprocess.Popen(
+def holder_process(work_dir, holder: str, hold_s: float) -> subprocess.Popen:
+    """A process of its own that takes the lease as ``holder``, says "held", and exits after ``hold_s`` without
+    releasing it (as a stopped attempt's process does when it is killed)."""
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-c",
             f"import sys; sys.path[:0] = {sys.path!r}; "
-            "from uniad.trainside.uniad_workdir import Lease; import time; "
-            f"Lease({str(tmp_path)!r}, 'local:other').acquire(); print('held', flush=True); time.sleep(60)",
+            "from uniad.trainside.uniad_workdir import Lease; import os, time; "
+            f"Lease({str(work_dir)!r}, {holder!r}).acquire(); print('held', flush=True); time.sleep({hold_s}); "
+            "os._exit(0)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_holder_gone_from_this_host_frees_the_lease_at_once(tmp_path):
+    holder = holder_process(tmp_path, "local:other", hold_s=60)
     try:
-        assert holder.stdout.readline().strip() == "held"
         lease = read_lease(str(tmp_path))
         assert lease["pid"] == holder.pid and lease_alive(lease, time.time())
         with pytest.raises(LeaseHeld):
@@ -50,6 +58,32 @@ def test_a_holder_gone_from_this_host_frees_the_lease_at_once(tmp_path):
         holder.wait()
     assert read_lease(str(tmp_path))["holder"] == "local:other"
     Lease(str(tmp_path), "local:me").acquire().release()
+
+
+def test_a_new_holder_waits_for_a_live_one_being_stopped(tmp_path):
+    """A retry that Airflow starts while the attempt it replaces is still being stopped: it waits for that process
+    to go, then trains, instead of failing for a lease that is gone seconds later."""
+    holder = holder_process(tmp_path, "local:earlier-attempt", hold_s=2)
+    told = []
+    began = time.monotonic()
+    lease = Lease(str(tmp_path), "local:retry").acquire(wait_s=30, on_wait=told.append)
+    waited = time.monotonic() - began
+    holder.wait()
+    assert [held["holder"] for held in told] == ["local:earlier-attempt"]
+    assert 1 < waited < 30 and read_lease(str(tmp_path))["holder"] == "local:retry"
+    lease.release()
+
+
+def test_a_superseded_start_neither_renews_nor_removes_the_new_lease(tmp_path):
+    """A requeued Slurm job starts again under the same holder name while its earlier start is still being killed:
+    the new start takes the lease over, and the earlier start's release leaves it in place."""
+    earlier = Lease(str(tmp_path), "slurm:5").acquire()
+    later = Lease(str(tmp_path), "slurm:5").acquire()
+    earlier.release()
+    held = read_lease(str(tmp_path))
+    assert held is not None and held["token"] == later.record["token"]
+    later.release()
+    assert read_lease(str(tmp_path)) is None
 
 
 def test_a_holder_on_another_host_counts_until_its_heartbeat_is_too_old(tmp_path):
@@ -70,8 +104,10 @@ def test_a_local_stage_does_not_start_where_a_live_holder_trains(tmp_path):
     command = LaunchCommand(
         argv=[sys.executable, "-c", "raise SystemExit(0)"], env={}, cwd=str(tmp_path), backend="gloo"
     )
-    run = StageRun(command, stage="stage1", total_epochs=1, work_dir=work_dir)
-    with pytest.raises(TrainingFailed, match="not started: slurm:9 already trains in this work dir") as info:
+    run = StageRun(command, stage="stage1", total_epochs=1, work_dir=work_dir, lease_wait_s=1)
+    with pytest.raises(
+        TrainingFailed, match="not started: slurm:9 already trains in this work dir .* after waiting 1 s"
+    ) as info:
         run.run()
     assert info.value.retryable and run._proc is None  # nothing was launched
     # A new run does not move a live holder's checkpoints aside either.
