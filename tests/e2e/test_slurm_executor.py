@@ -356,7 +356,10 @@ def assert_went_on_from_its_own_checkpoint(outcome: dict, root: Path) -> dict:
     first wrote, losing at most the checkpoint interval; never two jobs at once; the run succeeded. The job's line."""
     assert outcome["returncode"] == 0, outcome["output"][-6000:]
     work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
-    (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+    jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+    outputs = {path.name: path.read_text()[-3000:] for path in sorted(work_dir.glob("slurm-*.out"))}
+    assert len(jobs) == 1, (jobs, outputs, outcome["output"][-8000:])
+    (job,) = jobs
     assert (job["state"], job["restarts"], job["attempt"]) == ("COMPLETED", 1, 1), job
     starts = json.loads((work_dir / f"slurm-{job['job_id']}.job.json").read_text())["starts"]
     assert [start["restart"] for start in starts] == [0, 1] and starts[0]["end"]["reason"] != "completed", starts
@@ -381,11 +384,20 @@ def running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir: Path) -> str:
     return job["job_id"]
 
 
-def release_the_requeue_hold(slurm_env, job_id: str) -> None:
+def release_the_requeue_hold(slurm_env, job_id: str, requeued_at: float) -> None:
     """Slurm holds a requeued job for about two minutes (Reason=BeginTime: measured 144 s from requeue to the next
     start here), which is Slurm's and nothing of the pipeline's: an admin's release keeps the suite's time for what
-    the tests check."""
-    wait_for(f"job {job_id} to pend", lambda: "Reason=BeginTime" in job_state(slurm_env, job_id), 120, 0.5)
+    the tests check. Not before the earlier start's processes are gone (PENDING, no longer COMPLETING), and not within
+    the second of the requeue: slurmd revokes the job's credentials as of that second, and a start in it is refused
+    ("Killing non-startable batch job: Job credential revoked", seen under the suite's load when the hold was released
+    at once), which is what Slurm's hold guards against."""
+
+    def held() -> bool:
+        state = job_state(slurm_env, job_id)
+        return "JobState=PENDING" in state and "Reason=BeginTime" in state
+
+    wait_for(f"job {job_id} to pend", held, 120, 0.5)
+    time.sleep(max(0.0, int(requeued_at) + 2 - time.time()))
     run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_env)
 
 
@@ -410,7 +422,7 @@ def test_a_requeued_job_goes_on_from_the_checkpoint_it_wrote(airflow_home, slurm
         job_id = running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir)
         run(["scontrol", "requeue", job_id], env=slurm_env)
         requeued_at = time.time()
-        release_the_requeue_hold(slurm_env, job_id)
+        release_the_requeue_hold(slurm_env, job_id, requeued_at)
         wait_for_second_start(work_dir, job_id)
         return time.time() - requeued_at
 
@@ -439,7 +451,7 @@ def test_a_job_that_loses_a_node_goes_on_from_its_checkpoint_on_healthy_nodes(ai
             # The node comes back (ReturnToService=2 may have returned it already: then Slurm answers "Invalid node
             # state specified"); the job waits for two healthy nodes meanwhile.
             run(["scontrol", "update", "nodename=n2", "state=resume"], env=slurm_env, check=False)
-        release_the_requeue_hold(slurm_env, job_id)
+        release_the_requeue_hold(slurm_env, job_id, lost_at)
         wait_for_second_start(work_dir, job_id)
         return time.time() - lost_at
 
