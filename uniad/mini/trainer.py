@@ -54,16 +54,19 @@ class FaultInjectionHook(Hook):
         --cfg-options fault_injection.kind=nan_loss fault_injection.epoch=2 fault_injection.iter=5 [fault_injection.once=True]
 
     From that iteration on: ``nan_loss`` makes the loss NaN (a diverged run), ``grad_explosion`` scales it by 1e6,
-    ``hang`` blocks rank 0 forever (a stuck collective), ``crash`` kills rank 0 with exit code 134. (Not ``nan``:
-    mmcv's --cfg-options would read that as the float NaN.)
+    ``hang`` blocks rank 0 forever (a stuck collective), ``crash`` kills rank 0 with exit code 134, ``slow_data``
+    makes every rank wait ``fault_injection.seconds`` (default 0.5) for each batch, as training that waits on a slow
+    shared filesystem does: a stage that lasts minutes whatever the CPUs do. (Not ``nan``: mmcv's --cfg-options would
+    read that as the float NaN.)
     """
 
-    KINDS = ("nan_loss", "grad_explosion", "hang", "crash")
+    KINDS = ("nan_loss", "grad_explosion", "hang", "crash", "slow_data")
 
-    def __init__(self, kind: str, epoch: int, iter: int = 1, once: bool = False) -> None:
+    def __init__(self, kind: str, epoch: int, iter: int = 1, once: bool = False, seconds: float = 0.5) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"fault_injection.kind must be one of {self.KINDS}, got {kind!r}")
         self.kind, self.epoch, self.iter, self.once = kind, int(epoch), int(iter), bool(once)
+        self.seconds = float(seconds)
 
     def before_train_iter(self, runner) -> None:
         if (runner.epoch + 1, runner.inner_iter + 1) < (self.epoch, self.iter):
@@ -83,6 +86,8 @@ class FaultInjectionHook(Hook):
             time.sleep(10**6)
         elif runner.rank == 0 and self.kind == "crash":
             os._exit(134)
+        elif self.kind == "slow_data":
+            time.sleep(self.seconds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
