@@ -74,6 +74,16 @@ export AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT=${UNIAD_VISI
 # A task's supervisor may notice its process's exit only at its next wake-up (every min_heartbeat_interval, 5 s by
 # default): a task that ends skipped or failed held the next task back that long. 1 s; one heartbeat a second.
 export AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL=${AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL:-1}
+# The api-server may be away for 10 minutes (a failing deploy, a restart under load) without a running stage being
+# killed: Airflow's defaults end a task after 3 failed heartbeats, 16-44 s into an outage. A failed heartbeat takes
+# 20-23 s when the server refuses (5 tries, waits of 5 s and more), up to 48 s when it hangs (5 s per try); 32 in a
+# row: 11-12 min refused, at most 26 min hung. The scheduler fails a task after 30 min without a heartbeat, above
+# that, so a retry never starts while the old attempt still runs; the price: a lost worker is noticed after 30 min.
+# A task's token must outlive the outage: it is renewed when a fifth of it is left (24 min of 2 h).
+export AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS=${AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS:-32}
+export AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN=${AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN:-5}
+export AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT=${AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT:-1800}
+export AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME=${AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME:-7200}
 export AIRFLOW__CORE__DAGS_FOLDER=${UNIAD_DAGS_FOLDER:-$ROOT/dags}
 export AIRFLOW__CORE__PLUGINS_FOLDER=$ROOT/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

@@ -1,5 +1,6 @@
 """The production shape: scripts/celery_stack.sh (CeleryExecutor on PostgreSQL + Redis, a default-queue worker and a
-gpu-queue worker), triggered once with `airflow dags trigger` and once through the REST API."""
+gpu-queue worker) with its shipped timers, triggered once with `airflow dags trigger` and once through the REST API;
+then a local stage trains through an api-server kept down for two minutes."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from services import celery_stack, cli_json, group_alive, http
-from support import BIN, REPO, run
+from services import api_healthy, celery_stack, cli_json, group_alive, http, kill_tree
+from support import BIN, REPO, processes_mentioning, run, wait_for
 from uniad.artifacts.checkpoints import inspect_checkpoint
 
 DAG_ID = "uniad_e2e_training"
@@ -115,3 +116,67 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
         executed[worker] = sorted(re.findall(r"Executing workload in Celery: .*? task_id='([a-z0-9_]+)'", text))
     assert executed["worker-gpu"] == sorted([t for t in TASKS if t in ON_GPUS] * 2), executed
     assert executed["worker-default"] == sorted([t for t in TASKS if t not in ON_GPUS] * 2), executed
+
+
+def test_a_local_stage_trains_through_an_api_server_outage(stack, tmp_path):
+    """The api-server killed and kept down for 120 s while stage 1 trains on the GPU worker, with the shipped
+    settings: the task's supervisor cannot heartbeat meanwhile (Airflow's defaults end the task after 3 failed
+    heartbeats, 16-44 s in), the stage's ranks are the same processes before and after, it was launched once, and the
+    run succeeds on try 1."""
+    home, port = stack["home"], stack["port"]
+    token = stack["stack"].token()
+    root = tmp_path / "root-outage"
+    work = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    # Training that waits 0.8 s for each batch (a slow shared filesystem): 6 epochs last 3.5 minutes and more, so it
+    # trains on well after the outage, and not much longer on a loaded machine.
+    slow = ["fault_injection.kind=slow_data", "fault_injection.epoch=1", "fault_injection.seconds=0.8"]
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "stage1_epochs": 6,
+        "stage1_cfg_options": slow,
+        "stage2_epochs": 1,
+    }
+    status, answer = http(
+        "POST",
+        f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns",
+        token=token,
+        body={"dag_run_id": "outage_run", "logical_date": None, "conf": conf},
+    )
+    assert status == 200, answer
+
+    def records() -> int:
+        return sum(len(log.read_text().splitlines()) - 1 for log in work.glob("*.log.json"))
+
+    wait_for("stage 1 to train", lambda: records() >= 2, 300, 1)
+    ranks = {line.split()[0] for line in processes_mentioning(str(root))}
+    assert len(ranks) >= 3, ranks  # the launcher and both ranks
+
+    pid_file = Path(home) / "logs/api-server.pid"
+    began, killed = time.monotonic(), 0
+    while time.monotonic() - began < 120:  # the stack starts it again 5 s after it dies: kill each new one
+        pid = int(pid_file.read_text())
+        if Path(f"/proc/{pid}").exists():
+            kill_tree(pid)
+            killed += 1
+        assert not api_healthy(port)(), "the api-server answered during the outage"
+        time.sleep(0.5)
+    during = records()
+    wait_for("the api-server to come back", api_healthy(port), 180, 2)
+
+    alive = {line.split()[0] for line in processes_mentioning(str(root))}
+    assert ranks <= alive, f"the stage's processes changed across the outage: {ranks} -> {alive}"
+    wait_for("stage 1 to train on after the outage", lambda: records() > during, 300, 2)
+    wait_for_success(str(BIN / "airflow"), stack["cli_env"], ["outage_run"], timeout_s=900)
+
+    status, ti = http(
+        "GET",
+        f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns/outage_run/taskInstances/stage1_train",
+        token=token,
+    )
+    assert status == 200 and (ti["state"], ti["try_number"]) == ("success", 1), ti
+    assert len(list(work.glob("output_*.txt"))) == 1 and len(list(work.glob("*.log.json"))) == 1  # launched once
+    worker_log = (Path(home) / "logs/worker-gpu.log").read_text()
+    assert "Failed to send heartbeat" in worker_log  # the supervisor did lose the api-server
+    assert "Too many failed heartbeats" not in worker_log
+    print(f"api-server down 120 s ({killed} start(s) killed); the stage trained on in the same processes {ranks}")
