@@ -43,13 +43,14 @@ XDIST_GROUPS = {
     "test_s3_and_alerts_e2e": "s3",
     "test_storage": "s3",
 }
-# Seconds each group took in one worker (make test on 2 cores, 2026-11-30; slurm 2026-12-04): the workers take the longest first, so
-# that neither is left with a long group after the other ran out of work. A group not listed counts 30 s.
+# Seconds each group took in one worker (make test on 2 cores, 2026-11-30; slurm 2026-12-04; celery stack
+# 2026-12-05): the workers take the longest first, so that neither is left with a long group after the other ran out
+# of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
     "slurm": 1230,
+    "test_celery_stack": 430,
     "reference_run": 390,
     "trained_root": 150,
-    "test_celery_stack": 120,
     "test_model_quality": 90,
     "s3": 60,
     "test_health_watch": 50,
