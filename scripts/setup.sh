@@ -3,7 +3,7 @@
 #   .venv/ (this project installed with its extras: torch CPU, Airflow, mmcv, the test tools), an Airflow home with
 #   SQLite in airflow_home/, the gpu pool.
 # --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test), docker-compose
-# (which validates docker/compose.yaml offline), slurm-wlm and munge (the two-node Slurm cluster of make slurm).
+# and haproxy (which validate docker/compose.yaml and its proxy's config offline), slurm-wlm and munge (the two-node Slurm cluster of make slurm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -30,9 +30,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-TOOLS=(chromium chromium-driver docker-compose slurm-wlm munge)
+TOOLS=(chromium chromium-driver docker-compose haproxy slurm-wlm munge)
 missing=0
-for tool in chromium chromedriver docker-compose slurmctld munged; do command -v "$tool" > /dev/null || missing=1; done
+for tool in chromium chromedriver docker-compose haproxy slurmctld munged; do command -v "$tool" > /dev/null || missing=1; done
 if [ "${1:-}" = "--test-tools" ] && [ "$missing" = 1 ]; then
   echo "==> installing ${TOOLS[*]} (Debian packages)"
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)

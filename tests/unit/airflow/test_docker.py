@@ -17,8 +17,12 @@ DOCKER = REPO / "docker"
 COMPOSE = shutil.which("docker-compose")
 
 
+def env_example() -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (DOCKER / "env.example").read_text().splitlines() if "=" in line)
+
+
 def compose_config(tmp_path, **overrides: str):
-    env = dict(line.split("=", 1) for line in (DOCKER / "env.example").read_text().splitlines() if "=" in line)
+    env = env_example()
     env.update(overrides)
     env_file = tmp_path / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items() if v is not None))
@@ -26,6 +30,25 @@ def compose_config(tmp_path, **overrides: str):
     # docker-compose prefers the shell's variables to the env file: only the env file may speak here.
     clean = {k: v for k, v in os.environ.items() if k not in env}
     return subprocess.run(argv, env=clean, capture_output=True, text=True, timeout=60)
+
+
+# What lets a running stage outlive an api-server outage (README, "A control plane that can restart").
+OUTAGE_SETTINGS = (
+    "AIRFLOW__WORKERS__MAX_FAILED_HEARTBEATS",
+    "AIRFLOW__WORKERS__EXECUTION_API_RETRY_WAIT_MIN",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+    "AIRFLOW__EXECUTION_API__JWT_EXPIRATION_TIME",
+)
+
+
+def script_defaults(names) -> dict[str, str | None]:
+    """The defaults scripts/celery_stack.sh gives these settings (``export NAME=${NAME:-default}``)."""
+    script = (REPO / "scripts/celery_stack.sh").read_text()
+    found = {}
+    for name in names:
+        match = re.search(rf"^export {name}=\$\{{{name}:-([^}}]+)\}}$", script, re.M)
+        found[name] = match[1] if match else None
+    return found
 
 
 @pytest.fixture
@@ -37,11 +60,14 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     done = compose_config(tmp_path)
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
+    example = env_example()
     assert set(services) == {
         "postgres",
         "redis",
         "airflow-init",
-        "api-server",
+        "api-server-1",
+        "api-server-2",
+        "api-proxy",
         "scheduler",
         "dag-processor",
         "triggerer",
@@ -78,7 +104,16 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     module, name = services["worker-default"]["environment"]["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"].rsplit(".", 1)
     default_config = getattr(importlib.import_module(module), name)
     assert default_config == {**DEFAULT_CELERY_CONFIG, "imports": ("uniad.health.preload",)}
-    for name in ("api-server", "scheduler", "dag-processor", "triggerer", "worker-default", "uniad-worker-gpu"):
+    airflow_services = (
+        "api-server-1",
+        "api-server-2",
+        "scheduler",
+        "dag-processor",
+        "triggerer",
+        "worker-default",
+        "uniad-worker-gpu",
+    )
+    for name in airflow_services:
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0"
@@ -87,6 +122,18 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         assert env["UNIAD_ALLOWED_ROOTS"] == "/workspace/UniAD", name
         # Above the longest stage: Celery's 24 h default would redeliver a 2-day stage 1 to a second worker.
         assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) >= 7 * 24 * 3600, name
+        # Every part reaches the execution API through the proxy, and tolerates the api-server being away as the
+        # script's shape does (the same settings, the same values).
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://api-proxy:8080/execution/", name
+        assert {key: env.get(key) for key in OUTAGE_SETTINGS} == script_defaults(OUTAGE_SETTINGS), name
+        # One session key for both replicas: a UI login on one is valid on the other.
+        assert env["AIRFLOW__API__SECRET_KEY"] == example["AIRFLOW_API_SECRET_KEY"], name
+    # The proxy publishes the UI and API and balances over the two replicas the compose file runs.
+    proxy = services["api-proxy"]
+    assert proxy["ports"][0]["published"] in (8080, "8080") and proxy["ports"][0]["target"] in (8080, "8080")
+    backends = re.findall(r"^\s*server (\S+) (\S+):8080$", (DOCKER / "haproxy.cfg").read_text(), re.M)
+    assert backends == [("api-server-1", "api-server-1"), ("api-server-2", "api-server-2")]
+    assert services["api-server-1"]["command"] == services["api-server-2"]["command"]
     init = services["airflow-init"]
     assert "airflow pools set gpu" in init["command"][2] and init["environment"]["GPU_WORKERS"] == "1"
     # The first admin comes from the deployment's secret, through the environment, never a file or argv.
@@ -95,7 +142,14 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     assert "change-me-to-a-long-secret" not in init["command"][2]
 
 
-@pytest.mark.parametrize("secret", ["AIRFLOW_JWT_SECRET", "AIRFLOW_ADMIN_PASSWORD"])
+def test_the_proxy_config_is_valid():
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    require_tool(haproxy, "haproxy (checks docker/haproxy.cfg)")
+    done = subprocess.run([haproxy, "-c", "-f", str(DOCKER / "haproxy.cfg")], capture_output=True, text=True)
+    assert done.returncode == 0 and "Configuration file is valid" in done.stdout + done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("secret", ["AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"])
 def test_compose_refuses_to_start_without_its_secrets(compose_available, tmp_path, secret):
     done = compose_config(tmp_path, **{secret: None})
     assert done.returncode != 0
