@@ -1,12 +1,13 @@
 """The production shape: scripts/celery_stack.sh (CeleryExecutor on PostgreSQL + Redis, a default-queue worker and a
 gpu-queue worker) with its shipped timers, triggered once with `airflow dags trigger` and once through the REST API;
-then a local stage trains through an api-server kept down for two minutes."""
+then a local stage trains through an api-server kept down for two minutes and a rolling restart of the other parts."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -118,22 +119,24 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
     assert executed["worker-default"] == sorted([t for t in TASKS if t not in ON_GPUS] * 2), executed
 
 
-def test_a_local_stage_trains_through_an_api_server_outage(stack, tmp_path):
-    """The api-server killed and kept down for 120 s while stage 1 trains on the GPU worker, with the shipped
-    settings: the task's supervisor cannot heartbeat meanwhile (Airflow's defaults end the task after 3 failed
-    heartbeats, 16-44 s in), the stage's ranks are the same processes before and after, it was launched once, and the
+def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart(stack, tmp_path):
+    """While stage 1 trains on the GPU worker, with the shipped settings: the api-server killed and kept down for
+    120 s (the task's supervisor cannot heartbeat meanwhile; Airflow's defaults end the task after 3 failed
+    heartbeats, 16-44 s in), then the api-server, scheduler, dag-processor and triggerer restarted one after another,
+    as a deploy does. The stage's launcher and ranks are the same processes throughout, it was launched once, and the
     run succeeds on try 1."""
     home, port = stack["home"], stack["port"]
+    logs = Path(home) / "logs"
     token = stack["stack"].token()
     root = tmp_path / "root-outage"
     work = root / "projects/work_dirs/stage1_track_map/full_track_map"
-    # Training that waits 0.8 s for each batch (a slow shared filesystem): 6 epochs last 3.5 minutes and more, so it
-    # trains on well after the outage, and not much longer on a loaded machine.
+    # Training that waits 0.8 s for each batch (a slow shared filesystem): 10 epochs last about 6 minutes, so it trains
+    # on well after the outage and the restarts, and not much longer on a loaded machine.
     slow = ["fault_injection.kind=slow_data", "fault_injection.epoch=1", "fault_injection.seconds=0.8"]
     conf = {
         "profile": "mini",
         "uniad_root": str(root),
-        "stage1_epochs": 6,
+        "stage1_epochs": 10,
         "stage1_cfg_options": slow,
         "stage2_epochs": 1,
     }
@@ -148,25 +151,44 @@ def test_a_local_stage_trains_through_an_api_server_outage(stack, tmp_path):
     def records() -> int:
         return sum(len(log.read_text().splitlines()) - 1 for log in work.glob("*.log.json"))
 
+    def pid_of(part: str) -> int | None:
+        """The pid the stack script wrote for ``part``; None while it rewrites the file (a start under way)."""
+        text = (logs / f"{part}.pid").read_text().strip()
+        return int(text) if text else None
+
+    def stage_processes() -> set[str]:
+        return {line.split()[0] for line in processes_mentioning(str(root))}
+
     wait_for("stage 1 to train", lambda: records() >= 2, 300, 1)
-    ranks = {line.split()[0] for line in processes_mentioning(str(root))}
+    ranks = stage_processes()
     assert len(ranks) >= 3, ranks  # the launcher and both ranks
 
-    pid_file = Path(home) / "logs/api-server.pid"
     began, killed = time.monotonic(), 0
     while time.monotonic() - began < 120:  # the stack starts it again 5 s after it dies: kill each new one
-        pid = int(pid_file.read_text())
-        if Path(f"/proc/{pid}").exists():
+        pid = pid_of("api-server")
+        if pid is not None and Path(f"/proc/{pid}").exists():
             kill_tree(pid)
             killed += 1
         assert not api_healthy(port)(), "the api-server answered during the outage"
         time.sleep(0.5)
-    during = records()
     wait_for("the api-server to come back", api_healthy(port), 180, 2)
+    assert ranks <= stage_processes(), f"the stage's processes changed across the outage: {ranks}"
 
-    alive = {line.split()[0] for line in processes_mentioning(str(root))}
-    assert ranks <= alive, f"the stage's processes changed across the outage: {ranks} -> {alive}"
-    wait_for("stage 1 to train on after the outage", lambda: records() > during, 300, 2)
+    restarts = {}
+    for part, component in (
+        ("api-server", None),
+        ("scheduler", "scheduler"),
+        ("dag-processor", "dag_processor"),
+        ("triggerer", "triggerer"),
+    ):
+        old, stopped = pid_of(part), time.monotonic()
+        os.kill(old, signal.SIGTERM)
+        wait_for(f"{part} to start again", lambda p=part, o=old: pid_of(p) not in (None, o), 120, 0.5)
+        wait_for(f"{part} to be healthy again", api_healthy(port, component), 180, 2)
+        restarts[part] = round(time.monotonic() - stopped)
+    during = records()
+    assert ranks <= stage_processes(), f"the stage's processes changed across the restarts: {ranks}"
+    wait_for("stage 1 to train on after the restarts", lambda: records() > during, 300, 2)
     wait_for_success(str(BIN / "airflow"), stack["cli_env"], ["outage_run"], timeout_s=900)
 
     status, ti = http(
@@ -176,7 +198,10 @@ def test_a_local_stage_trains_through_an_api_server_outage(stack, tmp_path):
     )
     assert status == 200 and (ti["state"], ti["try_number"]) == ("success", 1), ti
     assert len(list(work.glob("output_*.txt"))) == 1 and len(list(work.glob("*.log.json"))) == 1  # launched once
-    worker_log = (Path(home) / "logs/worker-gpu.log").read_text()
+    worker_log = (logs / "worker-gpu.log").read_text()
     assert "Failed to send heartbeat" in worker_log  # the supervisor did lose the api-server
     assert "Too many failed heartbeats" not in worker_log
-    print(f"api-server down 120 s ({killed} start(s) killed); the stage trained on in the same processes {ranks}")
+    print(
+        f"api-server down 120 s ({killed} start(s) killed), then restarted with the other parts (seconds each: "
+        f"{restarts}); the stage trained on in the same processes {sorted(ranks)}"
+    )
