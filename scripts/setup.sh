@@ -2,8 +2,9 @@
 # Set up everything for the embedded default, idempotently:
 #   .venv/ (this project installed with its extras: torch CPU, Airflow, mmcv, the test tools), an Airflow home with
 #   SQLite in airflow_home/, the gpu pool.
-# --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test), docker-compose
-# and haproxy (which validate docker/compose.yaml and its proxy's config offline), slurm-wlm and munge (the two-node Slurm cluster of make slurm).
+# --test-tools also installs Debian's chromium, chromedriver (the dashboard's browser test), docker-compose and
+# haproxy (which validate docker/compose.yaml and its proxy's config offline), slurm-wlm and munge (the two-node Slurm
+# cluster of make slurm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..errors import TrainingFailed
 from ..health.monitor import Finding, Thresholds
-from ..trainside.uniad_workdir import LEASE_TTL_S, LEASE_WAIT_S, Lease, LeaseHeld
+from ..trainside.uniad_workdir import LEASE_TTL_S, LEASE_WAIT_S, Lease, LeaseHeld, waiting_for
 from ..workdir import WorkDir
 from .ending import End, classify_end
 from .follow import StageFollower
@@ -171,16 +171,8 @@ class StageRun:
             )
 
     def _waiting_for(self, lease: dict) -> None:
-        logger.warning(
-            "%s: %s still trains in %s (host %s, pid %s): waiting up to %.0f s for it to end (an earlier attempt "
-            "being stopped ends within seconds)",
-            self.stage,
-            lease.get("holder"),
-            self.work_dir.path if self.work_dir else "the work dir",
-            lease.get("host"),
-            lease.get("pid"),
-            self.lease_wait_s,
-        )
+        # An earlier attempt being stopped ends within seconds.
+        logger.warning("%s: %s (%s)", self.stage, waiting_for(lease, self.lease_wait_s), self.work_dir.path)
 
     def wait(self) -> StageResult:
         """Stream output until the group's leader exits; raise TrainingFailed unless it exited 0."""

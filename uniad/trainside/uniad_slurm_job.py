@@ -43,6 +43,7 @@ from uniad_workdir import (
     lease_alive,
     read_job_marker,
     resume_candidates,
+    waiting_for,
     write_job_marker,
 )
 
@@ -203,12 +204,7 @@ def main(argv=None):
     lease = Lease(this.work_dir, "slurm:" + this.job_id, alive=lambda held: holder_alive(held, env))
 
     def waiting(held):
-        print(
-            "uniad slurm job {}: {} still trains in the work dir: waiting up to {:.0f} s for it to end".format(
-                this.job_id, held.get("holder"), LEASE_WAIT_S
-            ),
-            flush=True,
-        )
+        print(f"uniad slurm job {this.job_id}: {waiting_for(held, LEASE_WAIT_S)}", flush=True)
 
     try:
         lease.acquire(wait_s=LEASE_WAIT_S, on_wait=waiting)

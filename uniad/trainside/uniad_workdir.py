@@ -109,6 +109,13 @@ class LeaseHeld(Exception):
         )
 
 
+def waiting_for(lease, wait_s):
+    """What a new holder says while it waits for ``lease``'s live holder to go."""
+    return "{} still trains in this work dir (host {}, pid {}): waiting up to {:.0f} s for it to end".format(
+        lease.get("holder"), lease.get("host"), lease.get("pid"), wait_s
+    )
+
+
 def _boot_id():
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
