@@ -47,7 +47,7 @@ XDIST_GROUPS = {
 # 2026-12-05): the workers take the longest first, so that neither is left with a long group after the other ran out
 # of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
-    "slurm": 1230,
+    "slurm": 1080,
     "test_celery_stack": 560,
     "reference_run": 390,
     "trained_root": 150,

@@ -339,51 +339,6 @@ def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(a
     print(f"{len(jobs)} jobs for 10 epochs in {took:.0f} s ({states}); samples of running jobs: {outcome['running']}")
 
 
-def requeue_test_conf(root: Path) -> dict:
-    """Stage 1 of 4 epochs of 3x the data (120 iterations each, ~7 s) with a checkpoint every 25 iterations."""
-    return {
-        **TWO_NODES,
-        "uniad_root": str(root),
-        "stage1_epochs": 4,
-        "stage1_cfg_options": ["data.train.num_samples=960", "optimizer.lr=0.0005"],
-        "stage2_epochs": 1,
-        "checkpoint_interval_iters": 25,
-    }
-
-
-def assert_went_on_from_its_own_checkpoint(outcome: dict, root: Path) -> dict:
-    """One job for stage 1, started twice: the second start resumed inside epoch 2 from the newest checkpoint the
-    first wrote, losing at most the checkpoint interval; never two jobs at once; the run succeeded. The job's line."""
-    assert outcome["returncode"] == 0, outcome["output"][-6000:]
-    work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
-    jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
-    outputs = {path.name: path.read_text()[-3000:] for path in sorted(work_dir.glob("slurm-*.out"))}
-    assert len(jobs) == 1, (jobs, outputs, outcome["output"][-8000:])
-    (job,) = jobs
-    assert (job["state"], job["restarts"], job["attempt"]) == ("COMPLETED", 1, 1), job
-    starts = json.loads((work_dir / f"slurm-{job['job_id']}.job.json").read_text())["starts"]
-    assert [start["restart"] for start in starts] == [0, 1] and starts[0]["end"]["reason"] != "completed", starts
-    epochs_done, done = starts[1]["position"]
-    assert epochs_done >= 1 and done > 0 and starts[1]["resume_from"].endswith(f"_iter_{done}.pth"), starts[1]
-    first_log, second_log = sorted(work_dir.glob("*.log.json"))
-    trained, resumed = train_records(first_log)[-1], train_records(second_log)[0]
-    assert resumed[0] == epochs_done + 1 and resumed[1] > done, (resumed, starts[1])
-    # Iterations logged after the checkpoint (the log is every 10 iterations, so a checkpoint may be the newer).
-    lost = (trained[0] - 1) * 120 + trained[1] - (epochs_done * 120 + done)
-    assert lost <= 25, (trained, starts[1])
-    assert f"job {job['job_id']} was requeued (restart 1" in outcome["output"]
-    assert max(outcome["running"]) == 1, outcome["running"]
-    assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 4
-    assert processes_mentioning(str(root)) == []
-    return {"job": job, "starts": starts, "lost_iterations": max(lost, 0)}
-
-
-def running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir: Path) -> str:
-    wait_for("a checkpoint inside epoch 2", lambda: list(work_dir.glob("epoch_2_iter_*.pth")), 600, 0.2)
-    (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
-    return job["job_id"]
-
-
 def release_the_requeue_hold(slurm_env, job_id: str, requeued_at: float) -> None:
     """Slurm holds a requeued job for about two minutes (Reason=BeginTime: measured 144 s from requeue to the next
     start here), which is Slurm's and nothing of the pipeline's: an admin's release keeps the suite's time for what
@@ -401,64 +356,82 @@ def release_the_requeue_hold(slurm_env, job_id: str, requeued_at: float) -> None
     run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=slurm_env)
 
 
-def wait_for_second_start(work_dir: Path, job_id: str) -> None:
-    """Until the job's batch step has recorded its second start."""
-
-    def starts() -> int:
-        marker = work_dir / f"slurm-{job_id}.job.json"
-        return len(json.loads(marker.read_text())["starts"]) if marker.exists() else 0
-
-    wait_for(f"job {job_id}'s second start", lambda: starts() == 2, 600, 1)
-
-
-def test_a_requeued_job_goes_on_from_the_checkpoint_it_wrote(airflow_home, slurm_env, tmp_path):
-    """``scontrol requeue`` of the running stage-1 job mid-epoch (what preemption does on clusters with
-    JobRequeue=1): Slurm starts the same job again, its batch step resumes from the newest checkpoint rather than
-    from the job's first arguments, the trigger follows the new start's log, and the run succeeds."""
+def test_a_requeued_job_and_one_that_loses_a_node_go_on_from_the_checkpoints_they_wrote(
+    airflow_home, slurm_env, tmp_path
+):
+    """The running 2-node stage-1 job, twice put back in the queue by Slurm: ``scontrol requeue`` inside epoch 2 (what
+    preemption does on clusters with JobRequeue=1), then node n2 set DOWN inside epoch 4 (``NODE_FAIL``, requeued).
+    Each time Slurm starts the same job again, its batch step resumes from the newest checkpoint the job wrote, not
+    from the job's first arguments, on healthy nodes; the trigger follows the new start's log, at most the checkpoint
+    interval is lost, never two jobs run at once, and the run succeeds. (One pipeline run for both faults.)"""
     root = tmp_path / "uniad-mini-requeue"
     work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
+    conf = {
+        **TWO_NODES,
+        "uniad_root": str(root),
+        "stage1_epochs": 5,  # 3x the data: 120 iterations an epoch, ~7 s on a quiet machine
+        "stage1_cfg_options": ["data.train.num_samples=960", "optimizer.lr=0.0005"],
+        "stage2_epochs": 1,
+        "checkpoint_interval_iters": 25,
+    }
 
-    def requeue() -> float:
-        job_id = running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir)
+    def starts(job_id: str) -> list[dict]:
+        marker = work_dir / f"slurm-{job_id}.job.json"
+        return json.loads(marker.read_text())["starts"] if marker.exists() else []
+
+    def started_again(job_id: str, faulted_at: float, count: int) -> float:
+        """Release the hold, wait for the job's next start; seconds from the fault to that start."""
+        release_the_requeue_hold(slurm_env, job_id, faulted_at)
+        wait_for(f"job {job_id}'s start {count}", lambda: len(starts(job_id)) == count, 600, 1)
+        return time.time() - faulted_at
+
+    def requeue_then_lose_a_node() -> list[float]:
+        wait_for("a checkpoint inside epoch 2", lambda: list(work_dir.glob("epoch_2_iter_*.pth")), 600, 0.2)
+        (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+        job_id = job["job_id"]
         run(["scontrol", "requeue", job_id], env=slurm_env)
-        requeued_at = time.time()
-        release_the_requeue_hold(slurm_env, job_id, requeued_at)
-        wait_for_second_start(work_dir, job_id)
-        return time.time() - requeued_at
-
-    outcome = pipeline_under_fault(slurm_env, requeue_test_conf(root), requeue)
-    facts = assert_went_on_from_its_own_checkpoint(outcome, root)
-    print(
-        f"requeued: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} logged iteration(s) lost"
-    )
-
-
-def test_a_job_that_loses_a_node_goes_on_from_its_checkpoint_on_healthy_nodes(airflow_home, slurm_env, tmp_path):
-    """A node set DOWN under the running 2-node stage-1 job: Slurm requeues it (NODE_FAIL), it starts again once two
-    healthy nodes are there, and its batch step resumes from the newest checkpoint; the run succeeds."""
-    root = tmp_path / "uniad-mini-node-down"
-    work_dir = root / "projects/work_dirs/stage1_track_map/full_track_map"
-
-    def lose_a_node() -> float:
-        job_id = running_job_after_a_mid_epoch_checkpoint(slurm_env, work_dir)
+        times = [started_again(job_id, time.time(), 2)]
+        wait_for("a checkpoint inside epoch 4", lambda: list(work_dir.glob("epoch_4_iter_*.pth")), 600, 0.2)
         run(["scontrol", "update", "nodename=n2", "state=down", "reason=lost in a test"], env=slurm_env)
         lost_at = time.time()
         try:
-            wait_for(
-                f"job {job_id} to leave n2", lambda: "JobState=RUNNING" not in job_state(slurm_env, job_id), 60, 0.5
-            )
+            # Slurm kills it and puts it back in the queue: NODE_FAIL, requeued.
+            wait_for(f"job {job_id} to leave n2", lambda: "JobState=RUNNING" not in job_state(slurm_env, job_id), 60)
         finally:
             # The node comes back (ReturnToService=2 may have returned it already: then Slurm answers "Invalid node
             # state specified"); the job waits for two healthy nodes meanwhile.
             run(["scontrol", "update", "nodename=n2", "state=resume"], env=slurm_env, check=False)
-        release_the_requeue_hold(slurm_env, job_id, lost_at)
-        wait_for_second_start(work_dir, job_id)
-        return time.time() - lost_at
+        times.append(started_again(job_id, lost_at, 3))
+        return times
 
-    outcome = pipeline_under_fault(slurm_env, requeue_test_conf(root), lose_a_node)
-    facts = assert_went_on_from_its_own_checkpoint(outcome, root)
-    assert facts["starts"][1]["nodes"] == ["n1", "n2"]
+    outcome = pipeline_under_fault(slurm_env, conf, requeue_then_lose_a_node)
+    assert outcome["returncode"] == 0, outcome["output"][-6000:]
+    jobs = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
+    outputs = {path.name: path.read_text()[-3000:] for path in sorted(work_dir.glob("slurm-*.out"))}
+    assert len(jobs) == 1, (jobs, outputs, outcome["output"][-8000:])
+    (job,) = jobs
+    assert (job["state"], job["restarts"], job["attempt"]) == ("COMPLETED", 2, 1), job
+    recorded = starts(job["job_id"])
+    assert [start["restart"] for start in recorded] == [0, 1, 2], recorded
+    assert [start["end"]["reason"] != "completed" for start in recorded] == [True, True, False], recorded
+    logs = sorted(work_dir.glob("*.log.json"))
+    assert len(logs) == 3, logs
+    lost = []
+    for before, start, log, in_epoch in zip(logs, recorded[1:], logs[1:], (2, 4)):
+        epochs_done, done = start["position"]
+        # From inside the epoch of the fault, the newest checkpoint: the one the job wrote there, on both nodes.
+        assert (epochs_done + 1, start["nodes"]) == (in_epoch, ["n1", "n2"]) and done > 0, start
+        assert start["resume_from"].endswith(f"epoch_{in_epoch}_iter_{done}.pth"), start
+        trained, resumed = train_records(before)[-1], train_records(log)[0]
+        assert resumed[0] == in_epoch and resumed[1] > done, (resumed, start)
+        # Iterations logged after the checkpoint (the log is every 10 iterations, so a checkpoint may be the newer).
+        lost.append(max(0, (trained[0] - 1) * 120 + trained[1] - (epochs_done * 120 + done)))
+        assert lost[-1] <= 25, (trained, start)
+    for restart in (1, 2):
+        assert f"job {job['job_id']} was requeued (restart {restart}" in outcome["output"]
+    assert max(outcome["running"]) == 1, outcome["running"]
+    assert json.loads((root / "ckpts/full_track_map.pth.provenance.json").read_text())["epoch"] == 5
+    assert processes_mentioning(str(root)) == []
     wait_until_idle(slurm_env, "n2 to come back idle")
-    print(
-        f"node lost: started again {outcome['fault']:.0f} s later, {facts['lost_iterations']} logged iteration(s) lost"
-    )
+    again = [round(seconds, 1) for seconds in outcome["fault"]]
+    print(f"requeued, then a node lost: each started again {again} s after the fault; lost {lost} logged iterations")
