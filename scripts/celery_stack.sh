@@ -99,7 +99,7 @@ airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1 || { tail -30 "$AIRFL
 PYTHONPATH=$ROOT/plugins "$BIN/python" -m uniad_airflow.admin 2>> "$AIRFLOW_HOME/logs/migrate.log" \
   || { tail -5 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
 SLOTS=$((GPU_WORKERS * UNIAD_GPUS_PER_WORKER))
-airflow pools set gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs" > /dev/null
+airflow pools set --include-deferred gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs" > /dev/null
 echo "==> gpu pool: $SLOTS slots ($GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs; one training task takes a worker)"
 
 trap 'trap - TERM INT; echo "==> stopping"; kill -TERM 0; wait' TERM INT

@@ -14,6 +14,10 @@ writes is spelled here, and nowhere else.
       slurm-attempt-<N>[-<S>].json  the job file the batch step of attempt N (its S-th job) reads (the ranks' argv)
       slurm-<job id>.job.json    the batch step's record of each start of the job (a requeue starts it again) and its
                                  end: where it resumed from, and why it ended (completed, failed, its time limit)
+      local-<id>.spec.json       executor=local: what the stage's detached local job runs (argv, resume point)
+      local-<id>.job.json        who runs it (host, boot id, its supervisor's pid) and, once over, its end
+      local-<id>.cancel          a request to stop it (mark-failed, clear), which its supervisor acts on
+      local-<id>.out             its supervisor's log
       .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
       champion_evaluation/       executor=slurm: the job that scored a champion published without metrics
       health/                    the gate's report.md and plots
@@ -48,6 +52,7 @@ JSON_LOGS = "*.log.json"
 TEXT_LOGS = "*.log"
 OUTPUTS = "output_*.txt"
 SLURM_OUTPUTS = "slurm-*.out"
+LOCAL_OUTPUTS = "local-*.out"
 SLURM_JOBS = "slurm_jobs.jsonl"
 TRAINSIDE = ".uniad_trainside"
 CHAMPION_EVALUATION = "champion_evaluation"
@@ -153,6 +158,22 @@ class WorkDir:
             f"slurm-attempt-{attempt}.json" if segment == 1 else f"slurm-attempt-{attempt}-{segment}.json"
         )
 
+    def local_spec(self, job_id: str) -> Path:
+        """What local job ``job_id`` runs (``uniad.train.local_job``)."""
+        return self.path / f"local-{job_id}.spec.json"
+
+    def local_marker(self, job_id: str) -> Path:
+        """Who runs local job ``job_id`` and, once over, its end."""
+        return self.path / f"local-{job_id}.job.json"
+
+    def local_control(self, job_id: str) -> Path:
+        """A request to stop local job ``job_id``, with its reason."""
+        return self.path / f"local-{job_id}.cancel"
+
+    def local_output(self, job_id: str) -> Path:
+        """Local job ``job_id``'s supervisor log (the ranks' output is in ``output_<time>.txt``)."""
+        return self.path / f"local-{job_id}.out"
+
     def job_marker(self, job_id: str) -> dict | None:
         """What the batch step of Slurm job ``job_id`` recorded of its starts and its end (``slurm-<id>.job.json``)."""
         return contract.read_job_marker(self.path, job_id)
@@ -174,7 +195,7 @@ class WorkDir:
     def stage_outputs(self) -> list[tuple[Path, str]]:
         """(file, its name relative to the work dir) of the logs and health report a finished stage leaves."""
         files = []
-        for pattern in (TEXT_LOGS, JSON_LOGS, OUTPUTS, SLURM_OUTPUTS, SLURM_JOBS, f"{HEALTH}/*"):
+        for pattern in (TEXT_LOGS, JSON_LOGS, OUTPUTS, SLURM_OUTPUTS, LOCAL_OUTPUTS, SLURM_JOBS, f"{HEALTH}/*"):
             files += [(p, p.relative_to(self.path).as_posix()) for p in sorted(self.path.glob(pattern)) if p.is_file()]
         return files
 

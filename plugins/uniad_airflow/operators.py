@@ -28,6 +28,7 @@ from uniad_airflow.settings import (
     slurm_partition,
     slurm_stop_signal_lead_s,
     training_python,
+    worker_jobs_dir,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from airflow.sdk.types import TaskInstanceKey
 
     from uniad.run.plan import Plan
-    from uniad.train.process import StageRun
 
 
 class TrainingDashboardLink(BaseOperatorLink):
@@ -174,67 +174,61 @@ class UniADPreflightOperator(BaseOperator):
 
 
 class UniADTrainOperator(PlanOperator):
-    """Train one stage with torch.distributed in its own process group; ``on_kill`` stops every rank."""
+    """Train one stage as a job that outlives the task (``uniad.train.executor``): a detached local process group on
+    this GPU worker (executor=local) or a Slurm job (executor=slurm). The task adopts the job an earlier run of it
+    left (the task state store's, or any the work dir or the cluster says is active), else submits one, and defers to
+    the trigger that follows it: a worker restart or an api-server outage leaves the ranks training, and the retry
+    re-attaches. Its end decides: success, a continuation in a new job, a retry, or a failure without one."""
 
     ui_color = "#fde8e8"
     operator_extra_links = (TrainingDashboardLink(),)
-    _run: StageRun | None = None  # the stage's process group while execute runs it
 
-    def execute(self, context: Context) -> dict:
-        from uniad.health.monitor import Thresholds
-        from uniad.train.process import make_stage_run
-        from uniad.train.resume import plan_attempt
-
+    def execute(self, context: Context) -> dict | None:
         # Airflow stores extra links when a task ends; push this one now so it works while the stage trains.
         link = TrainingDashboardLink()
         context["ti"].xcom_push(key=link.xcom_key, value=dashboard_url(context["run_id"]))
         plan = self.typed_plan()
-        if plan.slurm is not None:
-            return self._execute_slurm(context, plan)
-        attempt = plan_attempt(self.attempt_spec(plan), self.stage, run_id=context["run_id"])
-        if attempt.resumed_from:
-            self.log.info("attempt %s: %s", context["ti"].try_number, attempt.describe())
-        for line in attempt.skipped + attempt.warnings:
-            self.log.warning("%s", line)
+        stage = self.stage_executor(context, plan)
+        store = context.get("task_state_store")
+        known = (store.get(self.job_key(stage)) if store is not None else None) or {}
         with domain_errors():
-            self._run = make_stage_run(
-                attempt.spec,
-                stage=self.stage,
-                emit_output=lambda line: self.log.info("%s", line),
-                emit_progress=lambda progress: self.log.info("%s", progress.line()),
-                thresholds=Thresholds(stall_min_s=plan.gate.stall_timeout_s),
-                later_epochs=plan.later_epochs(self.stage),
-                resume_point=attempt.resume_point,
-            )
-            result = self._run.run()
-        work_dir = plan.work_dir(self.stage)
-        latest = work_dir.latest_checkpoint()
-        return {
-            "stage": self.stage,
-            "work_dir": str(work_dir.path),
-            "latest_checkpoint": str(latest) if latest is not None else None,
-            "backend": self._run.command.backend,
-            "backend_reason": self._run.backend_reason,
-            "resumed_from": attempt.resumed_from,
-            "skipped_checkpoints": attempt.skipped,
-            "duration_s": round(result.duration_s, 1),
-            "final_loss": result.last_progress.loss if result.last_progress else None,
-        }
-
-    def on_kill(self) -> None:
-        if self._run is not None:
-            self._run.terminate(reason="the Airflow task was stopped")
+            job = stage.adopt(known.get("job_id"), known.get("started"))
+            if job is not None and job.completed:  # it ended while no task followed it
+                self.log.info(
+                    "%s job %s, started by an earlier run of this task, has completed", stage.executor, job.job_id
+                )
+                return self.execute_complete(context, {"job_id": job.job_id, "status": "COMPLETED", "state": job.state})
+            if job is not None:
+                self.log.info("re-attaching to %s job %s (%s)", stage.executor, job.job_id, job.state["JobState"])
+            else:
+                job = stage.submit(context["ti"].try_number)
+        return self._follow(context, plan, stage, job)
 
     def attempt_spec(self, plan: Plan):
         """The stage as this worker launches it: with its own training interpreter (``UNIAD_PYTHON`` here, not
         where preflight ran)."""
         return replace(plan.stage(self.stage), python=training_python())
 
-    # ------------------------------------------------------------------------------------- executor=slurm
-    SLURM_JOB_KEY = "uniad_slurm_job"  # the job id in the task state store: a restarted task re-attaches to it
+    @staticmethod
+    def job_key(stage) -> str:
+        """The job's id in the task state store (``uniad_local_job``, ``uniad_slurm_job``): a restarted task
+        re-attaches to it."""
+        return f"uniad_{stage.executor}_job"
 
-    def slurm_stage(self, context: Context, plan: Plan):
-        """This stage of this run on Slurm (``uniad.train.slurm_stage``), as this worker submits it."""
+    def stage_executor(self, context: Context, plan: Plan):
+        """This stage of this run as this worker runs it: a ``StageExecutor``."""
+        if plan.slurm is None:
+            from uniad.train.local_job import LocalStage
+
+            return LocalStage(
+                self.attempt_spec(plan),
+                stage=self.stage,
+                run_id=context["run_id"],
+                stall_timeout_s=plan.gate.stall_timeout_s,
+                later_epochs=plan.later_epochs(self.stage),
+                worker_jobs=worker_jobs_dir(),
+                emit=self.log.info,
+            )
         import os
 
         from uniad.train.slurm import job_environment
@@ -250,43 +244,27 @@ class UniADTrainOperator(PlanOperator):
             emit=self.log.info,
         )
 
-    def _execute_slurm(self, context: Context, plan: Plan) -> dict | None:
-        """Adopt the job an earlier run of this task submitted (or any of the stage the cluster still runs), else
-        submit this attempt's; defer to the trigger that follows it: the worker slot is free while it trains."""
-        stage = self.slurm_stage(context, plan)
-        store = context.get("task_state_store")
-        known = (store.get(self.SLURM_JOB_KEY) if store is not None else None) or {}
-        with domain_errors():
-            job = stage.adopt(known.get("job_id"), known.get("started"))
-            if job is not None and job.completed:  # it ended while no task followed it
-                self.log.info("Slurm job %s, submitted by an earlier run of this task, has completed", job.job_id)
-                return self.execute_complete(context, {"job_id": job.job_id, "status": "COMPLETED", "state": job.state})
-            if job is not None:
-                self.log.info("re-attaching to Slurm job %s (%s)", job.job_id, job.state["JobState"])
-            else:
-                job = stage.submit(context["ti"].try_number)
-        return self._follow(context, plan, job.job_id, job.started)
-
-    def _follow(self, context: Context, plan: Plan, job_id: str, started: float) -> None:
+    def _follow(self, context: Context, plan: Plan, stage, job) -> None:
         """Keep the job's id for a restarted task and defer to the trigger that follows it."""
-        from uniad_airflow.triggers import SlurmStageTrigger
+        from uniad_airflow.triggers import LocalJobTrigger, SlurmStageTrigger
 
         store = context.get("task_state_store")
         if store is not None:
-            store.set(self.SLURM_JOB_KEY, {"job_id": job_id, "started": started})
-        self.defer(
-            trigger=SlurmStageTrigger(
-                job_id=job_id,
-                stage=self.stage,
-                work_dir=str(plan.work_dir(self.stage).path),
-                total_epochs=plan.stage(self.stage).max_epochs,
-                started=started,
-                stall_timeout_s=plan.gate.stall_timeout_s,
-                later_epochs=plan.later_epochs(self.stage),
-                controller_grace_s=slurm_controller_grace_s(),
-            ),
-            method_name="execute_complete",
-        )
+            store.set(self.job_key(stage), {"job_id": job.job_id, "started": job.started})
+        facts = {
+            "job_id": job.job_id,
+            "stage": self.stage,
+            "work_dir": str(plan.work_dir(self.stage).path),
+            "total_epochs": plan.stage(self.stage).max_epochs,
+            "started": job.started,
+            "stall_timeout_s": plan.gate.stall_timeout_s,
+            "later_epochs": plan.later_epochs(self.stage),
+        }
+        if stage.executor == "slurm":
+            trigger = SlurmStageTrigger(**facts, controller_grace_s=slurm_controller_grace_s())
+        else:
+            trigger = LocalJobTrigger(**facts)
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict) -> dict:
         """The job ended: succeed, continue the stage in a new job, or fail with or without a retry by cause."""
@@ -294,19 +272,19 @@ class UniADTrainOperator(PlanOperator):
         from uniad.train.slurm import UNREACHABLE
 
         plan = self.typed_plan()
-        stage = self.slurm_stage(context, plan)
+        stage = self.stage_executor(context, plan)
         outcome = stage.finish(event)
         store = context.get("task_state_store")
         if store is not None and event["status"] != UNREACHABLE:
             # Ended: a retry submits a new job. The controller away is no end: the retry re-attaches to this one.
-            store.delete(self.SLURM_JOB_KEY)
+            store.delete(self.job_key(stage))
         if outcome.end is End.COMPLETED:
             return outcome.result
         if outcome.end is End.CONTINUE:
             self.log.warning("%s", outcome.message)
             with domain_errors():
                 job = stage.submit(context["ti"].try_number, continuing=event["job_id"])
-            return self._follow(context, plan, job.job_id, job.started)
+            return self._follow(context, plan, stage, job)
         raise (AirflowException if outcome.end is End.RETRY else AirflowFailException)(outcome.message)
 
 

@@ -26,6 +26,14 @@ def runs_dir() -> Path:
     return Path(os.environ.get("UNIAD_RUNS_DIR", default))
 
 
+def worker_jobs_dir() -> Path:
+    """``UNIAD_WORKER_JOBS_DIR`` (default ``$AIRFLOW_HOME/uniad_local_jobs``): where a GPU worker lists the local
+    jobs it started, so that it starts no second one on GPUs a detached job still holds. One per GPU worker (a
+    folder of the host, not a shared one)."""
+    default = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "uniad_local_jobs"
+    return Path(os.environ.get("UNIAD_WORKER_JOBS_DIR", default))
+
+
 def training_python() -> str:
     """``UNIAD_PYTHON`` (default: the worker's own): the interpreter with the UniAD stack that runs train.py. Read
     where it is used: by the GPU worker that launches an attempt, and by preflight's worker to read the configs

@@ -1,4 +1,5 @@
-"""The trigger that follows a stage's Slurm job from Airflow's triggerer, so no worker slot is held while it trains.
+"""The triggers that follow a stage's job from Airflow's triggerer, so no worker slot is held while it trains: a
+Slurm job (``SlurmStageTrigger``) or a detached local job on a GPU worker (``LocalJobTrigger``).
 
 It polls the job's state and follows the stage through the follower the local executor uses too
 (``uniad.train.follow``): progress with ETA in the task log (at most once a minute: multi-day task logs stay small),
@@ -192,3 +193,103 @@ class SlurmStageTrigger(BaseTrigger):
                 self.job_id,
                 self.job_id,
             )
+
+
+class LocalJobTrigger(BaseTrigger):
+    """Follows a stage's detached local job (``uniad.train.local_job``) from the triggerer: the ranks' output into the
+    task log as it is written, progress with ETA (at most once a minute, and the last), the health watch's findings.
+    The job's supervisor beside the ranks stops them on a fatal finding or a stall itself, so that holds while no
+    triggerer runs. The job's end (its supervisor's record), or its supervisor gone without one (``LOST``: the host
+    lost, a SIGKILL), is the event. A triggerer restart follows the same job again from ``serialize()``; marking the
+    task failed or clearing it calls ``on_kill``, which stops the job through its control file."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        stage: str,
+        work_dir: str,
+        total_epochs: int,
+        started: float,
+        stall_timeout_s: float = 600.0,
+        later_epochs: int | None = None,
+        poll_s: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.stage = stage
+        self.work_dir = work_dir
+        self.total_epochs = total_epochs
+        self.started = started
+        self.stall_timeout_s = stall_timeout_s
+        self.later_epochs = later_epochs
+        self.poll_s = poll_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "job_id": self.job_id,
+                "stage": self.stage,
+                "work_dir": self.work_dir,
+                "total_epochs": self.total_epochs,
+                "started": self.started,
+                "stall_timeout_s": self.stall_timeout_s,
+                "later_epochs": self.later_epochs,
+                "poll_s": self.poll_s,
+            },
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from uniad.health.monitor import Thresholds
+        from uniad.train import local_job
+        from uniad.train.follow import StageFollower
+        from uniad.workdir import WorkDir
+
+        work_dir = WorkDir(Path(self.work_dir))
+        follower = StageFollower(
+            work_dir,
+            self.stage,
+            self.total_epochs,
+            started=self.started,
+            thresholds=Thresholds(stall_min_s=self.stall_timeout_s),
+            later_epochs=self.later_epochs,
+            resume_point=local_job.resume_point(work_dir, self.job_id),
+        )
+        output = local_job.OutputTail()
+        logged_at, last, told = 0.0, None, set()
+        self.log.info("following local job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
+        while True:
+            state = await asyncio.to_thread(local_job.describe, work_dir, self.job_id)
+            for line in await asyncio.to_thread(output.read, state.get("output")):
+                self.log.info("%s", line)
+            now = time.monotonic()
+            for progress in follower.poll():
+                last = progress
+                if now - logged_at >= PROGRESS_EVERY_S:
+                    self.log.info("%s", progress.line())
+                    logged_at = now
+            for finding in follower.monitor.findings:
+                if finding.code not in told:  # the supervisor acts on it; the task log says it once
+                    told.add(finding.code)
+                    self.log.warning("%s: %s: %s", self.stage, finding.code, finding.message)
+            if state["JobState"] in local_job.ACTIVE:
+                await asyncio.sleep(self.poll_s)
+                continue
+            for line in await asyncio.to_thread(output.read, state.get("output"), True):
+                self.log.info("%s", line)
+            if last is not None:
+                self.log.info("%s", last.line())
+            yield TriggerEvent({"job_id": self.job_id, "status": state["JobState"], "state": state})
+            return
+
+    async def on_kill(self) -> None:
+        """The task was marked failed or cleared: its job must not train on alone."""
+        from uniad.train import local_job
+        from uniad.workdir import WorkDir
+
+        self.log.warning("the task was stopped: stopping local job %s", self.job_id)
+        work_dir = WorkDir(Path(self.work_dir))
+        await asyncio.to_thread(local_job.cancel, work_dir, self.job_id, "the Airflow task was stopped")
+        state = await asyncio.to_thread(local_job.wait_for_end, work_dir, self.job_id)
+        self.log.warning("local job %s: %s", self.job_id, state["JobState"])

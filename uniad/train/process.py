@@ -87,9 +87,12 @@ class StageRun:
         backend_reason: str | None = None,
         stop_on_findings: bool = True,
         lease_wait_s: float = LEASE_WAIT_S,
+        lease_holder: str | None = None,
     ) -> None:
         self.command = command
         self.lease_wait_s = lease_wait_s
+        # Who the work dir's lease names: a local job's id, else this process.
+        self.lease_holder = lease_holder or f"local:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         # (epoch, iterations of it in the checkpoint): a resumed attempt's first record must be in that epoch, after
         # those iterations.
         self.resume_point = resume_point
@@ -113,6 +116,7 @@ class StageRun:
         self._terminated_by: str | None = None
         self._token = ""
         self._output = None
+        self.output_path = None  # the work dir's file this attempt's output goes to, once started
         self._lease: Lease | None = None
 
     def start(self) -> None:
@@ -120,7 +124,7 @@ class StageRun:
             # Never two stages training in one work dir: a retry while an earlier attempt's ranks still train, a
             # Slurm job of the stage, a second run given the same root.
             self.work_dir.path.mkdir(parents=True, exist_ok=True)
-            lease = Lease(str(self.work_dir.path), f"local:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}")
+            lease = Lease(str(self.work_dir.path), self.lease_holder)
             try:
                 self._lease = lease.acquire(wait_s=self.lease_wait_s, on_wait=self._waiting_for)
             except LeaseHeld as exc:
@@ -158,8 +162,8 @@ class StageRun:
         # only there (the task log gets them too, but task logs are not the stage's record).
         if self.work_dir is not None:
             self.work_dir.path.mkdir(parents=True, exist_ok=True)
-            output = self.work_dir.output_file(self._started_wall)
-            self._output = open(output, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
+            self.output_path = self.work_dir.output_file(self._started_wall)
+            self._output = open(self.output_path, "a", encoding="utf-8", errors="replace", buffering=1)  # noqa: SIM115
             self.follower = StageFollower(
                 self.work_dir,
                 self.stage,

@@ -1,6 +1,6 @@
-"""A stage as Slurm jobs, behind the operations every way of running a stage has: submit or adopt, describe,
-cancel, and classify how a job ended (what torchx's scheduler interface has). The Airflow operator asks these and
-defers; the trigger follows the job with the follower the local executor uses too (``uniad.train.follow``).
+"""A stage as Slurm jobs, behind the operations every way of running a stage has (``uniad.train.executor``): submit
+or adopt, describe, cancel, and classify how a job ended. The Airflow operator asks these and defers; the trigger
+follows the job with the follower a local job has too (``uniad.train.follow``).
 
 An attempt of the stage (a task try) adopts before it submits: the job the task state store names, or any job of
 the stage and work dir the cluster reports active, or one that ended while no task followed it; only then does it
@@ -14,12 +14,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from ..errors import TrainingFailed
 from ..workdir import WorkDir
 from . import slurm
 from .ending import End, classify_end
+from .executor import Job, Outcome
 from .launch import SlurmSettings, StageSpec, build_slurm_job, ship_trainside
 from .probes import check_data_files
 from .process import OOM_ADVICE, out_of_memory
@@ -28,35 +28,11 @@ from .resume import plan_attempt
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Job:
-    """A job of the stage: its id, when it was submitted (epoch seconds), and its state as last read."""
-
-    job_id: str
-    started: float
-    state: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def active(self) -> bool:
-        return self.state.get("JobState") in slurm.ACTIVE
-
-    @property
-    def completed(self) -> bool:
-        return self.state.get("JobState") == "COMPLETED"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a job's end means for the stage: ``end`` says what follows; ``message`` says why, for the task log."""
-
-    end: End
-    message: str
-    result: dict | None = None  # the stage's result when it completed
-
-
 class SlurmStage:
-    """One stage of one run on Slurm. ``spec`` has the submitting worker's training interpreter; ``env`` is what
-    the job's ranks get (``slurm.job_environment``)."""
+    """One stage of one run on Slurm (a ``StageExecutor``). ``spec`` has the submitting worker's training
+    interpreter; ``env`` is what the job's ranks get (``slurm.job_environment``)."""
+
+    executor = "slurm"
 
     def __init__(
         self,
@@ -156,8 +132,9 @@ class SlurmStage:
         self._emit(f"submitted Slurm job {job_id}: {argv}")
         return Job(job_id, started, {"JobState": "PENDING"})
 
-    def cancel(self, job_id: str) -> dict[str, str]:
-        """Cancel the job and record it CANCELLED (one that had ended first keeps its end); its state after."""
+    def cancel(self, job_id: str, reason: str = "cancelled") -> dict[str, str]:
+        """Cancel the job and record it CANCELLED (one that had ended first keeps its end); its state after. (Slurm
+        records no reason.)"""
         return slurm.cancel_job(self.work_dir, job_id)
 
     # ----------------------------------------------------------------------------------------------- the end

@@ -116,7 +116,7 @@ def waiting_for(lease, wait_s):
     )
 
 
-def _boot_id():
+def boot_id():
     try:
         with open("/proc/sys/kernel/random/boot_id") as handle:
             return handle.read().strip()
@@ -145,7 +145,7 @@ def read_lease(work_dir):
 def lease_alive(lease, now, ttl_s=LEASE_TTL_S):
     """Whether the lease's holder may still train: on this host (same boot) its process must exist; elsewhere its
     heartbeat must be younger than ``ttl_s``."""
-    if lease.get("boot_id") and lease.get("boot_id") == _boot_id():
+    if lease.get("boot_id") and lease.get("boot_id") == boot_id():
         return process_start(lease.get("pid")) == lease.get("pid_start")
     return now - float(lease.get("heartbeat") or 0) < ttl_s
 
@@ -168,7 +168,7 @@ class Lease:
             "holder": holder,
             "token": uuid.uuid4().hex,
             "host": socket.gethostname(),
-            "boot_id": _boot_id(),
+            "boot_id": boot_id(),
             "pid": pid,
             "pid_start": process_start(pid),
         }

@@ -135,7 +135,9 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     assert backends == [("api-server-1", "api-server-1"), ("api-server-2", "api-server-2")]
     assert services["api-server-1"]["command"] == services["api-server-2"]["command"]
     init = services["airflow-init"]
-    assert "airflow pools set gpu" in init["command"][2] and init["environment"]["GPU_WORKERS"] == "1"
+    assert (
+        "airflow pools set --include-deferred gpu" in init["command"][2] and init["environment"]["GPU_WORKERS"] == "1"
+    )
     # The first admin comes from the deployment's secret, through the environment, never a file or argv.
     assert "python -m uniad_airflow.admin" in init["command"][2]
     assert init["environment"]["UNIAD_ADMIN_PASSWORD"] == "change-me-to-a-long-secret"
