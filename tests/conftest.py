@@ -98,6 +98,31 @@ def pytest_collection_modifyitems(config, items):
             )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_local_job_outlives_the_session(tmp_path_factory):
+    """Local stages are jobs detached from whoever started them: one that a failed test left training must not
+    outlive the session (each test asserts from the process table that its own jobs ended)."""
+    yield
+    import signal
+    import time
+
+    from support import processes_mentioning
+
+    base = str(tmp_path_factory.getbasetemp())
+    for line in processes_mentioning(base):
+        if "uniad.train.local_job" in line:
+            os.kill(int(line.split()[0]), signal.SIGTERM)  # its supervisor stops its ranks
+    time.sleep(1)
+    deadline = time.monotonic() + 15
+    while (left := processes_mentioning(base)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for line in left:
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     """The session's Airflow home with a migrated database and the gpu pool."""

@@ -182,6 +182,7 @@ class UniADTrainOperator(PlanOperator):
 
     ui_color = "#fde8e8"
     operator_extra_links = (TrainingDashboardLink(),)
+    _job = None  # (its StageExecutor, the job) once this run of the task has one
 
     def execute(self, context: Context) -> dict | None:
         # Airflow stores extra links when a task ends; push this one now so it works while the stage trains.
@@ -202,7 +203,15 @@ class UniADTrainOperator(PlanOperator):
                 self.log.info("re-attaching to %s job %s (%s)", stage.executor, job.job_id, job.state["JobState"])
             else:
                 job = stage.submit(context["ti"].try_number)
+        self._job = (stage, job)  # stopped before it deferred: on_kill stops the job
         return self._follow(context, plan, stage, job)
+
+    def on_kill(self) -> None:
+        """The task was stopped before it deferred to its trigger (which stops the job from then on)."""
+        if self._job is not None:
+            stage, job = self._job
+            self.log.warning("the task was stopped: stopping %s job %s", stage.executor, job.job_id)
+            stage.cancel(job.job_id, "the Airflow task was stopped")
 
     def attempt_spec(self, plan: Plan):
         """The stage as this worker launches it: with its own training interpreter (``UNIAD_PYTHON`` here, not

@@ -1,6 +1,7 @@
 """The production shape: scripts/celery_stack.sh (CeleryExecutor on PostgreSQL + Redis, a default-queue worker and a
 gpu-queue worker) with its shipped timers, triggered once with `airflow dags trigger` and once through the REST API;
-then a local stage trains through an api-server kept down for two minutes and a rolling restart of the other parts."""
+then a local stage, a job detached from the GPU worker, trains through an api-server outage, a rolling restart of the
+other parts and the GPU worker's loss."""
 
 from __future__ import annotations
 
@@ -110,21 +111,24 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
             assert (by_task[task]["queue"], by_task[task]["pool"], by_task[task]["pool_slots"]) == expected, task
         assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
 
-    # Routing, from the workers' own logs: the gpu worker ran the GPU tasks of both runs and nothing else.
+    # Routing, from the workers' own logs: the gpu worker ran the GPU tasks of both runs and nothing else; a training
+    # task twice (it starts its stage's job and defers, then takes the job's end).
     executed = {}
     for worker in ("worker-gpu", "worker-default"):
         text = (Path(home) / "logs" / f"{worker}.log").read_text()
         executed[worker] = sorted(re.findall(r"Executing workload in Celery: .*? task_id='([a-z0-9_]+)'", text))
-    assert executed["worker-gpu"] == sorted([t for t in TASKS if t in ON_GPUS] * 2), executed
+    twice = ["stage1_train", "stage2_train"] * 2
+    assert executed["worker-gpu"] == sorted([t for t in TASKS if t in ON_GPUS] * 2 + twice), executed
     assert executed["worker-default"] == sorted([t for t in TASKS if t not in ON_GPUS] * 2), executed
 
 
-def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart(stack, tmp_path):
-    """While stage 1 trains on the GPU worker, with the shipped settings: the api-server killed and kept down for
-    120 s (the task's supervisor cannot heartbeat meanwhile; Airflow's defaults end the task after 3 failed
-    heartbeats, 16-44 s in), then the api-server, scheduler, dag-processor and triggerer restarted one after another,
-    as a deploy does. The stage's launcher and ranks are the same processes throughout, it was launched once, and the
-    run succeeds on try 1."""
+def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and_a_lost_worker(stack, tmp_path):
+    """While stage 1 trains as a local job on the GPU worker, its task deferred, with the shipped settings: the
+    api-server killed and kept down for 60 s, then frozen (SIGSTOP) for 60 s; the api-server, scheduler,
+    dag-processor and triggerer restarted one after another, as a deploy does; then the GPU worker SIGKILLed with
+    every process below it (the stack starts it again, as compose's loop does). The job's supervisor, launcher and
+    ranks are the same processes throughout, it was launched once, the triggerer followed it on, and the run
+    succeeds on try 1."""
     home, port = stack["home"], stack["port"]
     logs = Path(home) / "logs"
     token = stack["stack"].token()
@@ -159,12 +163,22 @@ def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart
     def stage_processes() -> set[str]:
         return {line.split()[0] for line in processes_mentioning(str(root))}
 
+    def stage1_state() -> str:
+        status, ti = http(
+            "GET",
+            f"http://127.0.0.1:{port}/api/v2/dags/{DAG_ID}/dagRuns/outage_run/taskInstances/stage1_train",
+            token=token,
+        )
+        assert status == 200, ti
+        return ti["state"]
+
     wait_for("stage 1 to train", lambda: records() >= 2, 300, 1)
+    wait_for("stage 1's task to defer to its job", lambda: stage1_state() == "deferred", 60, 1)
     ranks = stage_processes()
-    assert len(ranks) >= 3, ranks  # the launcher and both ranks
+    assert len(ranks) >= 4, ranks  # the job's supervisor, the launcher and both ranks
 
     began, killed = time.monotonic(), 0
-    while time.monotonic() - began < 120:  # the stack starts it again 5 s after it dies: kill each new one
+    while time.monotonic() - began < 60:  # the stack starts it again 5 s after it dies: kill each new one
         pid = pid_of("api-server")
         if pid is not None and Path(f"/proc/{pid}").exists():
             kill_tree(pid)
@@ -172,6 +186,14 @@ def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart
         assert not api_healthy(port)(), "the api-server answered during the outage"
         time.sleep(0.5)
     wait_for("the api-server to come back", api_healthy(port), 180, 2)
+    frozen = pid_of("api-server")
+    os.kill(frozen, signal.SIGSTOP)  # hung: connections are accepted and never answered
+    try:
+        time.sleep(60)
+        assert not api_healthy(port)(), "the frozen api-server answered"
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    wait_for("the api-server to answer again", api_healthy(port), 180, 2)
     assert ranks <= stage_processes(), f"the stage's processes changed across the outage: {ranks}"
 
     restarts = {}
@@ -186,8 +208,12 @@ def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart
         wait_for(f"{part} to start again", lambda p=part, o=old: pid_of(p) not in (None, o), 120, 0.5)
         wait_for(f"{part} to be healthy again", api_healthy(port, component), 180, 2)
         restarts[part] = round(time.monotonic() - stopped)
-    during = records()
     assert ranks <= stage_processes(), f"the stage's processes changed across the restarts: {ranks}"
+    lost = pid_of("worker-gpu")
+    kill_tree(lost)  # SIGKILL, the worker and every process below it
+    wait_for("the GPU worker to start again", lambda: pid_of("worker-gpu") not in (None, lost), 120, 0.5)
+    during = records()
+    assert ranks <= stage_processes(), f"the stage's processes changed with the GPU worker's loss: {ranks}"
     wait_for("stage 1 to train on after the restarts", lambda: records() > during, 300, 2)
     wait_for_success(str(BIN / "airflow"), stack["cli_env"], ["outage_run"], timeout_s=900)
 
@@ -198,10 +224,14 @@ def test_a_local_stage_trains_through_an_api_server_outage_and_a_rolling_restart
     )
     assert status == 200 and (ti["state"], ti["try_number"]) == ("success", 1), ti
     assert len(list(work.glob("output_*.txt"))) == 1 and len(list(work.glob("*.log.json"))) == 1  # launched once
-    worker_log = (logs / "worker-gpu.log").read_text()
-    assert "Failed to send heartbeat" in worker_log  # the supervisor did lose the api-server
-    assert "Too many failed heartbeats" not in worker_log
+    assert len(list(work.glob("local-*.spec.json"))) == 1  # one job
+    # The task's log and its triggers' (one file per trigger where the triggerer writes them apart).
+    task_logs = logs / f"dag_id={DAG_ID}/run_id=outage_run/task_id=stage1_train"
+    log = "".join(path.read_text() for path in sorted(task_logs.rglob("*")) if path.is_file())
+    assert log.count("following local job") >= 2  # the restarted triggerer followed the same job on
+    assert "epoch 10/10 iter 40/40 | 100.0%" in log  # the trigger's progress, to the stage's end
     print(
-        f"api-server down 120 s ({killed} start(s) killed), then restarted with the other parts (seconds each: "
-        f"{restarts}); the stage trained on in the same processes {sorted(ranks)}"
+        f"api-server down 60 s ({killed} start(s) killed) and frozen 60 s, then restarted with the other parts "
+        f"(seconds each: {restarts}), the GPU worker SIGKILLed; the stage trained on in the same processes "
+        f"{sorted(ranks)}"
     )

@@ -193,7 +193,7 @@ def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, a
     while not any(len(p.read_text().splitlines()) > 2 for p in work.glob("*.log.json")):
         assert time.monotonic() < deadline, "stage1_train never started training"
         time.sleep(1)
-    assert len(processes_mentioning(str(root))) >= 3  # launcher and both ranks
+    assert len(processes_mentioning(str(root))) >= 4  # the job's supervisor, the launcher and both ranks
 
     token = api_token(airflow_home, port)
 
@@ -215,7 +215,7 @@ def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, a
     api("PATCH", f"dagRuns/{run_id}/taskInstances/stage1_train", {"new_state": "failed"})
     seconds = gone_within(pids, 30)
     print(f"ranks gone {seconds:.1f} s after the task was marked failed")
-    assert seconds < 30
+    assert seconds < 10
 
     # 2. Clear it: it runs again in the same run (a retry); then clear it while it trains.
     logs_before = len(list(work.glob("*.log.json")))
@@ -228,10 +228,10 @@ def test_marking_failed_or_clearing_a_training_task_kills_its_ranks(scheduler, a
         assert time.monotonic() < deadline, "the cleared task never trained again"
         time.sleep(1)
     pids = {p.split()[0] for p in processes_mentioning(str(root))}
-    assert len(pids) >= 3
+    assert len(pids) >= 4
     api("POST", "clearTaskInstances", clear)
     seconds = gone_within(pids, 30)
     print(f"ranks gone {seconds:.1f} s after the running task was cleared")
-    assert seconds < 30
+    assert seconds < 10
     api("PATCH", f"dagRuns/{run_id}/taskInstances/stage1_train", {"new_state": "failed"})  # stop the next try
     assert not (work / "epoch_30.pth").exists()

@@ -152,9 +152,11 @@ def test_a_local_stage_outlives_the_visibility_timeout_and_token_lifetimes(stack
     ).total_seconds()
     timers = [float(TIMERS[key]) for key in TIMERS if "TIMEOUT_S" in key or "EXPIRATION" in key or "QUEUED" in key]
     assert seconds > max(timers) + 20, f"the stage ({seconds} s) must outlive every shortened timer"
-    # Executed once: one try, one message executed by the two GPU workers together, one training launch.
+    # Executed once: one try, two messages executed by the two GPU workers together (the start of the stage's job,
+    # then its end after the task was deferred), one job, one training launch.
     assert stage1["try_number"] == 1
-    assert len(executions(stack, "stage1_train", "soak")) == 1, executions(stack, "stage1_train", "soak")
+    assert len(executions(stack, "stage1_train", "soak")) == 2, executions(stack, "stage1_train", "soak")
+    assert len(list((root / STAGE1).glob("local-*.spec.json"))) == 1
     assert len(list((root / STAGE1).glob("output_*.txt"))) == 1
     records = next((root / STAGE1).glob("*.log.json")).read_text().splitlines()
     assert json.loads(records[-1])["epoch"] == 12

@@ -188,6 +188,12 @@ class LocalStage:
         if held.startswith("local:") and held[len("local:") :] not in candidates:
             candidates.append(held[len("local:") :])
         for job_id in candidates:
+            if self.work_dir.local_control(job_id).exists():  # being stopped (the task was cleared): not followed
+                self._emit(
+                    f"local job {job_id} is being stopped ({self.work_dir.local_control(job_id).read_text().strip()})"
+                )
+                wait_for_end(self.work_dir, job_id)
+                continue
             state = self.describe(job_id)
             if state["JobState"] in (*ACTIVE, "COMPLETED"):
                 return Job(job_id, started or state.get("started") or time.time(), state)
@@ -214,7 +220,6 @@ class LocalStage:
         if self.worker_jobs is not None:
             claim_worker(self.worker_jobs, job_id, self.work_dir, self.stage, self.run_id)
         self._emit(f"starting {self.stage} as local job {job_id}: {command.argv}")
-        self._emit(f"{self.stage}: backend {backend} ({why})")
         start(
             self.work_dir,
             {

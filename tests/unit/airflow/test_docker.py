@@ -76,7 +76,11 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     }
     gpu = services["uniad-worker-gpu"]
     assert gpu["stop_grace_period"] == "15m"
-    assert gpu["command"][:6] == ["airflow", "celery", "worker", "--queues", "gpu", "--concurrency"]
+    assert gpu["init"] is True and gpu["command"][:2] == ["bash", "-c"]
+    assert (
+        'airflow celery worker --queues gpu --concurrency 1 --celery-hostname "gpu@gpu-worker-1"' in gpu["command"][2]
+    )
+    check_the_worker_loop(gpu["command"][2].replace("$$", "$"), tmp_path)  # config's output escapes $ as compose does
     assert (
         gpu["image"] == "uniad-training:latest" and gpu["environment"]["UNIAD_PYTHON"] == "/opt/uniad-venv/bin/python"
     )
@@ -142,6 +146,36 @@ def test_the_compose_file_validates(compose_available, tmp_path):
     assert "python -m uniad_airflow.admin" in init["command"][2]
     assert init["environment"]["UNIAD_ADMIN_PASSWORD"] == "change-me-to-a-long-secret"
     assert "change-me-to-a-long-secret" not in init["command"][2]
+
+
+def check_the_worker_loop(script: str, tmp_path) -> None:
+    """The GPU worker container's command: a worker that dies is started again in the container (its detached
+    local jobs live on), and SIGTERM reaches the worker, after which the loop ends. Run with a stand-in airflow."""
+    import signal
+    import subprocess
+    import time
+
+    from support import wait_for
+
+    bin_dir, starts = tmp_path / "bin", tmp_path / "starts"
+    bin_dir.mkdir()
+    fake = bin_dir / "airflow"
+    fake.write_text(f"#!/bin/bash\necho $$ >> {starts}\ntrap 'echo TERM >> {starts}; exit 0' TERM\nsleep 300 & wait\n")
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    loop = subprocess.Popen(["bash", "-c", script], env=env, start_new_session=True)
+    try:
+        first = int(wait_for("the worker to start", lambda: starts.exists() and starts.read_text().split(), 10)[0])
+        os.kill(first, signal.SIGKILL)  # the worker dies: the loop starts it again
+        second = wait_for("the worker to start again", lambda: len(starts.read_text().split()) == 2, 15)
+        assert second and loop.poll() is None
+        time.sleep(0.5)
+        loop.send_signal(signal.SIGTERM)  # docker compose stop
+        assert loop.wait(timeout=10) == 0
+        assert starts.read_text().split()[-1] == "TERM"  # passed on to the worker (Celery's warm shutdown)
+    finally:
+        if loop.poll() is None:
+            os.killpg(loop.pid, signal.SIGKILL)
 
 
 def test_the_proxy_config_is_valid():

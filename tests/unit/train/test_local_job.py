@@ -149,3 +149,21 @@ def _zombie(pid: int) -> bool:
         return open(f"/proc/{pid}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] == b"Z"  # noqa: SIM115
     except OSError:
         return True
+
+
+def test_a_new_attempt_re_attaches_to_the_live_job_of_its_work_dir(tmp_path):
+    """An attempt that lost its job's id (its worker died before it stored it) finds the job by the work dir's
+    lease; one whose id it kept follows it while it runs and takes its result once it completed."""
+    work_dir = start_job(tmp_path, SLEEP)
+    running(work_dir, "j1")
+    stage = stage_of(tmp_path)
+    assert stage.work_dir == work_dir
+    found = stage.adopt(None)
+    assert (found.job_id, found.active) == ("j1", True)
+    assert stage.adopt("j1").job_id == "j1"
+    local_job.cancel(work_dir, "j1")
+    local_job.wait_for_end(work_dir, "j1", 15)
+    assert stage.adopt("j1") is None and stage.adopt(None) is None  # cancelled: a new job resumes the stage
+    done = start_job(tmp_path, [sys.executable, "-c", "pass"], job_id="j2")
+    local_job.wait_for_end(done, "j2", 30)
+    assert stage.adopt("j2").completed
