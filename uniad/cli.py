@@ -231,6 +231,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from .train import local_job
+    from .workdir import WorkDir
+
+    work_dir = WorkDir(Path(args.work_dir))
+    job_id = local_job.leaseholder(work_dir)
+    if job_id is None:
+        print(f"no local job trains in {work_dir.path}", file=sys.stderr)
+        return 1
+    local_job.cancel(work_dir, job_id, args.reason)
+    state = local_job.wait_for_end(work_dir, job_id)
+    print(f"local job {job_id}: {state['JobState']}")
+    return 0 if state["JobState"] not in local_job.ACTIVE else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m uniad", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -296,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="also write the JSON there")
     p.add_argument("-v", "--verbose", action="store_true", help="show tools/test.py's output")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "stop", help="stop the local job training in a work dir (what marking its task failed does), and wait for it"
+    )
+    p.add_argument("work_dir")
+    p.add_argument("--reason", default="stopped by hand (python -m uniad stop)")
+    p.set_defaults(func=_cmd_stop)
 
     p = sub.add_parser("train", help="train one stage with torch.distributed, outside Airflow")
     p.add_argument("--uniad-root", required=True)

@@ -196,11 +196,11 @@ class UniADTrainOperator(PlanOperator):
             job = stage.adopt(known.get("job_id"), known.get("started"))
             if job is not None and job.completed:  # it ended while no task followed it
                 self.log.info(
-                    "%s job %s, started by an earlier run of this task, has completed", stage.executor, job.job_id
+                    "%s job %s, started by an earlier run of this task, has completed", stage.label, job.job_id
                 )
                 return self.execute_complete(context, {"job_id": job.job_id, "status": "COMPLETED", "state": job.state})
             if job is not None:
-                self.log.info("re-attaching to %s job %s (%s)", stage.executor, job.job_id, job.state["JobState"])
+                self.log.info("re-attaching to %s job %s (%s)", stage.label, job.job_id, job.state["JobState"])
             else:
                 job = stage.submit(context["ti"].try_number)
         self._job = (stage, job)  # stopped before it deferred: on_kill stops the job
@@ -210,7 +210,7 @@ class UniADTrainOperator(PlanOperator):
         """The task was stopped before it deferred to its trigger (which stops the job from then on)."""
         if self._job is not None:
             stage, job = self._job
-            self.log.warning("the task was stopped: stopping %s job %s", stage.executor, job.job_id)
+            self.log.warning("the task was stopped: stopping %s job %s", stage.label, job.job_id)
             stage.cancel(job.job_id, "the Airflow task was stopped")
 
     def attempt_spec(self, plan: Plan):

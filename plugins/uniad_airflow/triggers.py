@@ -25,7 +25,11 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 PROGRESS_EVERY_S = 60.0
 
 
-class SlurmStageTrigger(BaseTrigger):
+class StageJobTrigger(BaseTrigger):
+    """What every trigger that follows a stage's job is built with: the job, the stage and its work dir, where the
+    attempt's log starts (``started``, epoch seconds), the stall limit and the epochs of the stages after it (for
+    the pipeline ETA). ``serialize()`` holds all of it: a restarted triggerer follows the same job again."""
+
     def __init__(
         self,
         *,
@@ -37,7 +41,6 @@ class SlurmStageTrigger(BaseTrigger):
         stall_timeout_s: float = 600.0,
         later_epochs: int | None = None,
         poll_s: float = 5.0,
-        controller_grace_s: float = 900.0,
     ) -> None:
         super().__init__()
         self.job_id = job_id
@@ -48,7 +51,6 @@ class SlurmStageTrigger(BaseTrigger):
         self.stall_timeout_s = stall_timeout_s
         self.later_epochs = later_epochs
         self.poll_s = poll_s
-        self.controller_grace_s = controller_grace_s
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -62,9 +64,22 @@ class SlurmStageTrigger(BaseTrigger):
                 "stall_timeout_s": self.stall_timeout_s,
                 "later_epochs": self.later_epochs,
                 "poll_s": self.poll_s,
-                "controller_grace_s": self.controller_grace_s,
+                **self.more(),
             },
         )
+
+    def more(self) -> dict[str, Any]:
+        """A subclass's own arguments."""
+        return {}
+
+
+class SlurmStageTrigger(StageJobTrigger):
+    def __init__(self, *, controller_grace_s: float = 900.0, **facts: Any) -> None:
+        super().__init__(**facts)
+        self.controller_grace_s = controller_grace_s
+
+    def more(self) -> dict[str, Any]:
+        return {"controller_grace_s": self.controller_grace_s}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from uniad.health.monitor import Thresholds
@@ -195,7 +210,7 @@ class SlurmStageTrigger(BaseTrigger):
             )
 
 
-class LocalJobTrigger(BaseTrigger):
+class LocalJobTrigger(StageJobTrigger):
     """Follows a stage's detached local job (``uniad.train.local_job``) from the triggerer: the ranks' output into the
     task log as it is written, progress with ETA (at most once a minute, and the last), the health watch's findings.
     The job's supervisor beside the ranks stops them on a fatal finding or a stall itself, so that holds while no
@@ -203,42 +218,8 @@ class LocalJobTrigger(BaseTrigger):
     lost, a SIGKILL), is the event. A triggerer restart follows the same job again from ``serialize()``; marking the
     task failed or clearing it calls ``on_kill``, which stops the job through its control file."""
 
-    def __init__(
-        self,
-        *,
-        job_id: str,
-        stage: str,
-        work_dir: str,
-        total_epochs: int,
-        started: float,
-        stall_timeout_s: float = 600.0,
-        later_epochs: int | None = None,
-        poll_s: float = 2.0,
-    ) -> None:
-        super().__init__()
-        self.job_id = job_id
-        self.stage = stage
-        self.work_dir = work_dir
-        self.total_epochs = total_epochs
-        self.started = started
-        self.stall_timeout_s = stall_timeout_s
-        self.later_epochs = later_epochs
-        self.poll_s = poll_s
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_id": self.job_id,
-                "stage": self.stage,
-                "work_dir": self.work_dir,
-                "total_epochs": self.total_epochs,
-                "started": self.started,
-                "stall_timeout_s": self.stall_timeout_s,
-                "later_epochs": self.later_epochs,
-                "poll_s": self.poll_s,
-            },
-        )
+    def __init__(self, *, poll_s: float = 2.0, **facts: Any) -> None:
+        super().__init__(poll_s=poll_s, **facts)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from uniad.health.monitor import Thresholds

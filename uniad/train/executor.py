@@ -48,6 +48,7 @@ class StageExecutor(Protocol):
     """One stage of one run, however it runs."""
 
     executor: str  # "local" or "slurm": the name in the plan and in the task state store
+    label: str  # "local" or "Slurm", as the task log names its jobs
 
     def describe(self, job_id: str) -> dict[str, Any]:
         """The job's state (``JobState`` and what else is known of it)."""

@@ -156,6 +156,7 @@ class LocalStage:
     training interpreter."""
 
     executor = "local"
+    label = "local"  # as the task log says it: "local job <id>"
 
     def __init__(
         self,
@@ -183,10 +184,9 @@ class LocalStage:
         """``known`` while it runs or once it completed; else the live local job the work dir's lease names (an
         attempt lost before it stored the job's id). A job that ended otherwise is no job to follow."""
         candidates = [known] if known else []
-        lease = read_lease(str(self.work_dir.path)) or {}
-        held = str(lease.get("holder") or "")
-        if held.startswith("local:") and held[len("local:") :] not in candidates:
-            candidates.append(held[len("local:") :])
+        held = leaseholder(self.work_dir)
+        if held is not None and held not in candidates:
+            candidates.append(held)
         for job_id in candidates:
             if self.work_dir.local_control(job_id).exists():  # being stopped (the task was cleared): not followed
                 self._emit(
@@ -369,6 +369,12 @@ def wait_for_end(work_dir: WorkDir, job_id: str, timeout_s: float = 15.0) -> dic
         if state["JobState"] not in ACTIVE or time.monotonic() >= deadline:
             return state
         time.sleep(0.5)
+
+
+def leaseholder(work_dir: WorkDir) -> str | None:
+    """The local job the work dir's lease names, if one does."""
+    held = str((read_lease(str(work_dir.path)) or {}).get("holder") or "")
+    return held[len("local:") :] if held.startswith("local:") else None
 
 
 def resume_point(work_dir: WorkDir, job_id: str) -> tuple[int, int] | None:

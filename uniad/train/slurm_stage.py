@@ -33,6 +33,7 @@ class SlurmStage:
     interpreter; ``env`` is what the job's ranks get (``slurm.job_environment``)."""
 
     executor = "slurm"
+    label = "Slurm"  # as the task log says it: "Slurm job <id>"
 
     def __init__(
         self,

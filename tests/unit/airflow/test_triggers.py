@@ -1,4 +1,4 @@
-"""The Slurm trigger's whole state is its serialize(): a triggerer restart re-creates it from exactly this."""
+"""A trigger's whole state is its serialize(): a triggerer restart re-creates it from exactly this."""
 
 from __future__ import annotations
 
@@ -30,3 +30,22 @@ def test_serialize_is_all_the_trigger_needs():
         "controller_grace_s": 300,
     }
     assert SlurmStageTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_the_local_job_trigger_too():
+    from uniad_airflow.triggers import LocalJobTrigger
+
+    trigger = LocalJobTrigger(job_id="j", stage="stage2", work_dir="/r/w2", total_epochs=20, started=2.5)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "uniad_airflow.triggers.LocalJobTrigger"
+    assert kwargs == {
+        "job_id": "j",
+        "stage": "stage2",
+        "work_dir": "/r/w2",
+        "total_epochs": 20,
+        "started": 2.5,
+        "stall_timeout_s": 600.0,
+        "later_epochs": None,
+        "poll_s": 2.0,
+    }
+    assert LocalJobTrigger(**kwargs).serialize() == (classpath, kwargs)

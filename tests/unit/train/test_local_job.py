@@ -167,3 +167,15 @@ def test_a_new_attempt_re_attaches_to_the_live_job_of_its_work_dir(tmp_path):
     done = start_job(tmp_path, [sys.executable, "-c", "pass"], job_id="j2")
     local_job.wait_for_end(done, "j2", 30)
     assert stage.adopt("j2").completed
+
+
+def test_a_job_can_be_stopped_by_hand(tmp_path, capsys):
+    """``python -m uniad stop WORK_DIR``: for a job no task follows any more (its trigger gone with `dags test`)."""
+    from uniad.cli import main
+
+    work_dir = start_job(tmp_path, SLEEP)
+    running(work_dir, "j1")
+    assert main(["stop", str(work_dir.path)]) == 0
+    assert capsys.readouterr().out.strip() == "local job j1: CANCELLED"
+    assert not processes_with_token_of(work_dir)
+    assert main(["stop", str(work_dir.path)]) == 1  # nothing trains there now
