@@ -2,7 +2,8 @@
 two-node Slurm cluster on loopback, every timer that bounds a multi-day task shortened to seconds.
 
 - executor=local: a stage that runs longer than the broker's visibility timeout, the workload token and the task
-  token lifetimes ends in success, executed once (issue: a redelivered message made the scheduler kill it).
+  token lifetimes ends in success, one job (issue: a redelivered message made the scheduler kill it); a local job
+  whose supervisor is SIGKILLed is LOST, and the retry resumes from its checkpoint in a new job.
 - executor=slurm: the GPU worker SIGKILLed right after sbatch answered (before the job id was stored) and restarted:
   the retry re-attaches to the same job; the triggerer SIGKILLed and restarted mid-stage: following resumes;
   the job scancelled from outside: the retry resumes from its checkpoint in a new job; the task marked failed
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from datetime import datetime
 from pathlib import Path
@@ -274,3 +276,26 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except (FileNotFoundError, ProcessLookupError):
         return ""
+
+
+def test_a_local_job_whose_supervisor_is_lost_is_retried_from_its_checkpoint(stack, tmp_path):
+    """The local job's supervisor SIGKILLed mid-stage (a host lost looks the same from the work dir: no end recorded,
+    the lease's heartbeat stops): its ranks go with it, the trigger reports the job LOST, and the retry starts a new
+    job that resumes from the newest checkpoint; the run succeeds."""
+    root = tmp_path / "uniad-lost"
+    trigger(stack, "job_lost", {"profile": "mini", "uniad_root": str(root), "stage1_epochs": 3, "stage2_epochs": 1})
+    work = root / STAGE1
+    wait_for("epoch 1's checkpoint", lambda: (work / "epoch_1.pth").exists(), 300)
+    (marker,) = work.glob("local-*.job.json")
+    supervisor = json.loads(marker.read_text())["pid"]
+    os.kill(supervisor, signal.SIGKILL)
+    assert run_state(stack, "job_lost") == "success", task(stack, "job_lost", "stage1_train")
+    assert task(stack, "job_lost", "stage1_train")["try_number"] == 2
+    specs = sorted(work.glob("local-*.spec.json"))
+    assert len(specs) == 2, specs
+    first, second = (json.loads(path.read_text()) for path in specs)
+    assert json.loads(marker.read_text()).get("end") is None  # it never recorded one
+    assert second["attempt"] == 2 and second["resumed_from"].endswith(".pth"), second
+    lost = task_log(stack, "job_lost", "stage1_train", 1)
+    assert f"local job {first['job_id']} is gone without recording its end" in lost, lost[-3000:]
+    assert processes_mentioning(str(root)) == []

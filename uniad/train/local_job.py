@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..errors import TrainingFailed
 from ..health.monitor import Thresholds
-from ..trainside.uniad_workdir import boot_id, lease_alive, process_start, read_lease
+from ..trainside.uniad_workdir import boot_id, lease_alive, process_start, read_lease, same_host
 from ..workdir import WorkDir
 from .ending import End
 from .executor import Job, Outcome
@@ -346,8 +346,9 @@ def describe(work_dir: WorkDir, job_id: str) -> dict:
 
 
 def supervisor_alive(work_dir: WorkDir, job_id: str, marker: dict) -> bool:
-    """On the supervisor's host: its process (pid with its start time). Elsewhere: the lease's heartbeat."""
-    if marker.get("boot_id") and marker.get("boot_id") == boot_id():
+    """On the supervisor's host: its process (pid with its start time). Elsewhere (another host, another container
+    of this one: the triggerer's): the heartbeat its lease gets every 15 s."""
+    if same_host(marker):
         return process_start(marker.get("pid")) == marker.get("pid_start")
     lease = read_lease(str(work_dir.path)) or {}
     return lease.get("holder") == holder(job_id) and lease_alive(lease, time.time())

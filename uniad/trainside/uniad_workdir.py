@@ -142,10 +142,22 @@ def read_lease(work_dir):
         return None
 
 
+def same_host(record):
+    """Whether ``record`` (a lease, a local job's marker) was written on this host and in its process namespace: the
+    same boot and host name (containers on one host share the boot id, not their pids)."""
+    import socket
+
+    return (
+        bool(record.get("boot_id"))
+        and record.get("boot_id") == boot_id()
+        and record.get("host") == socket.gethostname()
+    )
+
+
 def lease_alive(lease, now, ttl_s=LEASE_TTL_S):
-    """Whether the lease's holder may still train: on this host (same boot) its process must exist; elsewhere its
-    heartbeat must be younger than ``ttl_s``."""
-    if lease.get("boot_id") and lease.get("boot_id") == boot_id():
+    """Whether the lease's holder may still train: on this host (``same_host``) its process must exist; elsewhere
+    its heartbeat must be younger than ``ttl_s``."""
+    if same_host(lease):
         return process_start(lease.get("pid")) == lease.get("pid_start")
     return now - float(lease.get("heartbeat") or 0) < ttl_s
 

@@ -125,3 +125,16 @@ def test_a_local_stage_holds_the_lease_while_it_runs_and_frees_it(tmp_path):
     lines = []
     StageRun(command, stage="stage1", total_epochs=1, work_dir=work_dir, emit_output=lines.append).run()
     assert lines[0].startswith("local:") and read_lease(str(work_dir.path)) is None
+
+
+def test_a_holder_in_another_container_of_this_host_counts_by_its_heartbeat(tmp_path):
+    """Containers on one host share the boot id but not their pids: a pid of the GPU worker's container means
+    nothing in the triggerer's, so only the heartbeat says whether the holder lives."""
+    from uniad.trainside.uniad_workdir import boot_id
+
+    now = time.time()
+    mine = Lease(str(tmp_path), "local:j").record  # this process, this host
+    assert lease_alive({**mine, "heartbeat": now - LEASE_TTL_S - 1}, now)  # its process lives: the heartbeat is moot
+    elsewhere = {**mine, "host": "gpu-worker-1", "boot_id": boot_id()}
+    assert lease_alive({**elsewhere, "heartbeat": now - 10}, now)
+    assert not lease_alive({**elsewhere, "heartbeat": now - LEASE_TTL_S - 1}, now)
