@@ -72,6 +72,21 @@ class StageJobTrigger(BaseTrigger):
         """A subclass's own arguments."""
         return {}
 
+    def follower(self, work_dir, resume_point: tuple[int, int] | None = None):
+        """The one follower (``uniad.train.follow``) of this stage's log from the job's start."""
+        from uniad.health.monitor import Thresholds
+        from uniad.train.follow import StageFollower
+
+        return StageFollower(
+            work_dir,
+            self.stage,
+            self.total_epochs,
+            started=self.started,
+            thresholds=Thresholds(stall_min_s=self.stall_timeout_s),
+            later_epochs=self.later_epochs,
+            resume_point=resume_point,
+        )
+
 
 class SlurmStageTrigger(StageJobTrigger):
     def __init__(self, *, controller_grace_s: float = 900.0, **facts: Any) -> None:
@@ -82,20 +97,11 @@ class SlurmStageTrigger(StageJobTrigger):
         return {"controller_grace_s": self.controller_grace_s}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from uniad.health.monitor import Thresholds
         from uniad.train import slurm
-        from uniad.train.follow import StageFollower
         from uniad.workdir import WorkDir
 
         work_dir = WorkDir(Path(self.work_dir))
-        follower = StageFollower(
-            work_dir,
-            self.stage,
-            self.total_epochs,
-            started=self.started,
-            thresholds=Thresholds(stall_min_s=self.stall_timeout_s),
-            later_epochs=self.later_epochs,
-        )
+        follower = self.follower(work_dir)
         output = work_dir.slurm_output(self.job_id)
         logged_at = 0.0
         away_since: float | None = None  # when the controller stopped answering
@@ -222,21 +228,11 @@ class LocalJobTrigger(StageJobTrigger):
         super().__init__(poll_s=poll_s, **facts)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from uniad.health.monitor import Thresholds
         from uniad.train import local_job
-        from uniad.train.follow import StageFollower
         from uniad.workdir import WorkDir
 
         work_dir = WorkDir(Path(self.work_dir))
-        follower = StageFollower(
-            work_dir,
-            self.stage,
-            self.total_epochs,
-            started=self.started,
-            thresholds=Thresholds(stall_min_s=self.stall_timeout_s),
-            later_epochs=self.later_epochs,
-            resume_point=local_job.resume_point(work_dir, self.job_id),
-        )
+        follower = self.follower(work_dir, local_job.resume_point(work_dir, self.job_id))
         output = local_job.OutputTail()
         logged_at, last, told = 0.0, None, set()
         self.log.info("following local job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
