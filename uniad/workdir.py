@@ -218,8 +218,8 @@ class WorkDir:
         if marker is not None and marker.get("run_id") == run_id:
             return True
         owner = marker.get("run_id", "unknown") if marker else "unknown"
-        lease = contract.read_lease(self.path)
-        if lease is not None and contract.lease_alive(lease, time.time()):
+        lease = self.live_holder()
+        if lease is not None:
             # Moving a live stage's checkpoints aside would pull them from under its ranks.
             raise TrainingFailed(
                 f"{stage}: the work dir {self.path} is run {owner}'s, and {lease.get('holder')} (host "
@@ -231,6 +231,11 @@ class WorkDir:
             logger.warning("%s: moved the artifacts of run %s out of the way, to %s", stage, owner, archived)
         (self.path / MARKER).write_text(json.dumps({"run_id": run_id, "stage": stage, "started": time.time()}) + "\n")
         return False
+
+    def live_holder(self) -> dict | None:
+        """The lease of whoever trains in the folder now (a local job, a Slurm job), or None."""
+        lease = contract.read_lease(self.path)
+        return lease if lease is not None and contract.lease_alive(lease, time.time()) else None
 
     def _archive(self, owner: str) -> Path | None:
         """Move everything but earlier archives into previous_runs/<owner>-<time>/; None when there was nothing."""

@@ -125,6 +125,19 @@ def test_run_view_puts_stage2_after_the_hand_off(trained_root, tmp_path):
     # Each is rounded to 4 decimals: twice a rounded value may differ from the rounded double by 1e-4.
     assert deferred["gpu_hours"] == pytest.approx(2 * first["gpu_hours"], abs=1.5e-4)
 
+    # Whatever the task's state says (`airflow dags test` shows a deferred task queued), a live holder of the work
+    # dir's lease trains in it; without one a queued task's stage is not training.
+    (queued, _) = run_view(plan, "r1", stage_states={"stage1": "queued"}, now=now)["stages"]
+    assert queued["eta_s"] is None
+    from uniad.trainside.uniad_workdir import Lease
+
+    lease = Lease(str(plan.work_dir("stage1").path), "local:j1").acquire()
+    try:
+        (queued, _) = run_view(plan, "r1", stage_states={"stage1": "queued"}, now=now)["stages"]
+    finally:
+        lease.release()
+    assert queued["eta_s"] == first["eta_s"]
+
 
 def test_the_api_is_json_serialisable_without_nan(trained_root, tmp_path):
     """JSON has no NaN: a non-finite loss is sent as null (a gap in the curve) and the finding says what it was."""

@@ -195,12 +195,16 @@ def run_view(
     for stage in STAGES:
         spec = plan.stage(stage)
         state = stage_states.get(stage)
+        work_dir = plan.work_dir(stage).for_run(run_id)
         view = stage_view(
-            plan.work_dir(stage).for_run(run_id),
+            work_dir,
             stage,
             max_epochs=spec.max_epochs,
             nproc=spec.nproc_per_node * (plan.slurm.nnodes if plan.slurm else 1),
-            active=state in ("running", "restarting", "deferred"),  # deferred: a Slurm job trains, followed
+            # Deferred: its job trains, followed. Whatever the task's state says, a live holder of the work dir's
+            # lease trains in it (a job whose task `airflow dags test` shows queued while it runs the trigger).
+            active=state in ("running", "restarting", "deferred")
+            or (work_dir is not None and work_dir.live_holder() is not None),
             now=now,
         )
         view.update(
