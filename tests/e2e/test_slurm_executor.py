@@ -284,7 +284,7 @@ def train_records(log: Path) -> list[tuple[int, int]]:
     return [(record["epoch"], record["iter"]) for record in records]
 
 
-EPOCHS_PAST_THE_LIMIT = 4
+EPOCHS_PAST_THE_LIMIT = 7
 
 
 def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(airflow_home, slurm_env, tmp_path):
@@ -296,9 +296,10 @@ def test_a_stage_longer_than_the_time_limit_stops_at_checkpoints_and_continues(a
     conf = {
         **TWO_NODES,
         "uniad_root": str(root),
-        # 4 epochs of 40 iterations whose batches each wait 0.5 s (a slow shared filesystem): 80 s of waiting and
-        # 10-30 s of computing, however loaded the machine is. A 1-minute job trains at most ~35 s of it, so 3 to 6
-        # jobs. The lower lr keeps the mini's gradients calm over the restarts.
+        # 7 epochs of 40 iterations whose batches each wait 0.5 s (a slow shared filesystem): 140 s of waiting, 20-50 s
+        # of computing and ~15 s of starting, over 3 minutes uninterrupted however loaded the machine is: at least 3x
+        # the limit. A 1-minute job is signalled 10-40 s in, after ~15 s of starting, so it trains 10-25 s of it: 7 to
+        # 20 jobs (12 here, beside other tests). The lower lr keeps the mini's gradients calm over the restarts.
         "stage1_epochs": EPOCHS_PAST_THE_LIMIT,
         "stage1_cfg_options": [
             "optimizer.lr=0.0005",
