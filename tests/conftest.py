@@ -48,7 +48,7 @@ XDIST_GROUPS = {
 # of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
     "slurm": 1080,
-    "test_celery_stack": 560,
+    "test_celery_stack": 690,
     "reference_run": 390,
     "trained_root": 150,
     "test_model_quality": 90,
