@@ -105,8 +105,9 @@ def supervise(spec_file: Path) -> int:
         threading.Thread(target=run.terminate, kwargs={"reason": reason}, daemon=True).start()
 
     def watch_control() -> None:
+        # Acted on once the ranks are started: a request that came while the job waited for the lease too.
         while not stopped.wait(CONTROL_EVERY_S):
-            if control.exists():
+            if control.exists() and run.output_path is not None:
                 stop(control.read_text().strip() or "cancelled")
                 return
 
@@ -114,6 +115,8 @@ def supervise(spec_file: Path) -> int:
     threading.Thread(target=watch_control, name="uniad-control", daemon=True).start()
     end: dict = {}
     try:
+        if control.exists():
+            raise TrainingFailed(f"{job['stage']}: stopped before it started: {control.read_text().strip()}")
         run.start()
         marker["output"] = str(run.output_path)
         _write_json(marker_file, marker)

@@ -179,3 +179,21 @@ def test_a_job_can_be_stopped_by_hand(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "local job j1: CANCELLED"
     assert not processes_with_token_of(work_dir)
     assert main(["stop", str(work_dir.path)]) == 1  # nothing trains there now
+
+
+def test_a_stop_request_while_the_job_waits_for_the_lease_is_not_lost(tmp_path):
+    """The job waits for the work dir's lease (an earlier attempt still stopping); asked to stop meanwhile, it stops
+    its ranks as soon as they start instead of training on."""
+    from uniad.trainside.uniad_workdir import Lease
+
+    (tmp_path / "work").mkdir()
+    earlier = Lease(str(tmp_path / "work"), "local:earlier").acquire()
+    try:
+        work_dir = start_job(tmp_path, SLEEP)
+        wait_for("the job to wait for the lease", lambda: "waiting up to" in work_dir.local_output("j1").read_text())
+        local_job.cancel(work_dir, "j1", "the Airflow task was stopped")
+    finally:
+        earlier.release()
+    state = local_job.wait_for_end(work_dir, "j1", 20)
+    assert state["JobState"] == "CANCELLED", state
+    assert not processes_with_token_of(work_dir)
