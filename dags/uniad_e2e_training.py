@@ -35,7 +35,7 @@ from uniad_airflow.operators import (
     UniADTrainOperator,
     UploadArtifactsOperator,
     ValidateStageOperator,
-    cancel_slurm_jobs_of_run,
+    cancel_jobs_of_run,
 )
 
 # Deployment settings come from the environment at parse time (no metadata-DB or connection access here).
@@ -49,7 +49,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     on_success_callback=RunOutcomeNotifier(outcome="succeeded"),
-    on_failure_callback=[cancel_slurm_jobs_of_run, RunOutcomeNotifier(outcome="failed")],
+    on_failure_callback=[cancel_jobs_of_run, RunOutcomeNotifier(outcome="failed")],
     tags=["uniad", "training", "gpu"],
     default_args={"retries": 0, "retry_delay": timedelta(seconds=settings.retry_delay_s())},
     # The trigger form is derived from the typed parameters (uniad.run.params), which check the same schema.

@@ -16,5 +16,6 @@ RUN pip install --no-cache-dir "setuptools>=77.0.3,<81" wheel \
 COPY --chown=airflow:0 pyproject.toml README.md /opt/uniad-pipeline/
 COPY --chown=airflow:0 uniad /opt/uniad-pipeline/uniad
 COPY --chown=airflow:0 plugins /opt/uniad-pipeline/plugins
-RUN pip install --no-cache-dir --no-build-isolation "/opt/uniad-pipeline[airflow,mini]"
+RUN pip install --no-cache-dir --no-build-isolation "/opt/uniad-pipeline[airflow,mini]" \
+ && python -m uniad_airflow.policy
 COPY --chown=airflow:0 dags /opt/airflow/dags

@@ -98,6 +98,7 @@ echo "==> airflow db migrate ($DB_URL)"
 airflow db migrate > "$AIRFLOW_HOME/logs/migrate.log" 2>&1 || { tail -30 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
 PYTHONPATH=$ROOT/plugins "$BIN/python" -m uniad_airflow.admin 2>> "$AIRFLOW_HOME/logs/migrate.log" \
   || { tail -5 "$AIRFLOW_HOME/logs/migrate.log"; exit 1; }
+PYTHONPATH=$ROOT/plugins "$BIN/python" -m uniad_airflow.policy  # a Slurm run's training tasks hold no gpu slot
 SLOTS=$((GPU_WORKERS * UNIAD_GPUS_PER_WORKER))
 airflow pools set --include-deferred gpu "$SLOTS" "$GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs" > /dev/null
 echo "==> gpu pool: $SLOTS slots ($GPU_WORKERS worker(s) x $UNIAD_GPUS_PER_WORKER GPUs; one training task takes a worker)"

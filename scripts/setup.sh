@@ -68,4 +68,6 @@ echo "==> airflow db migrate"
 .venv/bin/airflow db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { tail -30 "$AIRFLOW_HOME/migrate.log"; exit 1; }
 # One training task reserves a whole worker: UNIAD_GPUS_PER_WORKER slots (8 by default) of this pool.
 .venv/bin/airflow pools set --include-deferred gpu "${UNIAD_GPUS_PER_WORKER:-8}" "GPU slots of the training workers" > /dev/null
+# The cluster policy that takes a Slurm run's training tasks out of that pool (uniad_airflow/policy.py).
+.venv/bin/python -m uniad_airflow.policy
 echo "==> ready: AIRFLOW_HOME=$AIRFLOW_HOME, pool gpu = ${UNIAD_GPUS_PER_WORKER:-8} slots"

@@ -130,6 +130,7 @@ def airflow_home() -> Path:
     if not marker.exists():
         run([str(BIN / "airflow"), "db", "migrate"], timeout=300)
         run([str(BIN / "airflow"), "pools", "set", "--include-deferred", "gpu", "8", "GPU slots"], timeout=120)
+        run([str(BIN / "python"), "-m", "uniad_airflow.policy"], timeout=120)
         marker.touch()
     return _AIRFLOW_HOME
 

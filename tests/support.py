@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,18 @@ def run(argv: list[str], *, env: dict | None = None, timeout: float = 600, check
             f"{argv} exited {done.returncode}\n--- stdout\n{done.stdout[-6000:]}\n--- stderr\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def training_pools(home: Path, run_id: str | None = None) -> dict[str, tuple[str, int]]:
+    """The pool and pool slots of each training task of ``run_id`` (default: the newest run) in ``home``'s SQLite
+    database: what the scheduler counts."""
+    with closing(sqlite3.connect(home / "airflow.db")) as db:
+        if run_id is None:
+            (run_id,) = db.execute("SELECT run_id FROM dag_run ORDER BY id DESC LIMIT 1").fetchone()
+        rows = db.execute(
+            "SELECT task_id, pool, pool_slots FROM task_instance WHERE run_id = ? AND task_id LIKE '%_train'", (run_id,)
+        )
+        return {task: (pool, slots) for task, pool, slots in rows}
 
 
 def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):

@@ -162,6 +162,10 @@ class WorkDir:
         """What local job ``job_id`` runs (``uniad.train.local_job``)."""
         return self.path / f"local-{job_id}.spec.json"
 
+    def local_jobs(self) -> list[str]:
+        """The ids of the local jobs started in this folder (their specs), oldest first."""
+        return sorted(path.name[len("local-") : -len(".spec.json")] for path in self.path.glob("local-*.spec.json"))
+
     def local_marker(self, job_id: str) -> Path:
         """Who runs local job ``job_id`` and, once over, its end."""
         return self.path / f"local-{job_id}.job.json"

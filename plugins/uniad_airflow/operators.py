@@ -64,23 +64,57 @@ def domain_errors(prefix: str = "") -> Iterator[None]:
         raise airflow_error(exc, prefix) from exc
 
 
-def cancel_slurm_jobs_of_run(context: Context) -> None:
+def cancel_jobs_of_run(context: Context) -> None:
     """The DAG run's failure callback: no job of the run trains on after the run failed (a task marked failed
-    before a triggerer followed its job, or while none ran, leaves the job to no one; ``cancel_run_jobs``). Runs
-    where DAG callbacks run (the dag-processor), which needs Slurm's client for it as the GPU workers do."""
+    before a triggerer followed its job, or while none ran, leaves the job to no one). Runs where DAG callbacks run
+    (the dag-processor): a local job is stopped through its work dir (the supervisor on its GPU worker acts on the
+    control file), a Slurm job by ``scancel``, which needs Slurm's client there as on the GPU workers."""
     import logging
+
+    log = logging.getLogger(__name__)
+    run_id = context["run_id"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    executor = (context.get("params") or {}).get("executor") or conf.get("executor")
+    # None: a minimal callback context, which does not say: both are looked for.
+    if executor in (None, "local"):
+        _stop_local_jobs(context, run_id, log)
+    if executor in (None, "slurm"):
+        _cancel_slurm_jobs(run_id, log)
+
+
+def _stop_local_jobs(context: Context, run_id: str, log) -> None:
+    from uniad.errors import PipelineError
+    from uniad.run.plan import Plan
+    from uniad.stages import STAGES
+    from uniad.train.local_job import cancel_run_jobs
+    from uniad_airflow.names import PREFLIGHT
+
+    ti = context.get("ti")
+    plan = ti.xcom_pull(task_ids=PREFLIGHT) if ti is not None else None
+    if not isinstance(plan, dict):
+        log.info(
+            "run %s has no plan (preflight did not pass, or a minimal callback context): no local job to stop", run_id
+        )
+        return
+    try:
+        work_dirs = [Plan.from_json(plan).work_dir(stage) for stage in STAGES]
+        stopped = cancel_run_jobs([work_dir for work_dir in work_dirs if work_dir.path.is_dir()], run_id)
+    except (PipelineError, OSError) as exc:
+        log.error(
+            "could not stop the local jobs of run %s: %s; stop them with python -m uniad stop WORK_DIR", run_id, exc
+        )
+        return
+    if stopped:
+        log.warning("run %s failed with local job(s) %s still training: asked to stop", run_id, ", ".join(stopped))
+
+
+def _cancel_slurm_jobs(run_id: str, log) -> None:
     import shutil
 
     from uniad.errors import PipelineError
     from uniad.stages import STAGES
     from uniad.train.slurm import cancel_run_jobs
 
-    log = logging.getLogger(__name__)
-    run_id = context["run_id"]
-    conf = getattr(context.get("dag_run"), "conf", None) or {}
-    executor = (context.get("params") or {}).get("executor") or conf.get("executor")
-    if executor not in (None, "slurm"):  # None: a minimal callback context, which does not say
-        return  # a local run's stages end with their task
     if shutil.which("squeue") is None:
         log.info("no Slurm client here: no Slurm job of run %s looked for", run_id)
         return

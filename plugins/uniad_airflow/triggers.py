@@ -8,7 +8,7 @@ the resume check, and the live health watch (NaN/Inf, gradient explosion, stall)
 batch step chose); a job the controller forgot is resolved from ``sacct`` or the batch step's marker. Everything it
 needs is in ``serialize()``, so a triggerer restart
 resumes following the same job. Marking the task failed or clearing it calls ``on_kill``, which cancels the job
-(a task marked failed before a triggerer ran its trigger: the DAG's failure callback, ``cancel_slurm_jobs_of_run``).
+(a task marked failed before a triggerer ran its trigger: the DAG's failure callback, ``cancel_jobs_of_run``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from services import api_healthy, api_token, cli_json, http, service_group
-from support import BIN, processes_mentioning, run
+from support import BIN, processes_mentioning, run, training_pools
 from uniad.artifacts.checkpoints import inspect_checkpoint, sha256_file
 from uniad.train.launch import find_free_port
 from uniad.workdir import provenance_path
@@ -169,6 +169,8 @@ def test_two_triggered_runs_succeed_one_after_the_other(scheduler, airflow_home,
             ),
             **dict.fromkeys(["upload_stage1", "upload_stage2"], "skipped"),  # no s3_uri
         }
+        # A local stage holds its worker's GPU slots (the policy moves only Slurm runs' training tasks).
+        assert training_pools(airflow_home, run_id) == dict.fromkeys(["stage1_train", "stage2_train"], ("gpu", 8))
         training += [(t["start_date"], t["end_date"], run_id) for t in tasks if t["task_id"].endswith("_train")]
         assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
         assert inspect_checkpoint(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, processes_mentioning, run, wait_for
+from support import BIN, processes_mentioning, run, training_pools, wait_for
 
 DAG_ID = "uniad_e2e_training"
 TWO_NODES = {"profile": "mini", "executor": "slurm", "nnodes": 2, "nproc_per_node": 1}  # one gloo rank on each
@@ -60,6 +60,8 @@ def test_both_stages_run_as_two_node_jobs(airflow_home, slurm_env, tmp_path):
     returncode, output = dags_test(slurm_env, conf, timeout=900)
     assert returncode == 0, output[-6000:]
     assert "Slurm: partition uniad, 2 node(s)" in output
+    # The deployment's policy took the Slurm stages out of the GPU workers' pool (uniad_airflow.policy).
+    assert training_pools(airflow_home) == dict.fromkeys(["stage1_train", "stage2_train"], ("default_pool", 1))
     for work, epochs in (("stage1_track_map/full_track_map", 2), ("stage2_e2e/full_e2e", 1)):
         work_dir = root / "projects/work_dirs" / work
         (job,) = [json.loads(line) for line in (work_dir / "slurm_jobs.jsonl").read_text().splitlines()]
@@ -153,7 +155,7 @@ def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, t
     on."""
     from uniad.train import slurm
     from uniad.workdir import WorkDir
-    from uniad_airflow.operators import cancel_slurm_jobs_of_run
+    from uniad_airflow.operators import cancel_jobs_of_run
 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     jobs = {}
@@ -166,7 +168,7 @@ def test_a_failed_runs_callback_cancels_the_jobs_no_trigger_follows(slurm_env, t
         jobs[run_id] = (work_dir, job_id)
     wait_for("the jobs to start", lambda: all(processes_mentioning(str(d.path)) for d, _ in jobs.values()), 60)
 
-    cancel_slurm_jobs_of_run({"run_id": "failed-run", "params": {"executor": "slurm"}})
+    cancel_jobs_of_run({"run_id": "failed-run", "params": {"executor": "slurm"}})
 
     (work_dir, job_id), (other_dir, other_id) = jobs["failed-run"], jobs["other-run"]
     wait_for("the failed run's job to be cancelled", lambda: "JobState=CANCELLED" in job_state(slurm_env, job_id), 30)

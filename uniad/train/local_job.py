@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import TrainingFailed
@@ -363,6 +363,19 @@ def cancel(work_dir: WorkDir, job_id: str, reason: str = "cancelled") -> dict:
     if state["JobState"] in ACTIVE:
         work_dir.local_control(job_id).write_text(reason + "\n")
     return state
+
+
+def cancel_run_jobs(work_dirs: Iterable[WorkDir], run_id: str) -> list[str]:
+    """Stop every local job of ``run_id`` in ``work_dirs`` that is still pending or running: the ids asked to stop.
+    A run that failed leaves none training, also where no trigger followed its job (a task marked failed before a
+    triggerer picked it up): its supervisor, wherever it runs, stops the ranks on the control file."""
+    stopped = []
+    for work_dir in work_dirs:
+        for job_id in work_dir.local_jobs():
+            job = _read_json(work_dir.local_spec(job_id)) or {}
+            if job.get("run_id") == run_id and cancel(work_dir, job_id, f"run {run_id} failed")["JobState"] in ACTIVE:
+                stopped.append(job_id)
+    return stopped
 
 
 def wait_for_end(work_dir: WorkDir, job_id: str, timeout_s: float = 15.0) -> dict:

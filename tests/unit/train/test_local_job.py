@@ -20,16 +20,16 @@ from uniad.workdir import WorkDir
 SLEEP = [sys.executable, "-c", "import time; print('ranks up', flush=True); time.sleep(300)"]
 
 
-def start_job(tmp_path, argv, job_id="j1", **extra) -> WorkDir:
-    work_dir = WorkDir(tmp_path / "work")
-    work_dir.path.mkdir(exist_ok=True)
+def start_job(tmp_path, argv, job_id="j1", work=None, **extra) -> WorkDir:
+    work_dir = WorkDir(work or tmp_path / "work")
+    work_dir.path.mkdir(parents=True, exist_ok=True)
     job = {
         "job_id": job_id,
         "stage": "stage1",
         "run_id": "run-a",
         "attempt": 1,
         "work_dir": str(work_dir.path),
-        "command": {"argv": argv, "env": {}, "cwd": str(tmp_path), "backend": "gloo"},
+        "command": {"argv": argv, "env": {}, "cwd": str(work_dir.path.parent), "backend": "gloo"},
         "total_epochs": 1,
         "stall_timeout_s": 600,
         "submitted": time.time(),
@@ -197,3 +197,40 @@ def test_a_stop_request_while_the_job_waits_for_the_lease_is_not_lost(tmp_path):
     state = local_job.wait_for_end(work_dir, "j1", 20)
     assert state["JobState"] == "CANCELLED", state
     assert not processes_with_token_of(work_dir)
+
+
+def test_a_failed_runs_callback_stops_its_local_jobs_that_no_trigger_follows(tmp_path):
+    """The DAG run's failure callback (in the dag-processor) reads the run's plan from XCom and asks the run's live
+    local jobs to stop through their work dirs; another run's job trains on."""
+    from uniad.run.configs import ConfigFacts
+    from uniad.run.params import PipelineParams
+    from uniad.run.plan import Plan
+    from uniad.run.root import prepare_root
+    from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
+    from uniad_airflow.operators import cancel_jobs_of_run
+
+    params = PipelineParams.from_mapping({"profile": "mini"})
+    facts = {
+        "stage1": ConfigFacts(STAGE1_CONFIG, evaluation_interval=1),
+        "stage2": ConfigFacts(STAGE2_CONFIG, evaluation_interval=1),
+    }
+    plan = Plan.build(params, prepare_root(params, mini_run_dir=tmp_path / "run"), facts)
+
+    class PreflightXCom:  # the callback's task instance: the dag-processor hands it the run's XComs
+        def xcom_pull(self, task_ids: str):
+            return plan.to_json() if task_ids == "preflight" else None
+
+    failed = start_job(tmp_path, SLEEP, run_id="failed-run", work=plan.work_dir("stage1").path)
+    other = start_job(tmp_path, SLEEP, job_id="j2", run_id="other-run", work=plan.work_dir("stage2").path)
+    running(failed, "j1"), running(other, "j2")
+
+    cancel_jobs_of_run({"run_id": "failed-run", "params": {"executor": "local"}})  # no plan to read: nothing
+    assert not failed.local_control("j1").exists()
+    cancel_jobs_of_run({"run_id": "failed-run", "params": {"executor": "local"}, "ti": PreflightXCom()})
+
+    state = local_job.wait_for_end(failed, "j1", 15)
+    assert state["JobState"] == "CANCELLED" and "run failed-run failed" in state["end"]["message"], state
+    assert not processes_with_token_of(failed)
+    assert local_job.describe(other, "j2")["JobState"] == "RUNNING" and processes_with_token_of(other)
+    local_job.cancel(other, "j2")
+    assert local_job.wait_for_end(other, "j2", 15)["JobState"] == "CANCELLED"
