@@ -33,6 +33,8 @@ TASKS = [
 ]
 # Where the GPUs are: training, and publish_model (it may evaluate the champion with tools/test.py).
 ON_GPUS = {"stage1_train", "stage2_train", "publish_model"}
+OUTAGE_S = 120  # the api-server killed this long, then frozen this long, while a local stage trains
+EPOCHS = 14  # of that stage: it trains on after the outages and the restarts
 
 
 @pytest.fixture(scope="module")
@@ -124,23 +126,23 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
 
 def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and_a_lost_worker(stack, tmp_path):
     """While stage 1 trains as a local job on the GPU worker, its task deferred, with the shipped settings: the
-    api-server killed and kept down for 60 s, then frozen (SIGSTOP) for 60 s; the api-server, scheduler,
-    dag-processor and triggerer restarted one after another, as a deploy does; then the GPU worker SIGKILLed with
-    every process below it (the stack starts it again, as compose's loop does). The job's supervisor, launcher and
-    ranks are the same processes throughout, it was launched once, the triggerer followed it on, and the run
-    succeeds on try 1."""
+    api-server killed and kept down for 120 s, then frozen (SIGSTOP) for 120 s, during which the GPU worker is
+    SIGKILLed with every process below it (the stack starts it again, as compose's loop does); then the api-server,
+    scheduler, dag-processor and triggerer restarted one after another, as a deploy does. The job's supervisor,
+    launcher and ranks are the same processes throughout, it was launched once, the triggerer followed it on, and
+    the run succeeds on try 1."""
     home, port = stack["home"], stack["port"]
     logs = Path(home) / "logs"
     token = stack["stack"].token()
     root = tmp_path / "root-outage"
     work = root / "projects/work_dirs/stage1_track_map/full_track_map"
-    # Training that waits 0.8 s for each batch (a slow shared filesystem): 10 epochs last about 6 minutes, so it trains
-    # on well after the outage and the restarts, and not much longer on a loaded machine.
+    # Training that waits 0.8 s for each batch (a slow shared filesystem): 14 epochs last about 8 minutes, so it trains
+    # on well after the outages and the restarts (about 6 minutes), and not much longer on a loaded machine.
     slow = ["fault_injection.kind=slow_data", "fault_injection.epoch=1", "fault_injection.seconds=0.8"]
     conf = {
         "profile": "mini",
         "uniad_root": str(root),
-        "stage1_epochs": 10,
+        "stage1_epochs": EPOCHS,
         "stage1_cfg_options": slow,
         "stage2_epochs": 1,
     }
@@ -178,7 +180,7 @@ def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and
     assert len(ranks) >= 4, ranks  # the job's supervisor, the launcher and both ranks
 
     began, killed = time.monotonic(), 0
-    while time.monotonic() - began < 60:  # the stack starts it again 5 s after it dies: kill each new one
+    while time.monotonic() - began < OUTAGE_S:  # the stack starts it again 5 s after it dies: kill each new one
         pid = pid_of("api-server")
         if pid is not None and Path(f"/proc/{pid}").exists():
             kill_tree(pid)
@@ -189,7 +191,12 @@ def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and
     frozen = pid_of("api-server")
     os.kill(frozen, signal.SIGSTOP)  # hung: connections are accepted and never answered
     try:
-        time.sleep(60)
+        frozen_at = time.monotonic()
+        lost = pid_of("worker-gpu")
+        kill_tree(lost)  # SIGKILL, the worker and every process below it
+        wait_for("the GPU worker to start again", lambda: pid_of("worker-gpu") not in (None, lost), 120, 0.5)
+        assert ranks <= stage_processes(), f"the stage's processes changed with the GPU worker's loss: {ranks}"
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - frozen_at)))
         assert not api_healthy(port)(), "the frozen api-server answered"
     finally:
         os.kill(frozen, signal.SIGCONT)
@@ -209,11 +216,7 @@ def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and
         wait_for(f"{part} to be healthy again", api_healthy(port, component), 180, 2)
         restarts[part] = round(time.monotonic() - stopped)
     assert ranks <= stage_processes(), f"the stage's processes changed across the restarts: {ranks}"
-    lost = pid_of("worker-gpu")
-    kill_tree(lost)  # SIGKILL, the worker and every process below it
-    wait_for("the GPU worker to start again", lambda: pid_of("worker-gpu") not in (None, lost), 120, 0.5)
     during = records()
-    assert ranks <= stage_processes(), f"the stage's processes changed with the GPU worker's loss: {ranks}"
     wait_for("stage 1 to train on after the restarts", lambda: records() > during, 300, 2)
     wait_for_success(str(BIN / "airflow"), stack["cli_env"], ["outage_run"], timeout_s=900)
 
@@ -229,9 +232,10 @@ def test_a_local_stage_trains_through_an_api_server_outage_a_rolling_restart_and
     task_logs = logs / f"dag_id={DAG_ID}/run_id=outage_run/task_id=stage1_train"
     log = "".join(path.read_text() for path in sorted(task_logs.rglob("*")) if path.is_file())
     assert log.count("following local job") >= 2  # the restarted triggerer followed the same job on
-    assert "epoch 10/10 iter 40/40 | 100.0%" in log  # the trigger's progress, to the stage's end
+    assert f"epoch {EPOCHS}/{EPOCHS} iter 40/40 | 100.0%" in log  # the trigger's progress, to the stage's end
     print(
-        f"api-server down 60 s ({killed} start(s) killed) and frozen 60 s, then restarted with the other parts "
-        f"(seconds each: {restarts}), the GPU worker SIGKILLed; the stage trained on in the same processes "
+        f"api-server down {OUTAGE_S} s ({killed} start(s) killed), then frozen {OUTAGE_S} s with the GPU worker "
+        f"SIGKILLed meanwhile, then restarted with the other parts (seconds each: {restarts}); the stage trained on "
+        f"in the same processes "
         f"{sorted(ranks)}"
     )
