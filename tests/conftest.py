@@ -48,11 +48,11 @@ XDIST_GROUPS = {
 # of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
     "slurm": 1080,
-    "test_celery_stack": 690,
+    "test_celery_stack": 780,
     "reference_run": 390,
     "trained_root": 150,
     "test_model_quality": 90,
-    "s3": 60,
+    "s3": 140,
     "test_health_watch": 50,
     "test_access_control": 45,
 }

@@ -61,6 +61,34 @@ def training_pools(home: Path, run_id: str | None = None) -> dict[str, tuple[str
         return {task: (pool, slots) for task, pool, slots in rows}
 
 
+@contextmanager
+def http_receiver():
+    """An HTTP endpoint on loopback that keeps the JSON body of every POST to it (an apprise ``json://`` target, a
+    webhook): its port and the bodies, in order."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Keep(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keep)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1], received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):
     """``check()``'s first true value, asked every ``every_s``; fails saying ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -302,6 +302,7 @@ class UniADTrainOperator(PlanOperator):
             "started": job.started,
             "stall_timeout_s": plan.gate.stall_timeout_s,
             "later_epochs": plan.later_epochs(self.stage),
+            "run_id": context["run_id"],
         }
         if stage.executor == "slurm":
             trigger = SlurmStageTrigger(**facts, controller_grace_s=slurm_controller_grace_s())
@@ -321,6 +322,11 @@ class UniADTrainOperator(PlanOperator):
         if store is not None and event["status"] != UNREACHABLE:
             # Ended: a retry submits a new job. The controller away is no end: the retry re-attaches to this one.
             store.delete(self.job_key(stage))
+        if outcome.cause is not None:
+            from uniad_airflow.alerts import StageAlerts
+
+            alerts = StageAlerts(plan.work_dir(self.stage).path, context["run_id"], self.stage)
+            self.log.info("%s", alerts.alert(outcome.cause, outcome.message, failure=True) or "alerted before")
         if outcome.end is End.COMPLETED:
             return outcome.result
         if outcome.end is End.CONTINUE:
@@ -341,8 +347,27 @@ class ValidateStageOperator(PlanOperator):
 
     def execute(self, context: Context) -> dict:
         from uniad.health.gate import validate_stage
+        from uniad.health.monitor import INFO
+        from uniad_airflow.alerts import StageAlerts
 
         plan = self.typed_plan()
+        alerts = StageAlerts(plan.work_dir(self.stage).path, context["run_id"], self.stage)
+
+        def alert(findings) -> None:
+            """The analysis' warnings and errors (a plateau, a metric requirement missed, ...), before the verdict;
+            kinds alerted while the stage trained are not sent again."""
+            for finding in findings:
+                if finding.severity != INFO:
+                    said = alerts.alert(
+                        finding.code,
+                        finding.message,
+                        failure=finding.severity == "error",
+                        epoch=finding.epoch,
+                        it=finding.iter,
+                    )
+                    if said is not None:
+                        self.log.info("%s", said)
+
         with domain_errors():
             return validate_stage(
                 plan.work_dir(self.stage),
@@ -352,6 +377,7 @@ class ValidateStageOperator(PlanOperator):
                 requirements=plan.requirements(self.stage),
                 evaluated=plan.stage(self.stage).validate,
                 references=plan.references(self.stage),
+                on_findings=alert,
             )
 
 

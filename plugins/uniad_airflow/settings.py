@@ -128,3 +128,14 @@ def schedule() -> str | Asset | None:
             raise ValueError("UNIAD_SCHEDULE=asset: needs a URI, e.g. asset:file:///data/nuscenes/infos_train.pkl")
         return Asset(uri=uri)
     return value
+
+
+def notify_conn_id() -> str:
+    """``UNIAD_NOTIFY_CONN_ID`` (default ``uniad_notify``): the connection run notifications and alerts go through
+    (``uniad_airflow.alerts``)."""
+    return os.environ.get("UNIAD_NOTIFY_CONN_ID", "uniad_notify")
+
+
+def alert_pending_s() -> float:
+    """``UNIAD_ALERT_PENDING_S`` (default 3600): a Slurm job that waits in the queue longer than this is alerted."""
+    return _seconds("UNIAD_ALERT_PENDING_S", "3600", "the seconds a Slurm job may pend before an alert", zero=False)

@@ -22,6 +22,8 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from uniad_airflow.settings import alert_pending_s
+
 PROGRESS_EVERY_S = 60.0
 
 
@@ -41,9 +43,11 @@ class StageJobTrigger(BaseTrigger):
         stall_timeout_s: float = 600.0,
         later_epochs: int | None = None,
         poll_s: float = 5.0,
+        run_id: str | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
+        self.run_id = run_id  # for alerts (None: a trigger serialized before they were sent from here)
         self.stage = stage
         self.work_dir = work_dir
         self.total_epochs = total_epochs
@@ -64,6 +68,7 @@ class StageJobTrigger(BaseTrigger):
                 "stall_timeout_s": self.stall_timeout_s,
                 "later_epochs": self.later_epochs,
                 "poll_s": self.poll_s,
+                "run_id": self.run_id,
                 **self.more(),
             },
         )
@@ -87,6 +92,30 @@ class StageJobTrigger(BaseTrigger):
             resume_point=resume_point,
         )
 
+    async def tell(self, follower, told: set[str]) -> None:
+        """Say each new finding of the health watch in the task log once, and alert people to it (at most once per
+        kind and stage of the run: ``uniad_airflow.alerts``). ``told``: the codes this trigger said already."""
+        for finding in follower.monitor.findings:
+            if finding.code in told:
+                continue
+            told.add(finding.code)
+            self.log.warning("%s: %s: %s", self.stage, finding.code, finding.message)
+            await self.alert(
+                finding.code, finding.message, failure=finding.severity == "error", epoch=finding.epoch, it=finding.iter
+            )
+
+    async def alert(self, kind: str, message: str, **how: Any) -> None:
+        """Alert people, off the triggerer's event loop; the task log says what became of it."""
+        from uniad_airflow.alerts import StageAlerts
+
+        if self.run_id is None:
+            return
+        outcome = await asyncio.to_thread(
+            StageAlerts(self.work_dir, self.run_id, self.stage).alert, kind, message, **how
+        )
+        if outcome is not None:
+            self.log.info("%s", outcome)
+
 
 class SlurmStageTrigger(StageJobTrigger):
     def __init__(self, *, controller_grace_s: float = 900.0, **facts: Any) -> None:
@@ -108,6 +137,8 @@ class SlurmStageTrigger(StageJobTrigger):
         misses = 0
         restarts = None  # Slurm's count of the job's restarts, as last seen
         starts_seen = 0  # starts the batch step recorded
+        told: set[str] = set()
+        pending_limit = alert_pending_s()
         self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
             asked_at = time.monotonic()  # scontrol itself keeps trying a silent controller for a while
@@ -178,14 +209,22 @@ class SlurmStageTrigger(StageJobTrigger):
                 if now - logged_at >= PROGRESS_EVERY_S:
                     self.log.info("job %s on %s: %s", self.job_id, state.get("NodeList"), progress.line())
                     logged_at = now
+            submitted = slurm.submit_time(state)
+            if state["JobState"] == "PENDING" and submitted and time.time() - submitted > pending_limit:
+                await self.alert(
+                    "pending",
+                    f"Slurm job {self.job_id} has waited in the queue for {time.time() - submitted:.0f} s (reason "
+                    f"{state.get('Reason')}; alert after UNIAD_ALERT_PENDING_S={pending_limit:.0f} s)",
+                )
             if state["JobState"] in slurm.ACTIVE:
                 output_at = output.stat().st_mtime if output.exists() else None
                 # The stall clock only runs while the job runs; output activity counts as liveness.
                 finding = follower.finding(
                     now - (time.time() - output_at) if output_at else None, running=state["JobState"] == "RUNNING"
                 )
+                await self.tell(follower, told)  # errors are alerted before the stop
                 if finding is not None:
-                    self.log.error("job %s: %s: %s; cancelling it", self.job_id, finding.code, finding.message)
+                    self.log.error("job %s: cancelling it for %s", self.job_id, finding.code)
                     await slurm.acancel(self.job_id)
                     state = await slurm.ajob_state(self.job_id)  # the audit trail gets the cancelled job's end time
                     yield TriggerEvent(
@@ -246,10 +285,7 @@ class LocalJobTrigger(StageJobTrigger):
                 if now - logged_at >= PROGRESS_EVERY_S:
                     self.log.info("%s", progress.line())
                     logged_at = now
-            for finding in follower.monitor.findings:
-                if finding.code not in told:  # the supervisor acts on it; the task log says it once
-                    told.add(finding.code)
-                    self.log.warning("%s: %s: %s", self.stage, finding.code, finding.message)
+            await self.tell(follower, told)
             if state["JobState"] in local_job.ACTIVE:
                 await asyncio.sleep(self.poll_s)
                 continue
@@ -257,6 +293,9 @@ class LocalJobTrigger(StageJobTrigger):
                 self.log.info("%s", line)
             if last is not None:
                 self.log.info("%s", last.line())
+            stopped_for = (state.get("end") or {}).get("finding")
+            if stopped_for:  # what the supervisor stopped the ranks for (a stall: only it watches the clock)
+                await self.alert(stopped_for["code"], stopped_for["message"], failure=True)
             yield TriggerEvent({"job_id": self.job_id, "status": state["JobState"], "state": state})
             return
 

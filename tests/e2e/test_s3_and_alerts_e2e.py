@@ -1,7 +1,8 @@
 """The DAG with its production features on: pretrained weights pulled from S3, artifacts uploaded to S3 through
-the amazon provider's hook, the promoted checkpoint's Asset event, and email notifications through the smtp
-provider. A real S3-compatible server and a real SMTP server run on loopback; connections come from the
-environment, as a deployment's secrets backend would give them."""
+the amazon provider's hook, the promoted checkpoint's Asset event, email notifications through the smtp provider, and
+alerts while a run goes wrong through the apprise provider. A real S3-compatible server, a real SMTP server and an
+HTTP endpoint run on loopback; connections come from the environment, as a deployment's secrets backend would give
+them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from email.policy import default as email_policy
 
 import pytest
 
-from support import BIN, run
+from support import BIN, http_receiver, run
 from uniad.artifacts.checkpoints import sha256_file
 from uniad.train.launch import find_free_port
 from uniad.workdir import provenance_path, sanitize_run_id
@@ -155,3 +156,48 @@ def test_a_failed_run_sends_a_failure_email(airflow_home, s3_server, smtp_receiv
     assert len(received) == 1, done.stdout[-3000:]
     body = received[0].get_body().get_content()
     assert received[0]["Subject"].endswith(" failed") and "Failed task: <b>preflight</b>" in body
+
+
+def test_alerts_reach_people_while_a_run_goes_wrong(airflow_home, tmp_path):
+    """Alerts through an apprise connection to an HTTP endpoint on loopback. Stage 1's rank 0 hangs on its first try
+    (a stall: the job is stopped and retried); stage 2's map head loss becomes exactly 0.0 as training goes on (as
+    UniAD logs a NaN term), which its gate then fails. One alert each, while it happened, with the stage and the
+    numbers; the gate's finding of the same kind is not sent again; then the run's failure."""
+    root = tmp_path / "uniad-mini-alerts"
+    fault = "fault_injection"
+    conf = {
+        "profile": "mini",
+        "uniad_root": str(root),
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "stall_timeout_s": 30,
+        "stage1_cfg_options": [f"{fault}.kind=hang", f"{fault}.epoch=1", f"{fault}.iter=25", f"{fault}.once=True"],
+        "stage2_cfg_options": [f"{fault}.kind=zero_head", f"{fault}.epoch=1", f"{fault}.iter=5"],
+    }
+    with http_receiver() as (port, received):
+        target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/uniad"}]}}
+        env = {"AIRFLOW_CONN_UNIAD_NOTIFY": json.dumps(target), "UNIAD_RETRY_DELAY_S": "2"}
+        done = run(
+            [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(conf)], env=env, timeout=600, check=False
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    run_id = next(
+        line.split("run_id=", 1)[1].split(",", 1)[0] for line in output.splitlines() if "DagRun Finished" in line
+    )
+    titles = [message["title"] for message in received]
+    assert len(titles) == len(set(titles)), titles  # nothing said twice
+
+    (stall,) = [m for m in received if m["title"].startswith(f"[UniAD] stage1 of {run_id}: stall")]
+    assert stall["type"] == "failure" and "no new log records or output for" in stall["message"], stall
+    (zero,) = [m for m in received if m["title"].startswith(f"[UniAD] stage2 of {run_id}: component_became_zero")]
+    assert zero["type"] == "warning" and "map.loss_cls was" in zero["message"] and "/uniad/runs/" in zero["message"]
+    assert received[-1]["title"] == f"[UniAD] {DAG_ID} {run_id} failed", titles
+    assert "Failed task: <b>validate_stage2</b>" in received[-1]["message"]
+    # The zero head was alerted while stage 2 trained (its trigger), before the gate found it too.
+    stage2 = root / "projects/work_dirs/stage2_e2e/full_e2e"
+    kept = [json.loads(line) for line in (stage2 / "alerts.jsonl").read_text().splitlines()]
+    assert kept[0]["kind"] == "component_became_zero" and kept[0]["sent_to"], kept
+    assert kept[0]["time"] < (stage2 / "health/report.md").stat().st_mtime  # before the gate wrote its report
+    assert "alert component_became_zero sent to 1 apprise target(s)" in output
+    print("alerts received:", titles)

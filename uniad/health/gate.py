@@ -8,13 +8,14 @@ The health report (``report.md`` and plots) is written into ``<work_dir>/health/
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ..artifacts.checkpoints import inspect_checkpoint
 from ..errors import GateFailed
 from ..metrics import HEADLINE, Requirement, finite
 from ..workdir import JSON_LOGS, WorkDir
 from .analysis import INFO, analyze_log
+from .monitor import Finding
 from .report import write_report
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,11 @@ def validate_stage(
     requirements: Sequence[Requirement] = (),
     evaluated: bool = True,
     references: dict[str, float] | None = None,
+    on_findings: Callable[[list[Finding]], None] | None = None,
 ) -> dict:
     """``requirements`` on the final evaluation's metrics; ``evaluated``: validation was on, so the final epoch
-    must have been evaluated; ``references``: published values for the report (profile uniad)."""
+    must have been evaluated; ``references``: published values for the report (profile uniad); ``on_findings``
+    gets the analysis' findings before the verdict (the pipeline alerts people to them)."""
     # A fresh run moved older runs' files aside, so these are this run's attempts.
     logs = work_dir.json_logs()
     if not logs:
@@ -58,6 +61,8 @@ def validate_stage(
     for finding in analysis.findings:
         where = f" (epoch {finding.epoch} iter {finding.iter})" if finding.epoch is not None else ""
         logger.info("[%s] %s%s: %s", finding.severity, finding.code, where, finding.message)
+    if on_findings is not None:
+        on_findings(analysis.findings)
     checkpoint = inspect_checkpoint(work_dir.latest, stage=stage, expect_epoch=expect_epoch)
     for line in checkpoint.summary().splitlines():
         logger.info("%s", line)

@@ -1,7 +1,8 @@
-"""The live health watch: non-finite loss/grad_norm, grad-norm explosions, loss spikes and stalls, one record at a
-time, so a bad run is stopped within a log interval or two. It holds no I/O of its own: feed it records as they
-are read (from a process's work dir, or from a trigger following a growing log), and ask it about stalls by wall
-clock. ``uniad.health.analysis`` replays a whole log through the same checks.
+"""The live health watch: non-finite loss/grad_norm, grad-norm explosions, loss spikes, a head's loss that became
+exactly zero, and stalls, one record at a time, so a bad run is stopped (or, for a warning, someone told) within a log
+interval or two. It holds no I/O of its own: feed it records as they are read (from a process's work dir, or from a
+trigger following a growing log), and ask it about stalls by wall clock. ``uniad.health.analysis`` replays a whole
+log through the same per-record checks.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ class HealthMonitor:
         self._intervals: list[float] = []
         self._stalled = False
         self._medians: dict[int, tuple[int, float]] = {}
+        self._nonzero: dict[str, float] = {}  # each loss component's last non-zero value
+        self._zeros: dict[str, int] = {}  # the records since, in which it was exactly 0.0
+        self._zero_said: set[str] = set()
 
     def add(self, finding: Finding) -> Finding:
         self.findings.append(finding)
@@ -79,9 +83,38 @@ class HealthMonitor:
                 self._intervals.append(now - self._last_record_at)
             self._last_record_at = now
             self._stalled = False
-        return self.observe(
-            record.get("epoch"), record.get("iter"), as_number(record.get("loss")), as_number(record.get("grad_norm"))
-        )
+        epoch, it = record.get("epoch"), record.get("iter")
+        new = self._zero_components(record, epoch, it)
+        return new + self.observe(epoch, it, as_number(record.get("loss")), as_number(record.get("grad_norm")))
+
+    def _zero_components(self, record: dict, epoch: int | None, it: int | None) -> list[Finding]:
+        """A head's loss that was non-zero and is exactly 0.0 in the last ``zero_run`` records: UniAD passes every
+        loss through nan_to_num, so that is a NaN term. A warning while it trains (someone should look); the gate's
+        analysis of the whole log judges it. Said once per component."""
+        new = []
+        for key, value in record.items():
+            if "loss" not in key or key == "loss" or as_number(value) is None or key in self._zero_said:
+                continue
+            if value != 0:
+                self._nonzero[key], self._zeros[key] = value, 0
+                continue
+            self._zeros[key] = self._zeros.get(key, 0) + 1
+            if key in self._nonzero and self._zeros[key] >= self.t.zero_run:
+                self._zero_said.add(key)
+                new.append(
+                    self.add(
+                        Finding(
+                            WARNING,
+                            "component_became_zero",
+                            f"{key} was {self._nonzero[key]:.4g} and is exactly 0.0 in the last {self._zeros[key]} "
+                            f"records, up to epoch {epoch} iter {it}: UniAD's nan_to_num turns a NaN loss into 0.0; "
+                            "that head has stopped learning",
+                            epoch,
+                            it,
+                        )
+                    )
+                )
+        return new
 
     def observe(self, epoch: int | None, it: int | None, loss: float | None, grad: float | None) -> list[Finding]:
         """The per-record checks on already extracted values (``analyze`` calls this in its single pass)."""

@@ -470,5 +470,7 @@ class MiniUniAD(nn.Module):
             losses["map.loss_cls"] = losses["map.loss_cls"] * float("nan")
         elif self.loss_fault == "grad_explosion":
             losses["map.loss_cls"] = losses["map.loss_cls"] * 1e6
+        elif self.loss_fault == "zero_head":
+            losses["map.loss_cls"] = losses["map.loss_cls"] * 0.0
         loss, log_vars = self.parse_losses(losses)
         return dict(loss=loss, log_vars=log_vars, num_samples=data["img"].shape[0])

@@ -54,13 +54,14 @@ class FaultInjectionHook(Hook):
         --cfg-options fault_injection.kind=nan_loss fault_injection.epoch=2 fault_injection.iter=5 [fault_injection.once=True]
 
     From that iteration on: ``nan_loss`` makes the loss NaN (a diverged run), ``grad_explosion`` scales it by 1e6,
+    ``zero_head`` makes the map head's classification loss exactly 0.0 (as UniAD's nan_to_num logs a NaN term),
     ``hang`` blocks rank 0 forever (a stuck collective), ``crash`` kills rank 0 with exit code 134, ``slow_data``
     makes every rank wait ``fault_injection.seconds`` (default 0.5) for each batch, as training that waits on a slow
     shared filesystem does: a stage that lasts minutes whatever the CPUs do. (Not ``nan``: mmcv's --cfg-options would
     read that as the float NaN.)
     """
 
-    KINDS = ("nan_loss", "grad_explosion", "hang", "crash", "slow_data")
+    KINDS = ("nan_loss", "grad_explosion", "zero_head", "hang", "crash", "slow_data")
 
     def __init__(self, kind: str, epoch: int, iter: int = 1, once: bool = False, seconds: float = 0.5) -> None:
         if kind not in self.KINDS:
@@ -79,7 +80,7 @@ class FaultInjectionHook(Hook):
             if runner.rank == 0:
                 open(marker, "w").close()
         model = runner.model.module if hasattr(runner.model, "module") else runner.model
-        if self.kind in ("nan_loss", "grad_explosion"):
+        if self.kind in ("nan_loss", "grad_explosion", "zero_head"):
             model.loss_fault = self.kind
         elif runner.rank == 0 and self.kind == "hang":
             runner.logger.info("fault injection: rank 0 hangs at epoch %d iter %d", self.epoch, self.iter)

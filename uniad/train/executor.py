@@ -42,6 +42,7 @@ class Outcome:
     end: End
     message: str
     result: dict | None = None  # the stage's result when it completed
+    cause: str | None = None  # what people are alerted to ("out_of_memory"), when the end has such a cause
 
 
 class StageExecutor(Protocol):

@@ -39,7 +39,7 @@ from .ending import End
 from .executor import Job, Outcome
 from .launch import LaunchCommand, StageSpec, build_launch, find_free_port, ship_trainside
 from .probes import check_data_files
-from .process import StageRun, worker_backend
+from .process import StageRun, out_of_memory, worker_backend
 from .resume import plan_attempt
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ def supervise(spec_file: Path) -> int:
             "retryable": exc.retryable,
             "message": str(exc),
             "finding": {"code": finding.code, "message": finding.message} if finding else None,
+            "out_of_memory": out_of_memory(exc.tail),
         }
     except BaseException as exc:  # an error of the supervisor itself: said in its end, then raised
         end = {"returncode": None, "reason": "failed", "retryable": True, "message": f"the supervisor failed: {exc}"}
@@ -275,7 +276,8 @@ class LocalStage:
                 "retry resumes from the newest valid checkpoint",
             )
         message = end.get("message") or f"{self.stage}: local job {job_id} ended {status}"
-        return Outcome(End.RETRY if end.get("retryable", True) else End.FINAL, message)
+        cause = "out_of_memory" if end.get("out_of_memory") else None
+        return Outcome(End.RETRY if end.get("retryable", True) else End.FINAL, message, cause=cause)
 
 
 def start(work_dir: WorkDir, job: dict, wait_s: float = 60.0) -> None:

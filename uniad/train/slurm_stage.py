@@ -183,7 +183,8 @@ class SlurmStage:
             message = f"{self.stage}: Slurm job {job_id} cancelled by the health watch: {finding}: "
             return Outcome(end, message + event["finding"]["message"] + last_lines)
         if oom:
-            return Outcome(end, f"{self.stage}: Slurm job {job_id} ended {status}: {OOM_ADVICE}{last_lines}")
+            message = f"{self.stage}: Slurm job {job_id} ended {status}: {OOM_ADVICE}{last_lines}"
+            return Outcome(end, message, cause="out_of_memory")
         return Outcome(
             end,
             f"{self.stage}: Slurm job {job_id} ended {status} (exit code {state.get('ExitCode')}, reason "

@@ -15,6 +15,7 @@ def test_serialize_is_all_the_trigger_needs():
         stall_timeout_s=600,
         later_epochs=20,
         controller_grace_s=300,
+        run_id="manual__1",
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "uniad_airflow.triggers.SlurmStageTrigger"
@@ -27,6 +28,7 @@ def test_serialize_is_all_the_trigger_needs():
         "stall_timeout_s": 600,
         "later_epochs": 20,
         "poll_s": 5.0,
+        "run_id": "manual__1",
         "controller_grace_s": 300,
     }
     assert SlurmStageTrigger(**kwargs).serialize() == (classpath, kwargs)
@@ -47,5 +49,6 @@ def test_the_local_job_trigger_too():
         "stall_timeout_s": 600.0,
         "later_epochs": None,
         "poll_s": 2.0,
+        "run_id": None,  # a trigger serialized before alerts came from triggers: it follows on, alerting no one
     }
     assert LocalJobTrigger(**kwargs).serialize() == (classpath, kwargs)

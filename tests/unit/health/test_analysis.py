@@ -144,6 +144,21 @@ def test_live_stall_detection_counts_output_as_liveness():
     assert monitor.check_stall(now=40.0) is None  # reported once
 
 
+def test_live_watch_warns_once_when_a_heads_loss_becomes_exactly_zero():
+    """UniAD's nan_to_num logs a NaN head loss as 0.0: a warning (the run trains on, people are told), once per
+    component; a component that has been 0.0 from the start (disabled by design, e.g. past trajectories) is not."""
+    monitor = HealthMonitor(Thresholds(zero_run=3))
+    record = {"mode": "train", "epoch": 1, "loss": 2.0, "map.loss_cls": 0.7, "track.loss_past_trajs": 0.0}
+    new = []
+    for i in range(1, 10):
+        cls = 0.7 if i < 5 else 0.0  # zero from iter 50 on
+        new += monitor.feed({**record, "iter": 10 * i, "map.loss_cls": cls}, now=float(i))
+    (finding,) = new
+    assert (finding.severity, finding.code, finding.epoch, finding.iter) == ("warning", "component_became_zero", 1, 70)
+    assert "map.loss_cls was 0.7 and is exactly 0.0 in the last 3 records" in finding.message
+    assert monitor.fatal is None
+
+
 def test_thresholds_are_validated():
     with pytest.raises(ValueError, match="stall_min_s"):
         Thresholds(stall_min_s=-1)
