@@ -1,4 +1,4 @@
-.PHONY: setup demo ui celery slurm slurm-stop slurm-demo test test-fast lint bench clean
+.PHONY: setup demo ui mlflow celery slurm slurm-stop slurm-demo test test-fast lint bench clean
 
 setup:  ## .venv, Airflow home (SQLite) and the gpu pool
 	bash scripts/setup.sh
@@ -8,6 +8,10 @@ demo:  ## setup, then the whole pipeline on the mini UniAD under Airflow
 
 ui: setup  ## Airflow's UI and API on http://localhost:8080 (SQLite home of make demo); the dashboard is at /uniad/
 	AIRFLOW_HOME=$(CURDIR)/airflow_home PATH=$(CURDIR)/.venv/bin:$$PATH .venv/bin/airflow api-server --port 8080
+
+mlflow: setup  ## MLflow's UI on http://localhost:5000 over make demo's tracking store (runs/mlflow/mlflow.db)
+	mkdir -p runs/mlflow
+	.venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow/mlflow.db --host 127.0.0.1 --port 5000
 
 celery: setup  ## the production shape on this machine: CeleryExecutor on PostgreSQL + Redis (scripts/celery_stack.sh)
 	bash scripts/celery_stack.sh

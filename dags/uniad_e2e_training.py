@@ -36,6 +36,7 @@ from uniad_airflow.operators import (
     UploadArtifactsOperator,
     ValidateStageOperator,
     cancel_jobs_of_run,
+    end_tracked_run,
 )
 
 # Deployment settings come from the environment at parse time (no metadata-DB or connection access here).
@@ -48,8 +49,8 @@ with DAG(
     start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,
-    on_success_callback=RunOutcomeNotifier(outcome="succeeded"),
-    on_failure_callback=[cancel_jobs_of_run, RunOutcomeNotifier(outcome="failed")],
+    on_success_callback=[end_tracked_run("FINISHED"), RunOutcomeNotifier(outcome="succeeded")],
+    on_failure_callback=[cancel_jobs_of_run, end_tracked_run("FAILED"), RunOutcomeNotifier(outcome="failed")],
     tags=["uniad", "training", "gpu"],
     default_args={"retries": 0, "retry_delay": timedelta(seconds=settings.retry_delay_s())},
     # The trigger form is derived from the typed parameters (uniad.run.params), which check the same schema.

@@ -20,6 +20,11 @@
 #                         admin). Users and roles live in the metadata DB (FAB auth manager): add people with
 #                         `airflow users create --role Viewer|User|Op|Admin ...`
 #   UNIAD_ALLOWED_ROOTS   directories runs may use (see the README); unset: UNIAD_ROOT and the mini runs folder
+#   UNIAD_MLFLOW          on (default) or off: an MLflow tracking server beside the stack, its runs in a database
+#                         <metadata DB>_mlflow on the same PostgreSQL; every part's MLFLOW_TRACKING_URI points at it
+#   UNIAD_MLFLOW_PORT     its port (default 5000)
+#   UNIAD_MLFLOW_ARTIFACTS where its artifacts go (default $AIRFLOW_HOME/mlflow_artifacts; s3://bucket/prefix for S3,
+#                         with MLFLOW_S3_ENDPOINT_URL for an S3-compatible store and AWS_* credentials in the environment)
 #   UNIAD_VISIBILITY_TIMEOUT_S  Redis redelivers an unacknowledged task after this long: above the longest stage
 #                         (default 604800, 7 days; Celery's own 24 h would run a 2-day stage twice)
 set -euo pipefail
@@ -44,19 +49,28 @@ GPU_WORKERS=${UNIAD_GPU_WORKERS:-1}
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$ROOT/airflow_home_celery}
 mkdir -p "$AIRFLOW_HOME/logs"
 
-# The database, when the server lets us create it (trust auth on loopback here; managed databases exist already).
+# The databases, when the server lets us create them (trust auth on loopback here; managed databases exist already).
 DB_NAME=${DB_URL##*/}
 DB_NAME=${DB_NAME%%\?*}
-"$BIN/python" - "$DB_URL" "$DB_NAME" <<'PY'
+MLFLOW=${UNIAD_MLFLOW:-on}
+MLFLOW_DB_URL=${DB_URL%/*}/${DB_NAME}_mlflow
+DATABASES=("$DB_NAME")
+[ "$MLFLOW" = off ] || DATABASES+=("${DB_NAME}_mlflow")
+"$BIN/python" - "$DB_URL" "${DATABASES[@]}" <<'PY'
 import sys
 from sqlalchemy import create_engine, text
-url, name = sys.argv[1], sys.argv[2]
+url, names = sys.argv[1], sys.argv[2:]
 admin = create_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
 with admin.connect() as conn:
-    if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-        print(f"==> created database {name}")
+    for name in names:
+        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).scalar():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            print(f"==> created database {name}")
 PY
+if [ "$MLFLOW" != off ]; then
+  MLFLOW_PORT=${UNIAD_MLFLOW_PORT:-5000}
+  export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-http://127.0.0.1:$MLFLOW_PORT}
+fi
 
 if [ -z "${AIRFLOW__API_AUTH__JWT_SECRET:-}" ]; then
   [ -s "$AIRFLOW_HOME/jwt_secret" ] || "$BIN/python" -c 'import secrets; print(secrets.token_urlsafe(32))' > "$AIRFLOW_HOME/jwt_secret"
@@ -119,6 +133,12 @@ start() {  # name, argv...: in the background, started again 5 s after it dies (
   ) &
   echo "==> $name: $* (log $AIRFLOW_HOME/logs/$name.log, pid in $name.pid)"
 }
+if [ "$MLFLOW" != off ]; then
+  # Clients upload artifacts through the server, which alone needs the artifact store's credentials.
+  start mlflow "$BIN/mlflow" server --backend-store-uri "$MLFLOW_DB_URL" \
+    --artifacts-destination "${UNIAD_MLFLOW_ARTIFACTS:-$AIRFLOW_HOME/mlflow_artifacts}" \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1
+fi
 start api-server airflow api-server --port "$PORT"
 start scheduler airflow scheduler
 start dag-processor airflow dag-processor

@@ -20,6 +20,9 @@ if [ -e "$ROOT" ]; then
 fi
 # The demo's root is the one directory this run may use (see UNIAD_ALLOWED_ROOTS in the README).
 export UNIAD_ALLOWED_ROOTS="${UNIAD_ALLOWED_ROOTS:-$ROOT}"
+# Experiment tracking to a local MLflow store (a SQLite file, no server to start); make mlflow opens its UI.
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///$PWD/runs/mlflow/mlflow.db}"
+mkdir -p "$PWD/runs/mlflow"
 CONF=$(.venv/bin/python -c 'import json, sys; print(json.dumps({"profile": "mini", "uniad_root": sys.argv[1]}))' "$ROOT")
 
 echo "==> airflow dags test uniad_e2e_training -c '$CONF'  (full log: $LOG)"
@@ -43,6 +46,7 @@ cat <<MSG
   stage 2 work dir         $ROOT/projects/work_dirs/stage2_e2e/full_e2e/
   health reports           <each work dir>/health/report.md (+ loss, loss_by_task, grad_norm, lr plots)
   Airflow log of the run   $LOG
+  experiment tracking      $MLFLOW_TRACKING_URI  (make mlflow: its UI on http://localhost:5000)
 
 MSG
 .venv/bin/python -m uniad inspect "$ROOT/ckpts/full_track_map.pth" --stage stage1 --expect-epoch 6

@@ -173,6 +173,7 @@ class CeleryStack:
     port: int
     db_url: str
     admin: tuple[str, str]  # the FAB admin the script created from UNIAD_ADMIN_PASSWORD
+    mlflow_url: str  # the stack's MLflow tracking server
     _tokens: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def token(self) -> str:
@@ -202,7 +203,7 @@ def celery_stack(
     from uniad.train.launch import find_free_port
 
     db_url = f"{POSTGRES}/uniad_test_{uuid.uuid4().hex[:10]}"
-    port = find_free_port()
+    port, mlflow_port = find_free_port(), find_free_port()
     admin = ("admin", secrets.token_urlsafe(18))
     redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
     env = {
@@ -217,14 +218,17 @@ def celery_stack(
         "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
         "UNIAD_ADMIN_PASSWORD": admin[1],
         "UNIAD_GPU_WORKERS": str(gpu_workers),
+        "UNIAD_MLFLOW_PORT": str(mlflow_port),
         **(extra_env or {}),
     }
+    env.pop("MLFLOW_TRACKING_URI", None)  # the stack's own server
     argv = ["bash", str(REPO / "scripts/celery_stack.sh")]
     try:
         with service_group(argv, home / "stack.log", env, api_healthy(port, "scheduler"), timeout_s=240) as proc:
-            yield CeleryStack(proc, port, db_url, admin)
+            yield CeleryStack(proc, port, db_url, admin, f"http://127.0.0.1:{mlflow_port}")
     finally:
         engine = create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+            for name in (db_url.rsplit("/", 1)[1], db_url.rsplit("/", 1)[1] + "_mlflow"):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()

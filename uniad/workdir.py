@@ -21,6 +21,8 @@ writes is spelled here, and nowhere else.
       .uniad_trainside/          the modules the training interpreter runs (uniad/trainside), shipped per attempt
       champion_evaluation/       executor=slurm: the job that scored a champion published without metrics
       health/                    the gate's report.md and plots
+      alerts.jsonl               the alerts about the stage: one line per kind, sent or why not (uniad_airflow.alerts)
+      <config name>.py           mmcv's dump of the resolved config; tf_logs/ a config's TensorBoard logs
       previous_runs/<run>-<time>/  what older runs left here, moved aside when a new run claims the folder
     <published>.pth.provenance.json  beside a promoted checkpoint: source, sha256, epoch
 
@@ -48,6 +50,8 @@ __all__ = ["EPOCH_FILE", "ITER_FILE", "LATEST", "MID_EPOCH_META_KEY", "WorkDir",
 MARKER = ".uniad_run.json"
 PREVIOUS = "previous_runs"
 HEALTH = "health"
+ALERTS = "alerts.jsonl"
+TF_LOGS = "tf_logs"
 JSON_LOGS = "*.log.json"
 TEXT_LOGS = "*.log"
 OUTPUTS = "output_*.txt"
@@ -195,6 +199,18 @@ class WorkDir:
     @property
     def health_dir(self) -> Path:
         return self.path / HEALTH
+
+    @property
+    def alerts(self) -> Path:
+        return self.path / ALERTS
+
+    @property
+    def tf_logs(self) -> Path:
+        return self.path / TF_LOGS
+
+    def resolved_config(self, config: str) -> Path:
+        """mmcv's dump of the config the stage trained with (train.py writes it beside the logs)."""
+        return self.path / PurePosixPath(config).name
 
     def stage_outputs(self) -> list[tuple[Path, str]]:
         """(file, its name relative to the work dir) of the logs and health report a finished stage leaves."""

@@ -29,11 +29,11 @@ import logging
 import time
 from pathlib import Path
 
+from uniad.workdir import WorkDir
 from uniad_airflow.names import dashboard_url
 from uniad_airflow.settings import notify_conn_id
 
 log = logging.getLogger(__name__)
-ALERTS_FILE = "alerts.jsonl"
 
 
 class NotConfigured(Exception):
@@ -92,7 +92,7 @@ class StageAlerts:
     """The alerts of one stage of one run, at most one per kind: ``alert`` is safe to call on every poll."""
 
     def __init__(self, work_dir: str | Path, run_id: str, stage: str, conn_id: str | None = None) -> None:
-        self.path = Path(work_dir) / ALERTS_FILE
+        self.path = WorkDir(Path(work_dir)).alerts
         self.run_id, self.stage, self.conn_id = run_id, stage, conn_id
 
     def sent(self) -> dict[str, dict]:

@@ -27,6 +27,7 @@ from uniad_airflow.settings import (
     slurm_export,
     slurm_partition,
     slurm_stop_signal_lead_s,
+    tracking_uri,
     training_python,
     worker_jobs_dir,
 )
@@ -125,6 +126,23 @@ def _cancel_slurm_jobs(run_id: str, log) -> None:
         return
     if cancelled:
         log.warning("run %s failed with Slurm job(s) %s still active: cancelled", run_id, ", ".join(cancelled))
+
+
+def stage_tracking():
+    """Experiment tracking as this deployment sets it (``settings.tracking_uri``); off or down, it does nothing."""
+    from uniad.tracking import Tracking
+
+    return Tracking(tracking_uri())
+
+
+def end_tracked_run(status: str):
+    """A DAG run callback that ends the run's MLflow runs with ``status`` (FINISHED, FAILED)."""
+
+    def end(context: Context) -> None:
+        stage_tracking().end_pipeline(context["run_id"], status)
+
+    end.__name__ = f"end_tracked_run_{status.lower()}"
+    return end
 
 
 class PlanOperator(BaseOperator):
@@ -294,6 +312,18 @@ class UniADTrainOperator(PlanOperator):
         store = context.get("task_state_store")
         if store is not None:
             store.set(self.job_key(stage), {"job_id": job.job_id, "started": job.started})
+        from uniad_airflow.alerts import dashboard_link
+
+        tracking = stage_tracking()
+        tracked = tracking.stage_run(
+            context["run_id"],
+            self.stage,
+            params=plan.tracking_params(self.stage),
+            tags={"airflow.url": dashboard_link(context["run_id"])},
+        )
+        tracking.set_tags(tracked, {f"uniad.{stage.executor}_job": job.job_id})
+        if tracking.skipped:
+            self.log.warning("experiment tracking skipped for now: %s", tracking.skipped[-1])
         facts = {
             "job_id": job.job_id,
             "stage": self.stage,
@@ -303,6 +333,7 @@ class UniADTrainOperator(PlanOperator):
             "stall_timeout_s": plan.gate.stall_timeout_s,
             "later_epochs": plan.later_epochs(self.stage),
             "run_id": context["run_id"],
+            "tracking_run": tracked,
         }
         if stage.executor == "slurm":
             trigger = SlurmStageTrigger(**facts, controller_grace_s=slurm_controller_grace_s())
@@ -368,17 +399,57 @@ class ValidateStageOperator(PlanOperator):
                     if said is not None:
                         self.log.info("%s", said)
 
-        with domain_errors():
-            return validate_stage(
-                plan.work_dir(self.stage),
-                self.stage,
-                expect_epoch=plan.stage(self.stage).max_epochs,
-                strict=plan.gate.strict,
-                requirements=plan.requirements(self.stage),
-                evaluated=plan.stage(self.stage).validate,
-                references=plan.references(self.stage),
-                on_findings=alert,
-            )
+        try:
+            with domain_errors():
+                result = validate_stage(
+                    plan.work_dir(self.stage),
+                    self.stage,
+                    expect_epoch=plan.stage(self.stage).max_epochs,
+                    strict=plan.gate.strict,
+                    requirements=plan.requirements(self.stage),
+                    evaluated=plan.stage(self.stage).validate,
+                    references=plan.references(self.stage),
+                    on_findings=alert,
+                )
+        except Exception:
+            self.track_end(context, plan, "FAILED")
+            raise
+        self.track_end(context, plan, "FINISHED", (result.get("metrics") or {}).get("values"))
+        return result
+
+    def track_end(self, context: Context, plan: Plan, status: str, final: dict | None = None) -> None:
+        """The stage's evaluations and artifacts (health report and plots, resolved config, Slurm trail, alerts,
+        tf_logs/) to its MLflow run, which ends with the gate's verdict."""
+        from uniad.health.logs import read_log
+
+        tracking = stage_tracking()
+        tracked = tracking.stage_run(context["run_id"], self.stage, params=plan.tracking_params(self.stage))
+        if tracked is None:
+            if tracking.skipped:
+                self.log.warning("experiment tracking skipped: %s", tracking.skipped[-1])
+            return
+        work_dir = plan.work_dir(self.stage)
+        evaluations = [
+            (record["epoch"], record)
+            for log in work_dir.json_logs()
+            for record in read_log(log)[0]
+            if record.get("mode") == "val" and isinstance(record.get("epoch"), int)
+        ]
+        if final:  # the final evaluation as the gate read it, with what only rank 0 printed (planning, occupancy)
+            evaluations.append((plan.stage(self.stage).max_epochs, final))
+        tracking.log_evaluations(tracked, evaluations)
+        files = [
+            (work_dir.health_dir, work_dir.health_dir.name),
+            (work_dir.resolved_config(plan.stage(self.stage).config), "config"),
+            (work_dir.slurm_jobs, "jobs"),
+            (work_dir.alerts, "alerts"),
+            (work_dir.tf_logs, work_dir.tf_logs.name),
+        ]
+        uploaded = tracking.log_artifacts(tracked, files)
+        tracking.end(tracked, status)
+        self.log.info("MLflow run %s of %s: %s, artifacts %s", tracked, self.stage, status, uploaded)
+        if tracking.skipped:
+            self.log.warning("experiment tracking skipped: %s", tracking.skipped[-1])
 
 
 def _s3_client(aws_conn_id: str):

@@ -139,3 +139,25 @@ def notify_conn_id() -> str:
 def alert_pending_s() -> float:
     """``UNIAD_ALERT_PENDING_S`` (default 3600): a Slurm job that waits in the queue longer than this is alerted."""
     return _seconds("UNIAD_ALERT_PENDING_S", "3600", "the seconds a Slurm job may pend before an alert", zero=False)
+
+
+def tracking_uri() -> str | None:
+    """Where experiment tracking goes (``uniad.tracking``), or None when it is off: ``UNIAD_TRACKING=off`` turns it
+    off; else MLflow's own ``MLFLOW_TRACKING_URI`` when set; else the connection ``uniad_mlflow``
+    (``UNIAD_MLFLOW_CONN_ID``) with the server's URL as its host, e.g. ``airflow connections add uniad_mlflow
+    --conn-type http --conn-host http://mlflow:5000``; else off."""
+    if os.environ.get("UNIAD_TRACKING", "on").strip().lower() in ("off", "0", "false", "no"):
+        return None
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = BaseHook.get_connection(os.environ.get("UNIAD_MLFLOW_CONN_ID", "uniad_mlflow"))
+    except AirflowNotFoundException:
+        return None
+    host = conn.host or ""
+    if "://" in host:
+        return host.rstrip("/")
+    return f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")

@@ -22,9 +22,41 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from uniad_airflow.settings import alert_pending_s
+from uniad_airflow.settings import alert_pending_s, tracking_uri
 
 PROGRESS_EVERY_S = 60.0
+TRACK_EVERY_S = 30.0  # a batch of metrics to MLflow at most this often
+
+
+class RecordTracker:
+    """Batches the follower's train records for the stage's MLflow run (``uniad.tracking``), off the event loop."""
+
+    def __init__(self, tracking_run: str | None) -> None:
+        self.run = tracking_run
+        self.tracking = None  # a uniad.tracking.Tracking once its URI was read (off the event loop: a connection)
+        self.pending: list[dict] = []
+        self.after: int | None = None  # the last step logged; None until read from the run
+        self.sent_at = 0.0
+
+    async def add(self, records: list[dict], *, flush: bool = False) -> None:
+        from uniad.tracking import Tracking
+
+        if self.run is None:
+            return
+        self.pending += records
+        now = time.monotonic()
+        if not self.pending or (not flush and now - self.sent_at < TRACK_EVERY_S):
+            return
+        self.sent_at = now
+        if self.tracking is None:
+            self.tracking = Tracking(await asyncio.to_thread(tracking_uri))
+        if self.after is None:
+            self.after = await asyncio.to_thread(self.tracking.logged_step, self.run)
+            if self.after is None:
+                return  # tracking down: the records wait for the next batch
+        logged = await asyncio.to_thread(self.tracking.log_records, self.run, self.pending, self.after)
+        if logged is not None:
+            self.after, self.pending = logged, []
 
 
 class StageJobTrigger(BaseTrigger):
@@ -44,10 +76,12 @@ class StageJobTrigger(BaseTrigger):
         later_epochs: int | None = None,
         poll_s: float = 5.0,
         run_id: str | None = None,
+        tracking_run: str | None = None,
     ) -> None:
         super().__init__()
         self.job_id = job_id
         self.run_id = run_id  # for alerts (None: a trigger serialized before they were sent from here)
+        self.tracking_run = tracking_run  # the stage's MLflow run (None: tracking off or down when it deferred)
         self.stage = stage
         self.work_dir = work_dir
         self.total_epochs = total_epochs
@@ -69,6 +103,7 @@ class StageJobTrigger(BaseTrigger):
                 "later_epochs": self.later_epochs,
                 "poll_s": self.poll_s,
                 "run_id": self.run_id,
+                "tracking_run": self.tracking_run,
                 **self.more(),
             },
         )
@@ -103,6 +138,11 @@ class StageJobTrigger(BaseTrigger):
             await self.alert(
                 finding.code, finding.message, failure=finding.severity == "error", epoch=finding.epoch, it=finding.iter
             )
+
+    def tracker(self):
+        """Logs the train records the follower reads to the stage's MLflow run, at most every ``TRACK_EVERY_S``
+        (a batch), from where any earlier follower of the stage stopped."""
+        return RecordTracker(self.tracking_run)
 
     async def alert(self, kind: str, message: str, **how: Any) -> None:
         """Alert people, off the triggerer's event loop; the task log says what became of it."""
@@ -139,6 +179,7 @@ class SlurmStageTrigger(StageJobTrigger):
         starts_seen = 0  # starts the batch step recorded
         told: set[str] = set()
         pending_limit = alert_pending_s()
+        tracker = self.tracker()
         self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
             asked_at = time.monotonic()  # scontrol itself keeps trying a silent controller for a while
@@ -209,6 +250,7 @@ class SlurmStageTrigger(StageJobTrigger):
                 if now - logged_at >= PROGRESS_EVERY_S:
                     self.log.info("job %s on %s: %s", self.job_id, state.get("NodeList"), progress.line())
                     logged_at = now
+            await tracker.add(follower.records, flush=state["JobState"] not in slurm.ACTIVE)
             submitted = slurm.submit_time(state)
             if state["JobState"] == "PENDING" and submitted and time.time() - submitted > pending_limit:
                 await self.alert(
@@ -274,6 +316,7 @@ class LocalJobTrigger(StageJobTrigger):
         follower = self.follower(work_dir, local_job.resume_point(work_dir, self.job_id))
         output = local_job.OutputTail()
         logged_at, last, told = 0.0, None, set()
+        tracker = self.tracker()
         self.log.info("following local job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
             state = await asyncio.to_thread(local_job.describe, work_dir, self.job_id)
@@ -285,6 +328,7 @@ class LocalJobTrigger(StageJobTrigger):
                 if now - logged_at >= PROGRESS_EVERY_S:
                     self.log.info("%s", progress.line())
                     logged_at = now
+            await tracker.add(follower.records, flush=state["JobState"] not in local_job.ACTIVE)
             await self.tell(follower, told)
             if state["JobState"] in local_job.ACTIVE:
                 await asyncio.sleep(self.poll_s)

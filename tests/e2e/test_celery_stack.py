@@ -113,6 +113,22 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
             assert (by_task[task]["queue"], by_task[task]["pool"], by_task[task]["pool_slots"]) == expected, task
         assert inspect_checkpoint(root / "ckpts/full_track_map.pth", stage="stage1", expect_epoch=1).valid
 
+    # Tracking on the stack's MLflow server (its runs in the stack's PostgreSQL): each pipeline run with its two stage
+    # runs, their metrics logged from the triggerer as they trained, the gate's report uploaded by the workers.
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=stack["stack"].mlflow_url)
+    experiment = mlflow.get_experiment_by_name("uniad_e2e_training")
+    tracked = mlflow.search_runs([experiment.experiment_id])
+    for run_id in roots:
+        stages = {r.data.tags["uniad.stage"]: r for r in tracked if r.data.tags["airflow.run_id"] == run_id}
+        assert set(stages) == {"pipeline", "stage1", "stage2"} and stages["pipeline"].info.status == "FINISHED"
+        for stage in ("stage1", "stage2"):
+            steps = [m.step for m in mlflow.get_metric_history(stages[stage].info.run_id, "loss")]
+            assert sorted(steps) == [10, 20, 30, 40], (run_id, stage, steps)
+            artifacts = {a.path for a in mlflow.list_artifacts(stages[stage].info.run_id, "health")}
+            assert "health/report.md" in artifacts, artifacts
+
     # Routing, from the workers' own logs: the gpu worker ran the GPU tasks of both runs and nothing else; a training
     # task twice (it starts its stage's job and defers, then takes the job's end).
     executed = {}

@@ -23,7 +23,15 @@ ROOTS = ("uniad", "plugins", "dags")
 # Lower layers never import higher ones: a table of contents that reads top-down. uniad/ is the domain package;
 # plugins/ holds the Airflow adapters (importable as uniad_airflow), dags/ the DAG files.
 LAYERS = [
-    {"uniad.errors", "uniad.stages", "uniad.trainside", "uniad.workdir", "uniad.metrics", "uniad.vocabulary"},
+    {
+        "uniad.errors",
+        "uniad.stages",
+        "uniad.trainside",
+        "uniad.workdir",
+        "uniad.metrics",
+        "uniad.vocabulary",
+        "uniad.tracking",
+    },
     {"uniad.mini", "uniad.artifacts"},
     {"uniad.health"},
     {"uniad.train"},

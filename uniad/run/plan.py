@@ -18,6 +18,8 @@ plan: that worker resolves it at each attempt (``StageSpec.python`` is None here
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +35,23 @@ from .params import PipelineParams
 from .root import check_data, check_load_from, check_paths, choose_configs, prepare_root
 
 PLAN_VERSION = 2
+
+
+def git_commit(root: Path) -> str:
+    """The commit the UniAD checkout is at (``+dirty`` with local changes), or why there is none."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "not a git checkout"
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def stage_spec(root: Path, facts: ConfigFacts, *, epochs: int, work_dir: str | None = None, **launch) -> StageSpec:
@@ -185,6 +204,28 @@ class Plan:
             files.append((final, f"{stage}/{final.name}"))
         files += [(path, f"{stage}/{name}") for path, name in work_dir.stage_outputs()]
         return [(path, key) for path, key in files if path.is_file()]
+
+    def tracking_params(self, stage: str) -> dict[str, str]:
+        """What experiment tracking records of ``stage``: its config and the hash of its text, epochs, world size,
+        nodes, executor, cfg options, seed, and the UniAD root's git commit."""
+        spec = self.stage(stage)
+        root = Path(self.uniad_root)
+        config = root / spec.config
+        nnodes = self.slurm.nnodes if self.slurm is not None else 1
+        return {
+            "profile": self.profile,
+            "config": spec.config,
+            "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else "missing",
+            "epochs": str(spec.max_epochs),
+            "world_size": str(nnodes * spec.nproc_per_node),
+            "nnodes": str(nnodes),
+            "nproc_per_node": str(spec.nproc_per_node),
+            "executor": "slurm" if self.slurm is not None else "local",
+            "cfg_options": " ".join(spec.cfg_options),
+            "seed": str(spec.seed),
+            "load_from": str(spec.load_from),
+            "uniad_commit": git_commit(root),
+        }
 
     # ------------------------------------------------------------------ JSON (XCom)
     def to_json(self) -> dict:

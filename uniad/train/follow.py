@@ -47,6 +47,7 @@ class StageFollower:
         self._clock = clock
         self._reader: LogReader | None = None
         self.last_record: dict = {}
+        self.records: list[dict] = []  # the records the last poll read (experiment tracking logs them)
 
     @property
     def log(self) -> LogReader | None:
@@ -65,12 +66,14 @@ class StageFollower:
         if self._reader is None:
             log = self.work_dir.latest_json_log(newer_than=self.started - 1)
             if log is None:
+                self.records = []
                 return []
             self._reader = LogReader(text_log_of(log))  # the text log has the epoch length
             logger.info("%s: following %s", self.stage, self._reader.path)
         now = self._clock()
         progress = []
-        for record in self._reader.poll():
+        self.records = self._reader.poll()
+        for record in self.records:
             if record.get("mode") == "train":
                 if not self.last_record:
                     self._check_resumed(record)

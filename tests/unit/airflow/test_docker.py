@@ -73,7 +73,19 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         "triggerer",
         "worker-default",
         "uniad-worker-gpu",
+        "mlflow",
     }
+    # MLflow: its runs in the compose PostgreSQL (a database the init script creates), artifacts in S3, and every
+    # Airflow part tracks to it.
+    mlflow = services["mlflow"]
+    assert (
+        '--backend-store-uri "postgresql+psycopg2://airflow:$${POSTGRES_PASSWORD}@postgres:5432/mlflow"'
+        in (mlflow["command"][2])
+    )
+    assert '--artifacts-destination "$${MLFLOW_ARTIFACTS}"' in mlflow["command"][2]
+    assert mlflow["environment"]["MLFLOW_ARTIFACTS"] == example["MLFLOW_ARTIFACTS"].strip()
+    assert "CREATE DATABASE mlflow;" in (DOCKER / "postgres-init.sql").read_text()
+    assert any(v.endswith("/docker-entrypoint-initdb.d/uniad.sql:ro") for v in services["postgres"]["volumes"])
     gpu = services["uniad-worker-gpu"]
     assert gpu["stop_grace_period"] == "15m"
     assert gpu["init"] is True and gpu["command"][:2] == ["bash", "-c"]
@@ -124,6 +136,7 @@ def test_the_compose_file_validates(compose_available, tmp_path):
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
         assert env["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager"), name
         assert env["UNIAD_ALLOWED_ROOTS"] == "/workspace/UniAD", name
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         # Above the longest stage: Celery's 24 h default would redeliver a 2-day stage 1 to a second worker.
         assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) >= 7 * 24 * 3600, name
         # Every part reaches the execution API through the proxy, and tolerates the api-server being away as the

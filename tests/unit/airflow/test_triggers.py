@@ -29,6 +29,7 @@ def test_serialize_is_all_the_trigger_needs():
         "later_epochs": 20,
         "poll_s": 5.0,
         "run_id": "manual__1",
+        "tracking_run": None,
         "controller_grace_s": 300,
     }
     assert SlurmStageTrigger(**kwargs).serialize() == (classpath, kwargs)
@@ -50,5 +51,6 @@ def test_the_local_job_trigger_too():
         "later_epochs": None,
         "poll_s": 2.0,
         "run_id": None,  # a trigger serialized before alerts came from triggers: it follows on, alerting no one
+        "tracking_run": None,
     }
     assert LocalJobTrigger(**kwargs).serialize() == (classpath, kwargs)
