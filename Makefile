@@ -36,10 +36,11 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 
-bench: setup  ## log analysis vs json.loads; polling; checkpoint gate vs sha256sum + cp; DAG parse cost; orchestration overhead on Celery (local and Slurm stages)
+bench: setup  ## log analysis vs json.loads; polling; checkpoint gate vs sha256sum + cp; DAG parse cost; tracking cost; orchestration overhead on Celery (local and Slurm stages)
 	.venv/bin/python benchmarks/bench_logs.py
 	.venv/bin/python benchmarks/bench_checkpoint_gate.py
 	.venv/bin/python benchmarks/bench_parse.py
+	.venv/bin/python benchmarks/bench_tracking.py
 	.venv/bin/python benchmarks/bench_orchestration.py
 
 clean:

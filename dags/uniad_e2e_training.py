@@ -15,7 +15,8 @@ Trigger from the UI form, or:
 `profile=mini` trains the built-in mini UniAD (CPU, gloo) in `uniad_root`, or in a per-run folder when that is
 empty. A run may only use the directories of `UNIAD_ALLOWED_ROOTS` (unset: the mini runs folder and `UNIAD_ROOT`). Training tasks run on the `gpu` queue and take `UNIAD_GPUS_PER_WORKER` slots of the `gpu` pool, so two
 runs never share a worker's GPUs. A failed task waits `UNIAD_RETRY_DELAY_S` (default 120) before its retry. `UNIAD_SCHEDULE` (a cron expression, or `asset:<uri>`) retrains on a schedule;
-the connection `uniad_notify` (SMTP) sends an email when a run succeeds or fails.
+the connection `uniad_notify` (apprise or SMTP) tells people when a run succeeds or fails, and alerts them while
+a stage goes wrong; runs are tracked on MLflow (`MLFLOW_TRACKING_URI`) and models registered there.
 """
 
 from __future__ import annotations

@@ -51,7 +51,7 @@ GROUP_SECONDS = {
     "test_celery_stack": 780,
     "reference_run": 390,
     "trained_root": 150,
-    "test_model_quality": 90,
+    "test_model_quality": 130,
     "s3": 140,
     "test_health_watch": 50,
     "test_access_control": 45,

@@ -9,6 +9,8 @@
     python -m uniad analyze <work_dir>/<timestamp>.log.json --require "pts_bbox_NuScenes/amota>=0.35" --json
     python -m uniad evaluate --uniad-root /tmp/uniad-mini --config projects/configs/stage1_track_map/full_track_map.py \\
         --checkpoint ckpts/full_track_map.pth --nproc-per-node 2
+    python -m uniad models                                        # registered versions, the champion marked
+    python -m uniad models --rollback 3 --publish-path /tmp/uniad-mini/ckpts/uniad_e2e.pth
 
 Exit status: 0 success, 1 failure or invalid checkpoint, 2 bad usage.
 """
@@ -231,6 +233,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .registry import Registry
+    from .tracking import Tracking
+
+    if not args.tracking_uri:
+        raise ParamError("no tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+    tracking = Tracking(args.tracking_uri)
+    registry = Registry(tracking)
+    if args.rollback is None:
+        versions = registry.versions()
+        if tracking.skipped:
+            raise PipelineError(f"could not list the registry: {tracking.skipped[-1]}")
+        for version in versions:
+            marks = " champion" if version["champion"] else ""
+            print(
+                f"{version['number']:>4}{marks:9} run {version['run_id']}  epoch {version['epoch']}  "
+                f"sha256 {(version['sha256'] or '')[:12]}  {json.dumps(version['metrics'], sort_keys=True)}"
+            )
+        return 0
+    if not args.publish_path:
+        raise ParamError("--rollback needs --publish-path: the published file that is to hold that version")
+    provenance = registry.rollback(args.rollback, Path(args.publish_path))
+    print(
+        f"{provenance['path']} is uniad_e2e version {args.rollback} again (sha256 {provenance['sha256']}); "
+        "the champion alias names it"
+    )
+    return 0
+
+
 def _cmd_stop(args: argparse.Namespace) -> int:
     from .train import local_job
     from .workdir import WorkDir
@@ -318,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("work_dir")
     p.add_argument("--reason", default="stopped by hand (python -m uniad stop)")
     p.set_defaults(func=_cmd_stop)
+
+    p = sub.add_parser(
+        "models", help="the stage-2 model's registered versions; --rollback N puts version N back at the publish path"
+    )
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="default: MLFLOW_TRACKING_URI")
+    p.add_argument("--rollback", metavar="VERSION", help="the version the champion alias and the published file go to")
+    p.add_argument("--publish-path", help="the published model file (the run's publish_path), with --rollback")
+    p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("train", help="train one stage with torch.distributed, outside Airflow")
     p.add_argument("--uniad-root", required=True)

@@ -163,6 +163,19 @@ class PlanOperator(BaseOperator):
         with domain_errors():
             return Plan.from_json(self.plan)
 
+    def register(self, context: Context, stage: str, checkpoint: Path, provenance: dict) -> str | None:
+        """``checkpoint`` as a version of the stage's model in the registry (``uniad.registry``): its number, or None
+        with tracking off or down (said in the log; the task goes on)."""
+        from uniad.registry import MODELS, Registry
+
+        registry = Registry(stage_tracking())
+        version = registry.register(stage, context["run_id"], checkpoint, provenance)
+        if version is not None:
+            self.log.info("registered %s as %s version %s", checkpoint, MODELS[stage], version)
+        elif registry.tracking.skipped:
+            self.log.warning("not registered: tracking skipped: %s", registry.tracking.skipped[-1])
+        return version
+
 
 class UniADPreflightOperator(BaseOperator):
     """Validate the trigger parameters, check every path against the deployment's allowed roots, prepare the UniAD
@@ -525,6 +538,7 @@ class PromoteCheckpointOperator(PlanOperator):
             provenance["sha256"],
             provenance["path"],
         )
+        self.register(context, "stage1", Path(provenance["path"]), provenance)
         for asset in self.outlets:
             context["outlet_events"][asset].extra = {
                 "path": provenance["path"],
@@ -551,6 +565,7 @@ class PublishModelOperator(PlanOperator):
     def execute(self, context: Context) -> dict:
         import os
 
+        from uniad.artifacts.checkpoints import sha256_file
         from uniad.artifacts.publish import ChampionRule, publish_model
         from uniad.train import slurm
         from uniad.train.evaluate import evaluate_checkpoint, evaluate_checkpoint_on_slurm
@@ -589,7 +604,13 @@ class PublishModelOperator(PlanOperator):
                 emit_output=lambda line: self.log.info("%s", line),
             )
 
+        from uniad.registry import Registry
+
         latest = plan.work_dir("stage2").latest
+        registry = Registry(stage_tracking())
+        champion = registry.champion()  # the registry's alias names the champion where tracking is on
+        if champion is not None:
+            self.log.info("the champion is %s version %s (run %s)", "uniad_e2e", champion["number"], champion["run_id"])
         with domain_errors():
             result = publish_model(
                 latest,
@@ -599,8 +620,24 @@ class PublishModelOperator(PlanOperator):
                 expect_epoch=spec.max_epochs,
                 run_id=context["run_id"],
                 score_champion=score,
+                champion_metrics=champion["metrics"] if champion and champion["metrics"] else None,
             )
         self.log.info("%s", result["comparison"])
+        # Every challenger is kept as a version; the alias moves only to one that was published.
+        provenance = (
+            result["champion"]
+            if result["published"]
+            else {
+                "sha256": sha256_file(latest),
+                "epoch": spec.max_epochs,
+                "metrics": metrics["values"],
+            }
+        )
+        version = self.register(context, "stage2", latest.resolve(), provenance)
+        if version is not None and result["published"]:
+            registry.crown(version)
+            self.log.info("the champion alias now names version %s", version)
+        result["registry_version"] = version
         if not result["published"]:
             context["ti"].xcom_push(key="return_value", value=result)
             raise AirflowSkipException(f"kept the champion {plan.publish.path}: {result['comparison']}")
@@ -613,3 +650,33 @@ class PublishModelOperator(PlanOperator):
                 "run_id": context["run_id"],
             }
         return result
+
+
+class RollbackModelOperator(BaseOperator):
+    """Put a registered stage-2 model back: the file at ``publish_path`` is rewritten from that version (atomically,
+    with provenance, its sha256 checked) and the registry's ``champion`` alias moves to it (``uniad.registry``).
+    ``publish_path`` must be inside the deployment's allowed roots."""
+
+    ui_color = "#f4e8fd"
+
+    def execute(self, context: Context) -> dict:
+        from uniad.errors import ParamError
+        from uniad.registry import Registry
+
+        params = context["params"]
+        version, publish_path = str(params["model_version"]).strip(), str(params["publish_path"]).strip()
+        with domain_errors(prefix="invalid parameters: "):
+            if not version.isdigit():
+                raise ParamError(f"model_version must be a registered version number, e.g. 3; got {version!r}")
+            path = allowed_roots("uniad").check("publish_path", publish_path)
+        registry = Registry(stage_tracking())
+        with domain_errors():
+            provenance = registry.rollback(version, path)
+        self.log.info("%s is uniad_e2e version %s again (sha256 %s)", path, version, provenance["sha256"])
+        for asset in self.outlets:
+            context["outlet_events"][asset].extra = {
+                "path": provenance["path"],
+                "sha256": provenance["sha256"],
+                "registry_version": version,
+            }
+        return provenance

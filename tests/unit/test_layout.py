@@ -33,7 +33,7 @@ LAYERS = [
         "uniad.tracking",
     },
     {"uniad.mini", "uniad.artifacts"},
-    {"uniad.health"},
+    {"uniad.health", "uniad.registry"},
     {"uniad.train"},
     {"uniad.run"},
     {"uniad.views"},

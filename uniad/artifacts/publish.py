@@ -161,16 +161,18 @@ def publish_model(
     expect_epoch: int | None = None,
     run_id: str | None = None,
     score_champion: Callable[[Path], dict[str, float]] | None = None,
+    champion_metrics: dict[str, float] | None = None,
 ) -> dict:
     """Publish the stage-2 checkpoint ``candidate`` at ``target`` when it is not worse than the champion there.
 
-    The champion's metrics come from its provenance sidecar; a champion without them (published by hand) is scored
-    with ``score_champion`` (``python -m uniad evaluate``) first. Returns ``published``, the ``comparison`` and the
-    provenance of what is at ``target`` afterwards."""
+    The champion's metrics are ``champion_metrics`` (the model registry's champion) or come from its provenance
+    sidecar; a champion without them (published by hand) is scored with ``score_champion`` (``python -m uniad
+    evaluate``) first. Returns ``published``, the ``comparison`` and the provenance of what is at ``target``
+    afterwards."""
     target = Path(target)
     if target.exists():
         champion = read_provenance(target) or {}
-        champion_metrics = champion.get("metrics")
+        champion_metrics = champion_metrics or champion.get("metrics")
         if not champion_metrics:
             if score_champion is None:
                 raise CheckpointError(f"the champion {target} has no recorded metrics and cannot be scored here")

@@ -39,7 +39,7 @@ def dag(dagbag):
 
 def test_dag_imports_without_errors_or_db_queries(dagbag):
     assert dagbag.import_errors == {}
-    assert list(dagbag.dags) == ["uniad_e2e_training"]
+    assert list(dagbag.dags) == ["uniad_e2e_training", "uniad_model_rollback"]
     assert dagbag.parse_statements == []
 
 
