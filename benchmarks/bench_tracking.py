@@ -12,17 +12,16 @@ share of the stage's 4 days the per-record way costs (target < 1 %).
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
+from services import mlflow_server  # noqa: E402
 from uniad.health.reference import reference_records  # noqa: E402
 from uniad.tracking import Tracking  # noqa: E402
 
@@ -32,46 +31,11 @@ PER_RECORD_SAMPLE = 500
 PER_EPOCH = 3517
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     records = [{**r, "iters_per_epoch": PER_EPOCH} for r in reference_records() if r.get("mode") == "train"]
     keys = len(records[0])
     with tempfile.TemporaryDirectory() as scratch:
-        port = free_port()
-        mlflow = Path(sys.executable).parent / "mlflow"
-        server = subprocess.Popen(
-            [
-                str(mlflow),
-                "server",
-                "--backend-store-uri",
-                f"sqlite:///{scratch}/mlflow.db",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/health", timeout=2)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the MLflow server did not start") from None
-                    time.sleep(0.5)
+        with mlflow_server(Path(scratch) / "mlflow.db", Path(scratch) / "mlflow.log") as url:
             tracking = Tracking(url)
             one_by_one = tracking.stage_run("bench", "per-record", params={})
             started, after = time.perf_counter(), -1
@@ -84,9 +48,6 @@ def main() -> None:
             at_once = time.perf_counter() - started
             assert not tracking.skipped, tracking.skipped
             logged = len(tracking.client.get_metric_history(one_by_one, "loss"))
-        finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
     stage = per_record * STAGE_RECORDS
     print(f"train records of {keys} fields, to a local MLflow server:")
     print(f"  one call per record (the trigger's worst case): {1000 * per_record:.0f} ms a record ({logged} logged)")

@@ -48,11 +48,11 @@ XDIST_GROUPS = {
 # of work. A group not listed counts 30 s.
 GROUP_SECONDS = {
     "slurm": 1080,
-    "test_celery_stack": 780,
+    "test_celery_stack": 850,
     "reference_run": 390,
     "trained_root": 150,
     "test_model_quality": 130,
-    "s3": 140,
+    "s3": 200,
     "test_health_watch": 50,
     "test_access_control": 45,
 }

@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -106,6 +107,28 @@ def service_group(argv: list[str], log: Path, env: dict[str, str], ready: Callab
             yield proc
         finally:
             stop_group(proc)
+
+
+@contextmanager
+def mlflow_server(store: Path, log: Path, *, artifacts: str | None = None, env: dict[str, str] | None = None):
+    """A real MLflow tracking server on loopback, its runs in SQLite at ``store``; ``artifacts``: where it puts the
+    artifacts it is sent (an S3 URI with ``env``'s endpoint and credentials). Its URL once it answers."""
+    from uniad.train.launch import find_free_port
+
+    port = find_free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}"]
+    argv += ["--artifacts-destination", artifacts] if artifacts else []
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+
+    def ready() -> bool:
+        try:
+            return http("GET", f"{url}/health", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    with service_group(argv, log, {**os.environ, **(env or {})}, ready):
+        yield url
 
 
 def http(method: str, url: str, *, token: str | None = None, body: dict | None = None, timeout: float = 30):

@@ -141,6 +141,17 @@ class Tracking:
 
         return self._guarded("opening the stage's run", find)
 
+    def pipeline_ids(self, stage_run: str | None) -> dict[str, str] | None:
+        """``experiment_id`` and the pipeline's ``run_id`` of a stage's MLflow run (for links to MLflow's UI)."""
+        if stage_run is None:
+            return None
+
+        def ids() -> dict[str, str]:
+            run = self.client.get_run(stage_run)
+            return {"experiment_id": run.info.experiment_id, "run_id": run.data.tags.get(PARENT_TAG, stage_run)}
+
+        return self._guarded("reading the run's ids", ids)
+
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
@@ -152,6 +163,18 @@ class Tracking:
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if run_id is not None:
             self._guarded("tagging the stage's run", self._set_tags, run_id, tags)
+
+    def add_to_tag(self, run_id: str | None, key: str, value: str) -> None:
+        """Add ``value`` to the comma-separated list in tag ``key`` (a stage's jobs: every attempt and continuation)."""
+        if run_id is None:
+            return
+
+        def add() -> None:
+            listed = [v for v in self.client.get_run(run_id).data.tags.get(key, "").split(",") if v]
+            if value not in listed:
+                self._set_tags(run_id, {key: ",".join([*listed, value])})
+
+        self._guarded("tagging the stage's run", add)
 
     def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -2,6 +2,7 @@
 
     /uniad/                     the runs of uniad_e2e_training
     /uniad/runs/{run_id}        one run: progress, ETA, GPU-hours, curves, findings, the promoted checkpoint
+    /uniad/compare?a=..&b=..    two runs' curves overlaid
     /uniad/api/runs             JSON list
     /uniad/api/runs/{run_id}    JSON: the run and ``uniad.views.dashboard.run_view``
 
@@ -20,7 +21,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import select
 
-from uniad_airflow.names import DAG_ID, DASHBOARD_PREFIX, PREFLIGHT, PROMOTE, PUBLISH, TRAIN, VALIDATE
+from uniad_airflow.names import DAG_ID, DASHBOARD_PREFIX, PREFLIGHT, PROMOTE, PUBLISH, TRACKING_XCOM, TRAIN, VALIDATE
 
 RUN_LIMIT = 100
 
@@ -49,14 +50,55 @@ def _run_summary(run: Any) -> dict:
 
 
 def list_runs(limit: int = RUN_LIMIT) -> list[dict]:
+    """The recent runs, newest first, each with what compares runs: its headline metric (the champion metric of the
+    final evaluation), whether its model is the champion at its publish path now, and its MLflow run."""
     from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    wanted = {(PREFLIGHT, "return_value"), (VALIDATE["stage2"], "return_value"), (PUBLISH, "return_value")}
+    wanted |= {(task_id, TRACKING_XCOM) for task_id in TRAIN.values()}
     with create_session() as session:
         runs = session.scalars(
             select(DagRun).where(DagRun.dag_id == DAG_ID).order_by(DagRun.run_after.desc()).limit(limit)
         )
-        return [_run_summary(run) for run in runs]
+        summaries = [_run_summary(run) for run in runs]
+        results: dict[str, dict] = {summary["run_id"]: {} for summary in summaries}
+        rows = session.scalars(
+            select(XComModel).where(
+                XComModel.dag_id == DAG_ID,
+                XComModel.run_id.in_(list(results)),
+                XComModel.task_id.in_({task for task, _ in wanted}),
+                XComModel.key.in_({key for _, key in wanted}),
+            )
+        )
+        for xcom in rows:
+            if (xcom.task_id, xcom.key) in wanted:
+                results[xcom.run_id][(xcom.task_id, xcom.key)] = XComModel.deserialize_value(xcom)
+    return [{**summary, **_comparison(summary["run_id"], results[summary["run_id"]])} for summary in summaries]
+
+
+def _comparison(run_id: str, results: dict) -> dict:
+    from uniad.artifacts.publish import read_provenance
+    from uniad.errors import PipelineError
+    from uniad.run.plan import Plan
+    from uniad_airflow.settings import mlflow_ui_url
+
+    found: dict = {"headline": None, "champion": False, "mlflow_url": None}
+    try:
+        plan = Plan.from_json(results.get((PREFLIGHT, "return_value")))
+    except (PipelineError, TypeError):
+        return found  # preflight refused it, or has not run yet
+    gate = results.get((VALIDATE["stage2"], "return_value")) or {}
+    values = (gate.get("metrics") or {}).get("values") or {}
+    if plan.publish.metric in values:
+        found["headline"] = {"metric": plan.publish.metric, "value": values[plan.publish.metric]}
+    found["champion"] = (read_provenance(plan.publish.path) or {}).get("run_id") == run_id
+    tracked = next((results[k] for k in results if k[1] == TRACKING_XCOM and isinstance(results[k], dict)), None)
+    ui = mlflow_ui_url()
+    if tracked and ui:
+        found["mlflow_url"] = f"{ui}/#/experiments/{tracked['experiment_id']}/runs/{tracked['run_id']}"
+    return found
 
 
 def run_detail(run_id: str) -> dict:
@@ -163,6 +205,10 @@ def create_app() -> FastAPI:
 
     @app.get("/", dependencies=[auth], response_class=HTMLResponse)
     def index(request: Request) -> str:
+        return _page(request)
+
+    @app.get("/compare", dependencies=[auth], response_class=HTMLResponse)
+    def compare_page(request: Request) -> str:
         return _page(request)
 
     @app.get("/runs/{run_id:path}", dependencies=[auth], response_class=HTMLResponse)

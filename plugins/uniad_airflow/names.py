@@ -15,6 +15,7 @@ PUBLISH = "publish_model"
 TRAIN = {"stage1": "stage1_train", "stage2": "stage2_train"}
 VALIDATE = {"stage1": "validate_stage1", "stage2": "validate_stage2"}
 UPLOAD = {"stage1": "upload_stage1", "stage2": "upload_stage2"}
+TRACKING_XCOM = "mlflow"  # a training task's XCom: the run's MLflow experiment and run ids
 
 
 def dashboard_url(run_id: str) -> str:

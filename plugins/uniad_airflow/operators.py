@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from uniad_airflow.names import dashboard_url
+from uniad_airflow.names import TRACKING_XCOM, dashboard_url
 from uniad_airflow.settings import (
     allowed_roots,
     gpus_per_worker,
@@ -334,7 +334,10 @@ class UniADTrainOperator(PlanOperator):
             params=plan.tracking_params(self.stage),
             tags={"airflow.url": dashboard_link(context["run_id"])},
         )
-        tracking.set_tags(tracked, {f"uniad.{stage.executor}_job": job.job_id})
+        tracking.add_to_tag(tracked, f"uniad.{stage.executor}_jobs", job.job_id)
+        ids = tracking.pipeline_ids(tracked)
+        if ids is not None:  # the dashboard links the run to MLflow
+            context["ti"].xcom_push(key=TRACKING_XCOM, value=ids)
         if tracking.skipped:
             self.log.warning("experiment tracking skipped for now: %s", tracking.skipped[-1])
         facts = {

@@ -161,3 +161,10 @@ def tracking_uri() -> str | None:
     if "://" in host:
         return host.rstrip("/")
     return f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
+
+
+def mlflow_ui_url() -> str | None:
+    """Where people open MLflow's UI (the dashboard links each run there): ``UNIAD_MLFLOW_UI_URL``, else an http(s)
+    ``MLFLOW_TRACKING_URI`` (the tracking server serves the UI)."""
+    url = os.environ.get("UNIAD_MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    return url.rstrip("/") if url.startswith(("http://", "https://")) else None

@@ -135,9 +135,49 @@ def test_the_page_in_chromium(server):
         WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.series")) >= 4)
         driver.switch_to.default_content()
         driver.save_screenshot(str(ARTIFACTS / "dashboard_in_airflow.png"))
+        # The run list compares runs: the run's headline metric (its final evaluation's champion metric) and its
+        # champion mark (its model is the one at its publish path).
+        driver.get(f"{server['base']}/uniad/")
+        row = f"tr.run[data-run='{server['run_id']}']"
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        cells = driver.find_element(By.CSS_SELECTOR, row)
+        headline = cells.find_element(By.CSS_SELECTOR, ".headline").text
+        assert headline.startswith("pts_bbox_NuScenes/amota 0.") and float(headline.split()[1]) > 0, headline
+        assert cells.find_element(By.CSS_SELECTOR, ".champion").text == "★"
+        assert driver.find_element(By.ID, "compare").get_attribute("disabled") is not None  # until two are picked
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_runs.png"))
     finally:
         driver.quit()
     assert (ARTIFACTS / "dashboard_run.png").stat().st_size > 50_000
+
+
+def compare_in_chromium(server, finished: str, training: str) -> None:
+    """Pick both runs in the run list and compare them: each chart has a line per run."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chromium(window="1400,1400")
+    try:
+        driver.get(f"{server['base']}/uniad/")
+        WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.NAME, "username"))
+        user, password = admin_credentials(Path(os.environ["AIRFLOW_HOME"]))
+        driver.find_element(By.NAME, "username").send_keys(user)
+        driver.find_element(By.NAME, "password").send_keys(password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        for run_id in (finished, training):
+            box = f"input.pick[data-run='{run_id}']"
+            WebDriverWait(driver, 60).until(lambda d, b=box: d.find_elements(By.CSS_SELECTOR, b))
+            driver.find_element(By.CSS_SELECTOR, box).click()
+        driver.find_element(By.ID, "compare").click()
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.series")) >= 6)
+        assert "/uniad/compare?a=" in driver.current_url
+        for chart in driver.find_elements(By.CSS_SELECTOR, ".chart"):
+            legend = chart.find_element(By.CSS_SELECTOR, ".legend").text
+            assert finished in legend and training in legend, legend
+            assert all(len(p.get_attribute("d")) > 5 for p in chart.find_elements(By.CSS_SELECTOR, "path.series"))
+        driver.save_screenshot(str(ARTIFACTS / "dashboard_compare.png"))
+    finally:
+        driver.quit()
 
 
 def training_processes(root: Path) -> list[str]:
@@ -176,6 +216,7 @@ def test_a_run_still_in_stage1(server, airflow_home, tmp_path):
         assert detail["run"]["state"] == "running" and first["task_state"] in ("deferred", "queued"), first
         assert 0 < first["progress"] < 1 and first["eta_s"] > 0 and view["eta_s"] > first["eta_s"]
         assert first["gate"] is None and not second["started"] and view["promoted"] is None
+        compare_in_chromium(server, server["run_id"], live[0]["run_id"])
     finally:
         # The stage's job is detached from `dags test`, whose inline trigger has no on_kill: stopped as by hand.
         # `dags test` itself would go on to retry the task, so once the training processes are gone its group is

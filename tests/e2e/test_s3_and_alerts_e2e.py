@@ -54,40 +54,17 @@ def mlflow_server(s3_server, s3_client, tmp_path):
     tracking server, as in production). Its URL and a client of it."""
     from mlflow.tracking import MlflowClient
 
-    from services import http, service_group
+    from services import mlflow_server as tracking_server
 
     s3_client.create_bucket(Bucket=MLFLOW_BUCKET)
-    port = find_free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        str(BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "--artifacts-destination",
-        f"s3://{MLFLOW_BUCKET}/artifacts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
     env = {
-        **os.environ,
         "MLFLOW_S3_ENDPOINT_URL": s3_server,
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-
-    def ready() -> bool:
-        try:
-            return http("GET", f"{url}/health", timeout=2)[0] == 200
-        except OSError:
-            return False
-
-    with service_group(argv, tmp_path / "mlflow.log", env, ready):
+    artifacts = f"s3://{MLFLOW_BUCKET}/artifacts"
+    with tracking_server(tmp_path / "mlflow.db", tmp_path / "mlflow.log", artifacts=artifacts, env=env) as url:
         yield url, MlflowClient(tracking_uri=url)
 
 
@@ -197,7 +174,7 @@ def test_pretrained_from_s3_artifacts_to_s3_asset_event_success_email_and_tracki
     for stage, work in (("stage1", stage1), ("stage2", stage2)):
         tracked = runs[stage]
         assert tracked.data.tags["mlflow.parentRunId"] == parent and tracked.info.status == "FINISHED", tracked
-        assert tracked.data.tags["uniad.local_job"] and tracked.data.tags["airflow.url"].endswith(
+        assert tracked.data.tags["uniad.local_jobs"] and tracked.data.tags["airflow.url"].endswith(
             f"/uniad/runs/{quote(run_id, safe='')}"
         )
         params = tracked.data.params

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, processes_mentioning, run, training_pools, wait_for
+from support import BIN, http_receiver, processes_mentioning, run, training_pools, wait_for
 
 DAG_ID = "uniad_e2e_training"
 TWO_NODES = {"profile": "mini", "executor": "slurm", "nnodes": 2, "nproc_per_node": 1}  # one gloo rank on each
@@ -244,6 +244,47 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     assert followed["status"] == "COMPLETED" and away_s >= 60, (followed, away_s)
     assert [job["job_id"] for job in slurm.read_jobs(work_dir)] == [job_id]  # one job, adopted, never a second
     wait_until_idle(slurm_env, "the cluster to come back idle after the controller's restart")
+
+
+def test_a_job_pending_too_long_is_alerted_once(slurm_env, tmp_path, monkeypatch):
+    """A stage's job held in the queue (sbatch --hold, as a full partition keeps one waiting): once it has waited
+    longer than UNIAD_ALERT_PENDING_S, the trigger following it alerts people, once, with Slurm's reason, through
+    an apprise connection to an HTTP endpoint on loopback."""
+    from uniad.train import slurm
+    from uniad_airflow.triggers import SlurmStageTrigger
+
+    monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
+    monkeypatch.setenv("UNIAD_ALERT_PENDING_S", "3")
+    name = slurm.job_name("stage1", "pending_run")
+    job_id = submit(slurm_env, tmp_path, "exec sleep 60", "-N1", "--hold", f"--job-name={name}")
+    try:
+        with http_receiver() as (port, received):
+            target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/"}]}}
+            monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", json.dumps(target))
+            trigger = SlurmStageTrigger(
+                job_id=job_id,
+                stage="stage1",
+                work_dir=str(tmp_path),
+                total_epochs=1,
+                started=time.time(),
+                poll_s=1,
+                run_id="pending_run",
+            )
+
+            async def follow_for(seconds: float) -> None:
+                following = asyncio.create_task(first_event(trigger))
+                await asyncio.sleep(seconds)  # many polls past the limit
+                assert not following.done(), following.result()  # a pending job is no end
+                following.cancel()
+
+            asyncio.run(follow_for(12))
+            assert "JobState=PENDING" in job_state(slurm_env, job_id)
+    finally:
+        run(["scancel", job_id], env=slurm_env)
+    (alert,) = received
+    assert alert["title"] == "[UniAD] stage1 of pending_run: pending", alert
+    assert f"Slurm job {job_id} has waited in the queue" in alert["message"] and "JobHeldUser" in alert["message"]
+    wait_until_idle(slurm_env, "the cluster to be idle again")
 
 
 def pipeline_under_fault(slurm_env, conf: dict, fault=None, timeout: float = 1500) -> dict:

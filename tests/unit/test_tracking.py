@@ -50,6 +50,10 @@ def test_a_retried_stage_goes_on_in_the_same_runs_and_logs_no_step_twice(store, 
     metrics = again.client.get_run(run).data.metrics
     assert {"loss", "lr", "time", "map.loss_cls"} <= set(metrics) and "note" not in metrics
 
+    for job in ("101", "102", "101"):  # a Slurm job, its continuation, the first again (a re-attaching attempt)
+        again.add_to_tag(run, "uniad.slurm_jobs", job)
+    assert again.client.get_run(run).data.tags["uniad.slurm_jobs"] == "101,102"
+
     other = again.stage_run("manual__1", "stage2", params={"epochs": 20})
     parent = again.client.get_run(run).data.tags["mlflow.parentRunId"]
     assert other != run and again.client.get_run(other).data.tags["mlflow.parentRunId"] == parent

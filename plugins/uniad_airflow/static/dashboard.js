@@ -292,7 +292,7 @@ async function showRun(runId) {
   if (!["success", "failed"].includes(run.state)) setTimeout(() => showRun(runId), REFRESH_MS);
 }
 
-// ---- run list -----------------------------------------------------------------------------------------------
+// ---- run list and comparison --------------------------------------------------------------------------------
 
 async function showRuns() {
   const content = document.getElementById("content");
@@ -301,15 +301,65 @@ async function showRuns() {
     content.replaceChildren(el("p", { class: "note" }, "No runs of uniad_e2e_training yet: trigger it from the DAG page."));
     return;
   }
-  content.replaceChildren(el("table", { id: "runs" },
-    el("thead", {}, el("tr", {}, ["run", "state", "type", "started", "ended"].map((h) => el("th", {}, h)))),
-    el("tbody", {}, runs.map((r) => el("tr", {},
-      el("td", {}, el("a", { href: `${BASE}/runs/${encodeURIComponent(r.run_id)}`, class: "mono" }, r.run_id)),
-      el("td", {}, badge(r.state)), el("td", {}, r.run_type), el("td", {}, r.start_date || "–"),
-      el("td", {}, r.end_date || "–"))))));
-  if (runs.some((r) => !["success", "failed"].includes(r.state))) setTimeout(showRuns, REFRESH_MS);
+  const picked = [];
+  const compare = el("button", { id: "compare", disabled: "" }, "Compare the two selected runs");
+  compare.addEventListener("click", () => {
+    location.href = `${BASE}/compare?a=${encodeURIComponent(picked[0])}&b=${encodeURIComponent(picked[1])}`;
+  });
+  const pick = (runId) => {
+    const box = el("input", { type: "checkbox", class: "pick", "data-run": runId });
+    box.addEventListener("change", () => {
+      if (box.checked) picked.push(runId); else picked.splice(picked.indexOf(runId), 1);
+      if (picked.length > 2) document.querySelector(`input.pick[data-run="${CSS.escape(picked.shift())}"]`).checked = false;
+      compare.toggleAttribute("disabled", picked.length !== 2);
+    });
+    return box;
+  };
+  content.replaceChildren(
+    el("p", { class: "muted" }, "★: the run whose model is the champion at its publish path now. Headline: the champion "
+      + "metric of the run's final evaluation. Select two runs to overlay their curves. "), compare,
+    el("table", { id: "runs" },
+      el("thead", {}, el("tr", {}, ["", "run", "state", "headline", "champion", "MLflow", "type", "started", "ended"]
+        .map((h) => el("th", {}, h)))),
+      el("tbody", {}, runs.map((r) => el("tr", { class: "run", "data-run": r.run_id },
+        el("td", {}, pick(r.run_id)),
+        el("td", {}, el("a", { href: `${BASE}/runs/${encodeURIComponent(r.run_id)}`, class: "mono" }, r.run_id)),
+        el("td", {}, badge(r.state)),
+        el("td", { class: "headline" }, r.headline ? `${r.headline.metric} ${num(r.headline.value)}` : "–"),
+        el("td", { class: "champion" }, r.champion ? "★" : ""),
+        el("td", {}, r.mlflow_url ? el("a", { href: r.mlflow_url, class: "mlflow", target: "_blank" }, "run") : "–"),
+        el("td", {}, r.run_type), el("td", {}, r.start_date || "–"),
+        el("td", {}, r.end_date || "–"))))));
+  // Refreshed while a run is active, until two runs are being picked.
+  if (runs.some((r) => !["success", "failed"].includes(r.state))) {
+    setTimeout(() => { if (!picked.length) showRuns(); }, REFRESH_MS);
+  }
+}
+
+// Two runs' curves on one iteration axis (both stages), one line per run.
+async function showComparison(a, b) {
+  const content = document.getElementById("content");
+  const details = await Promise.all([a, b].map((id) => getJSON(`runs/${encodeURIComponent(id)}`)));
+  document.getElementById("title").replaceChildren("UniAD training: two runs");
+  document.getElementById("subtitle").replaceChildren(el("a", { href: `${BASE}/` }, "All runs"));
+  const line = (detail, key) => ({
+    name: detail.run.run_id,
+    points: (detail.view ? detail.view.stages.filter((s) => s.series) : []).flatMap((s, k) => [
+      ...(k ? [[s.x_offset, null, ""]] : []),
+      ...s.series.x.map((x, i) => [s.x_offset + x, s.series[key][i] ?? null,
+        `${detail.run.run_id} ${s.stage} epoch ${s.series.epoch[i]} iter ${s.series.iter[i]}`]),
+    ]),
+  });
+  content.replaceChildren(
+    el("p", { class: "muted" }, "x: iteration across both stages. Each line is one run."),
+    el("div", { class: "charts" },
+      lineChart("total loss", details.map((d) => line(d, "loss"))),
+      lineChart("grad_norm (before clipping)", details.map((d) => line(d, "grad_norm"))),
+      lineChart("learning rate (log scale)", details.map((d) => line(d, "lr")), { log: true })));
 }
 
 const match = location.pathname.match(/\/runs\/([^/]+)\/?$/);
+const query = new URLSearchParams(location.search);
 if (match) showRun(decodeURIComponent(match[1]));
+else if (location.pathname.endsWith("/compare") && query.get("a") && query.get("b")) showComparison(query.get("a"), query.get("b"));
 else showRuns();
