@@ -13,6 +13,8 @@ cost: benchmarks/bench_parse.py).
    Target for the local path: <= 1.2.
 2. Worker slots held while a Slurm stage trains: sampled twice a second from the gpu pool while a training task is
    deferred (running_slots: task instances of the pool that hold a worker). Target: 0.
+3. Experiment tracking: the empty chain and the local run again on a stack without its MLflow server
+   (UNIAD_MLFLOW=off): the local run's ratio with tracking and without, side by side.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ def _seconds(start: str, end: str) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
-def orchestration() -> dict:
+def orchestration(tracking: bool = True) -> dict:
+    """The runs on a stack with its MLflow tracking server (``tracking``: every run tracked), or without one: the
+    empty chain and the local run only."""
     from support import slurm_cluster
 
     home = Path(tempfile.mkdtemp(prefix="uniad-bench-celery-"))
@@ -53,7 +57,11 @@ def orchestration() -> dict:
                 home,
                 redis_db=8,
                 dags_folder=dags,
-                extra_env={"SLURM_CONF": cluster["SLURM_CONF"], "UNIAD_ALLOWED_ROOTS": str(home)},
+                extra_env={
+                    "SLURM_CONF": cluster["SLURM_CONF"],
+                    "UNIAD_ALLOWED_ROOTS": str(home),
+                    "UNIAD_MLFLOW": "on" if tracking else "off",
+                },
             ) as stack,
         ):
             port = stack.port
@@ -110,6 +118,8 @@ def orchestration() -> dict:
             conf = {"profile": "mini", "stage1_epochs": 1, "stage2_epochs": 1}
             local = run("uniad_e2e_training", {**conf, "uniad_root": str(home / "mini-local")})
             local["training_s"] = sum(xcom(local["run_id"], t)["duration_s"] for t in ("stage1_train", "stage2_train"))
+            if not tracking:
+                return {"empty": empty, "local": local}
             slurm = run(
                 "uniad_e2e_training",
                 {**conf, "uniad_root": str(home / "mini-slurm"), "executor": "slurm", "nnodes": 2, "nproc_per_node": 1},
@@ -124,23 +134,34 @@ def orchestration() -> dict:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def ratio(result: dict, name: str) -> tuple[float, float]:
+    """(overhead s, overhead over the empty chain's wall time) of run ``name``."""
+    overhead = result[name]["wall_s"] - result[name]["training_s"]
+    return overhead, overhead / result["empty"]["wall_s"]
+
+
 def main() -> int:
     result = orchestration()
+    untracked = orchestration(tracking=False)
     empty = result["empty"]
     print(f"empty chain of the same 10 tasks: {empty['wall_s']:.1f} s")
     for name, what in (("local", "training processes"), ("slurm", "Slurm jobs' run time")):
         measured = result[name]
-        overhead = measured["wall_s"] - measured["training_s"]
-        ratio = overhead / empty["wall_s"]
-        target = f" (target <= 1.2x: {'met' if ratio <= 1.2 else 'MISSED'})" if name == "local" else ""
+        overhead, times = ratio(result, name)
+        target = f" (target <= 1.2x: {'met' if times <= 1.2 else 'MISSED'})" if name == "local" else ""
         print(
             f"executor={name}: {measured['wall_s']:.1f} s wall, of which {what} {measured['training_s']:.1f} s -> "
-            f"orchestration overhead {overhead:.1f} s, ratio {ratio:.2f}x{target}"
+            f"orchestration overhead {overhead:.1f} s, ratio {times:.2f}x{target}"
         )
     slurm = result["slurm"]
     print(
         f"worker slots held while a Slurm stage was deferred: {slurm['held_slots']} (max of "
         f"{slurm['deferred_samples']} samples; target 0: {'met' if slurm['held_slots'] == 0 else 'MISSED'})"
+    )
+    tracked_ratio, untracked_ratio = ratio(result, "local")[1], ratio(untracked, "local")[1]
+    print(
+        f"experiment tracking: the local run's ratio {tracked_ratio:.2f}x with the stack's MLflow server, "
+        f"{untracked_ratio:.2f}x on a stack without one (empty chain {untracked['empty']['wall_s']:.1f} s there)"
     )
     print("where the time goes (task durations in s: local / slurm / empty chain):")
     for task_id, seconds in result["local"]["tasks"].items():

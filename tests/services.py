@@ -110,12 +110,14 @@ def service_group(argv: list[str], log: Path, env: dict[str, str], ready: Callab
 
 
 @contextmanager
-def mlflow_server(store: Path, log: Path, *, artifacts: str | None = None, env: dict[str, str] | None = None):
+def mlflow_server(
+    store: Path, log: Path, *, artifacts: str | None = None, env: dict[str, str] | None = None, port: int | None = None
+):
     """A real MLflow tracking server on loopback, its runs in SQLite at ``store``; ``artifacts``: where it puts the
     artifacts it is sent (an S3 URI with ``env``'s endpoint and credentials). Its URL once it answers."""
     from uniad.train.launch import find_free_port
 
-    port = find_free_port()
+    port = port or find_free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store}"]
     argv += ["--artifacts-destination", artifacts] if artifacts else []

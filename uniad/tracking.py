@@ -74,6 +74,10 @@ class Tracking:
     def on(self) -> bool:
         return self.uri is not None and time.monotonic() >= self._paused_until
 
+    def try_again(self) -> None:
+        """End a pause after a failure now: for a last call that would otherwise lose what it carries."""
+        self._paused_until = 0.0
+
     def _guarded(self, what: str, call, *args, **kwargs):
         if not self.on:
             return None

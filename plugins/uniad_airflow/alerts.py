@@ -28,9 +28,10 @@ import json
 import logging
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from uniad.workdir import WorkDir
-from uniad_airflow.names import dashboard_url
+from uniad_airflow.names import DAG_ID, dashboard_url
 from uniad_airflow.settings import notify_conn_id
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,20 @@ class NotConfigured(Exception):
     """No connection to send through, or one that names no one."""
 
 
-def dashboard_link(run_id: str) -> str:
-    """The run's page in the training dashboard, absolute where ``[api] base_url`` is set."""
+def _base_url() -> str:
     from airflow.configuration import conf
 
-    return conf.get("api", "base_url", fallback="").rstrip("/") + dashboard_url(run_id)
+    return conf.get("api", "base_url", fallback="").rstrip("/")
+
+
+def dashboard_link(run_id: str) -> str:
+    """The run's page in the training dashboard, absolute where ``[api] base_url`` is set."""
+    return _base_url() + dashboard_url(run_id)
+
+
+def airflow_run_link(run_id: str) -> str:
+    """The run's page in Airflow's UI, absolute where ``[api] base_url`` is set."""
+    return f"{_base_url()}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
 
 
 def deliver(title: str, html_body: str, *, failure: bool, conn_id: str | None = None) -> str:

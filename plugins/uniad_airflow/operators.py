@@ -325,14 +325,17 @@ class UniADTrainOperator(PlanOperator):
         store = context.get("task_state_store")
         if store is not None:
             store.set(self.job_key(stage), {"job_id": job.job_id, "started": job.started})
-        from uniad_airflow.alerts import dashboard_link
+        from uniad_airflow.alerts import airflow_run_link, dashboard_link
 
         tracking = stage_tracking()
         tracked = tracking.stage_run(
             context["run_id"],
             self.stage,
             params=plan.tracking_params(self.stage),
-            tags={"airflow.url": dashboard_link(context["run_id"])},
+            tags={
+                "airflow.url": airflow_run_link(context["run_id"]),
+                "uniad.dashboard": dashboard_link(context["run_id"]),
+            },
         )
         tracking.add_to_tag(tracked, f"uniad.{stage.executor}_jobs", job.job_id)
         ids = tracking.pipeline_ids(tracked)

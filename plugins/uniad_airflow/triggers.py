@@ -50,6 +50,8 @@ class RecordTracker:
         self.sent_at = now
         if self.tracking is None:
             self.tracking = Tracking(await asyncio.to_thread(tracking_uri))
+        if flush:  # the stage's last records: one more try even while tracking pauses after a failure
+            self.tracking.try_again()
         if self.after is None:
             self.after = await asyncio.to_thread(self.tracking.logged_step, self.run)
             if self.after is None:

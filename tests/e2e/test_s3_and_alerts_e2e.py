@@ -6,8 +6,10 @@ them."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 from email import message_from_bytes
 from email.policy import default as email_policy
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from support import BIN, http_receiver, run
 from uniad.artifacts.checkpoints import sha256_file
 from uniad.health.logs import read_log
+from uniad.tracking import global_step
 from uniad.train.launch import find_free_port
 from uniad.workdir import provenance_path, sanitize_run_id
 
@@ -174,9 +177,10 @@ def test_pretrained_from_s3_artifacts_to_s3_asset_event_success_email_and_tracki
     for stage, work in (("stage1", stage1), ("stage2", stage2)):
         tracked = runs[stage]
         assert tracked.data.tags["mlflow.parentRunId"] == parent and tracked.info.status == "FINISHED", tracked
-        assert tracked.data.tags["uniad.local_jobs"] and tracked.data.tags["airflow.url"].endswith(
+        assert tracked.data.tags["uniad.local_jobs"] and tracked.data.tags["uniad.dashboard"].endswith(
             f"/uniad/runs/{quote(run_id, safe='')}"
         )
+        assert tracked.data.tags["airflow.url"].endswith(f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
         params = tracked.data.params
         assert (params["epochs"], params["executor"], params["world_size"]) == ("1", "local", "2"), params
         assert params["config_sha256"] == sha256_file(root / params["config"])
@@ -273,3 +277,40 @@ def test_alerts_reach_people_while_a_run_goes_wrong(airflow_home, tmp_path):
     # Tracking down from the start: every stage ran as it would have, and each task said tracking was skipped.
     assert "experiment tracking skipped for now: opening the stage's run:" in output
     assert "[UniAD] stage1 of" in titles[0] and "validate_stage2" in received[-1]["message"]  # the run went on
+
+
+def test_a_tracking_server_lost_in_the_middle_of_a_stage_costs_it_nothing(tmp_path):
+    """The trigger's batches to a real MLflow server that goes away mid-stage: the batch during the outage fails at
+    once (the trigger goes on following the stage) and says tracking was skipped; the records wait, and the stage's
+    last batch, once the server is back, logs every one of them at its step. Shipped pause (60 s), not shortened."""
+    from services import mlflow_server as tracking_server
+    from uniad.health.reference import reference_records
+    from uniad.tracking import Tracking
+    from uniad_airflow.triggers import TRACK_EVERY_S, RecordTracker
+
+    records = [{**r, "iters_per_epoch": 3517} for r in reference_records(stop=(1, 300)) if r.get("mode") == "train"]
+    first, during, last = records[:10], records[10:20], records[20:]
+    port, store = find_free_port(), tmp_path / "mlflow.db"
+    with tracking_server(store, tmp_path / "mlflow.log", port=port) as url:
+        stage_run = Tracking(url).stage_run("outage_run", "stage1", params={})
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        try:
+            tracker = RecordTracker(stage_run)
+            asyncio.run(tracker.add(first, flush=True))
+        finally:
+            del os.environ["MLFLOW_TRACKING_URI"]
+    assert tracker.pending == [] and tracker.after == global_step(first[-1])
+
+    started = time.monotonic()
+    tracker.sent_at -= TRACK_EVERY_S  # 30 s on: the next batch is due, and the server is gone
+    asyncio.run(tracker.add(during))
+    assert time.monotonic() - started < 10 and len(tracker.pending) == len(during)
+    assert tracker.tracking.skipped and tracker.tracking.skipped[-1].startswith("logging metrics")
+    tracker.sent_at -= TRACK_EVERY_S
+    asyncio.run(tracker.add(last[:5]))  # due again but tracking pauses after the failure: no call, the records wait
+    assert len(tracker.tracking.skipped) == 1 and len(tracker.pending) == len(during) + 5
+    with tracking_server(store, tmp_path / "mlflow-again.log", port=port) as url:
+        asyncio.run(tracker.add(last[5:], flush=True))  # the stage ended: its last batch
+        history = Tracking(url).client.get_metric_history(stage_run, "loss")
+    assert tracker.pending == []
+    assert sorted(m.step for m in history) == [global_step(r) for r in records]

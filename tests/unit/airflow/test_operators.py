@@ -114,3 +114,38 @@ def test_a_controller_that_stayed_away_fails_for_a_retry_and_records_no_end(tmp_
         train.execute_complete({"run_id": "manual__2026-12-04"}, event)
     assert not isinstance(raised.value, AirflowFailException)
     assert slurm.read_jobs(work_dir) == [{**slurm.read_jobs(work_dir)[0], "state": "PENDING"}]
+
+
+def test_a_stage_that_ran_out_of_memory_alerts_people_and_fails_without_a_retry(tmp_path, monkeypatch):
+    """A local job whose ranks ran out of GPU memory: the task says so, alerts people once (apprise to an HTTP
+    endpoint on loopback), and fails without a retry (the same settings run out of memory again)."""
+    import json
+
+    from support import http_receiver
+    from uniad.run.configs import ConfigFacts
+    from uniad.run.params import PipelineParams
+    from uniad.run.plan import Plan
+    from uniad.vocabulary import STAGE1_CONFIG, STAGE2_CONFIG
+
+    facts = {"stage1": ConfigFacts(STAGE1_CONFIG), "stage2": ConfigFacts(STAGE2_CONFIG)}
+    plan = Plan.build(PipelineParams(profile="mini", uniad_root=str(tmp_path)), tmp_path, facts)
+    plan.work_dir("stage2").path.mkdir(parents=True)
+    train = UniADTrainOperator(task_id="stage2_train", stage="stage2", plan=plan.to_json())
+    end = {
+        "returncode": 1,
+        "reason": "failed",
+        "retryable": False,
+        "message": "stage2 training exited with code 1: CUDA out of memory; lower samples_per_gpu",
+        "finding": None,
+        "out_of_memory": True,
+    }
+    event = {"job_id": "j7", "status": "FAILED", "state": {"JobState": "FAILED", "end": end}}
+    with http_receiver() as (port, received):
+        target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/"}]}}
+        monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", json.dumps(target))
+        for _ in range(2):  # the task's end handled twice (a re-run of execute_complete): one alert
+            with pytest.raises(AirflowFailException, match="CUDA out of memory"):
+                train.execute_complete({"run_id": "manual__oom"}, event)
+    (alert,) = received
+    assert alert["title"] == "[UniAD] stage2 of manual__oom: out_of_memory" and alert["type"] == "failure"
+    assert "lower samples_per_gpu" in alert["message"]
