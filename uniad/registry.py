@@ -125,10 +125,23 @@ class Registry:
 
         if not self.tracking.on:
             raise CheckpointError(f"no tracking server to roll back from ({self.tracking.uri or 'tracking is off'})")
+        from mlflow.exceptions import MlflowException
+
         client = self.tracking.client
-        target = describe(client.get_model_version(MODELS["stage2"], version))
+        try:
+            target = describe(client.get_model_version(MODELS["stage2"], version))
+        except MlflowException as exc:
+            raise CheckpointError(
+                f"no version {version} of {MODELS['stage2']} to roll back to ({exc.message}); list them with "
+                f"python -m uniad models. {publish_path} was left unchanged"
+            ) from exc
         with tempfile.TemporaryDirectory() as scratch:
-            local = Path(client.download_artifacts(target["mlflow_run"], f"{ARTIFACTS}/{target['file']}", scratch))
+            try:
+                local = Path(client.download_artifacts(target["mlflow_run"], f"{ARTIFACTS}/{target['file']}", scratch))
+            except Exception as exc:  # the artifact store unreachable, the file gone from it
+                raise CheckpointError(
+                    f"could not fetch version {version}'s checkpoint: {exc}. {publish_path} was left unchanged"
+                ) from exc
             if sha256_file(local) != target["sha256"]:
                 raise CheckpointError(
                     f"version {version}'s checkpoint does not match its recorded sha256 {target['sha256']}: "

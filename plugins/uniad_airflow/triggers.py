@@ -180,7 +180,7 @@ class SlurmStageTrigger(StageJobTrigger):
         restarts = None  # Slurm's count of the job's restarts, as last seen
         starts_seen = 0  # starts the batch step recorded
         told: set[str] = set()
-        pending_limit = alert_pending_s()
+        pending_limit, told_pending = alert_pending_s(), False
         tracker = self.tracker()
         self.log.info("following Slurm job %s of %s (work dir %s)", self.job_id, self.stage, self.work_dir)
         while True:
@@ -254,7 +254,13 @@ class SlurmStageTrigger(StageJobTrigger):
                     logged_at = now
             await tracker.add(follower.records, flush=state["JobState"] not in slurm.ACTIVE)
             submitted = slurm.submit_time(state)
-            if state["JobState"] == "PENDING" and submitted and time.time() - submitted > pending_limit:
+            if (
+                state["JobState"] == "PENDING"
+                and submitted
+                and time.time() - submitted > pending_limit
+                and not told_pending
+            ):
+                told_pending = True
                 await self.alert(
                     "pending",
                     f"Slurm job {self.job_id} has waited in the queue for {time.time() - submitted:.0f} s (reason "

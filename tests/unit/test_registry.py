@@ -64,6 +64,9 @@ def test_a_rollback_to_a_version_whose_checkpoint_changed_leaves_everything_as_i
     with pytest.raises(CheckpointError, match="does not match its recorded sha256"):
         registry.rollback(bad, published)
     assert sha256_file(published) == before and registry.champion()["number"] == kept
+    with pytest.raises(CheckpointError, match="no version 999 of uniad_e2e to roll back to"):
+        registry.rollback("999", published)
+    assert sha256_file(published) == before
 
 
 def test_off_or_down_the_registry_says_so():
