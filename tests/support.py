@@ -89,6 +89,13 @@ def http_receiver():
         server.server_close()
 
 
+def apprise_connection(*urls: str) -> str:
+    """An Airflow connection (as an ``AIRFLOW_CONN_...`` value) of Airflow's apprise provider with these URLs."""
+    import json
+
+    return json.dumps({"conn_type": "apprise", "extra": {"config": [{"path": url} for url in urls]}})
+
+
 def wait_for(what: str, check, timeout_s: float = 300, every_s: float = 0.5):
     """``check()``'s first true value, asked every ``every_s``; fails saying ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from support import BIN, http_receiver, run
+from support import BIN, apprise_connection, http_receiver, run
 from uniad.artifacts.checkpoints import sha256_file
 from uniad.health.logs import read_log
 from uniad.tracking import global_step
@@ -244,9 +244,8 @@ def test_alerts_reach_people_while_a_run_goes_wrong(airflow_home, tmp_path):
         "stage2_cfg_options": [f"{fault}.kind=zero_head", f"{fault}.epoch=1", f"{fault}.iter=5"],
     }
     with http_receiver() as (port, received):
-        target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/uniad"}]}}
         env = {
-            "AIRFLOW_CONN_UNIAD_NOTIFY": json.dumps(target),
+            "AIRFLOW_CONN_UNIAD_NOTIFY": apprise_connection(f"json://127.0.0.1:{port}/uniad"),
             "UNIAD_RETRY_DELAY_S": "2",
             "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # the tracking server down: nothing listens there
         }

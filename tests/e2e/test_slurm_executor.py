@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support import BIN, http_receiver, processes_mentioning, run, training_pools, wait_for
+from support import BIN, apprise_connection, http_receiver, processes_mentioning, run, training_pools, wait_for
 
 DAG_ID = "uniad_e2e_training"
 TWO_NODES = {"profile": "mini", "executor": "slurm", "nnodes": 2, "nproc_per_node": 1}  # one gloo rank on each
@@ -35,6 +35,15 @@ def submit(slurm_env, directory: Path, script: str, *options: str) -> str:
 
 def job_state(slurm_env, job_id: str) -> str:
     return run(["scontrol", "show", "job", job_id], env=slurm_env, check=False).stdout
+
+
+def stage1_trigger(job_id: str, work_dir: Path, **more):
+    """The trigger that follows stage 1's Slurm job ``job_id`` in ``work_dir`` from now."""
+    from uniad_airflow.triggers import SlurmStageTrigger
+
+    return SlurmStageTrigger(
+        job_id=job_id, stage="stage1", work_dir=str(work_dir), total_epochs=1, started=time.time(), **more
+    )
 
 
 async def first_event(trigger) -> dict:
@@ -115,7 +124,6 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     CANCELLED with its end; one that had already completed keeps COMPLETED in the audit trail."""
     from uniad.train import slurm
     from uniad.workdir import WorkDir
-    from uniad_airflow.triggers import SlurmStageTrigger
 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     work_dir = WorkDir(tmp_path)
@@ -131,15 +139,7 @@ def test_on_kill_cancels_the_job_and_records_how_it_ended(slurm_env, tmp_path, m
     )
 
     assert job_ends_first or processes_mentioning(str(tmp_path))  # the check below can see the running job
-    trigger = SlurmStageTrigger(
-        job_id=job_id,
-        stage="stage1",
-        work_dir=str(tmp_path),
-        total_epochs=1,
-        started=time.time(),
-        stall_timeout_s=600,
-        later_epochs=0,
-    )
+    trigger = stage1_trigger(job_id, tmp_path, stall_timeout_s=600, later_epochs=0)
     asyncio.run(trigger.on_kill())
 
     (line,) = slurm.read_jobs(work_dir)
@@ -190,7 +190,6 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     from uniad.train import slurm
     from uniad.workdir import WorkDir
     from uniad_airflow.settings import slurm_controller_grace_s
-    from uniad_airflow.triggers import SlurmStageTrigger
 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     monkeypatch.delenv("UNIAD_SLURM_CONTROLLER_GRACE_S", raising=False)
@@ -203,16 +202,8 @@ def test_the_controller_away_is_no_end_and_a_new_attempt_adopts_the_job(slurm_en
     slurm.record_job(work_dir, job_id, attempt=1, state="PENDING", nnodes=1)
     wait_for(f"job {job_id} to start", marker.exists, 60)
 
-    def follower(grace_s: float) -> SlurmStageTrigger:
-        return SlurmStageTrigger(
-            job_id=job_id,
-            stage="stage1",
-            work_dir=str(tmp_path),
-            total_epochs=1,
-            started=time.time(),
-            poll_s=1,
-            controller_grace_s=grace_s,
-        )
+    def follower(grace_s: float):
+        return stage1_trigger(job_id, tmp_path, poll_s=1, controller_grace_s=grace_s)
 
     ctld_pid = int((Path(slurm_env["SLURM_CONF"]).parent / "slurmctld.pid").read_text())
 
@@ -251,7 +242,6 @@ def test_a_job_pending_too_long_is_alerted_once(slurm_env, tmp_path, monkeypatch
     longer than UNIAD_ALERT_PENDING_S, the trigger following it alerts people, once, with Slurm's reason, through
     an apprise connection to an HTTP endpoint on loopback."""
     from uniad.train import slurm
-    from uniad_airflow.triggers import SlurmStageTrigger
 
     monkeypatch.setenv("SLURM_CONF", slurm_env["SLURM_CONF"])
     monkeypatch.setenv("UNIAD_ALERT_PENDING_S", "3")
@@ -259,17 +249,8 @@ def test_a_job_pending_too_long_is_alerted_once(slurm_env, tmp_path, monkeypatch
     job_id = submit(slurm_env, tmp_path, "exec sleep 60", "-N1", "--hold", f"--job-name={name}")
     try:
         with http_receiver() as (port, received):
-            target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/"}]}}
-            monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", json.dumps(target))
-            trigger = SlurmStageTrigger(
-                job_id=job_id,
-                stage="stage1",
-                work_dir=str(tmp_path),
-                total_epochs=1,
-                started=time.time(),
-                poll_s=1,
-                run_id="pending_run",
-            )
+            monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", apprise_connection(f"json://127.0.0.1:{port}/"))
+            trigger = stage1_trigger(job_id, tmp_path, poll_s=1, run_id="pending_run")
 
             async def follow_for(seconds: float) -> None:
                 following = asyncio.create_task(first_event(trigger))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from support import http_receiver
+from support import apprise_connection, http_receiver
 
 
 @pytest.fixture
@@ -16,16 +16,11 @@ def receiver():
         yield port, received
 
 
-def apprise_connection(monkeypatch, *urls: str) -> None:
-    config = [{"path": url} for url in urls]
-    monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", json.dumps({"conn_type": "apprise", "extra": {"config": config}}))
-
-
 def test_one_alert_per_kind_and_stage_of_a_run(tmp_path, monkeypatch, receiver):
     from uniad_airflow.alerts import StageAlerts
 
     port, received = receiver
-    apprise_connection(monkeypatch, f"json://127.0.0.1:{port}/alerts")
+    monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", apprise_connection(f"json://127.0.0.1:{port}/alerts"))
     alerts = StageAlerts(tmp_path, "scheduled__2026-12-01", "stage1")
     said = alerts.alert("stall", "no new log records or output for 640 s", failure=True, epoch=3, it=120)
     assert said.startswith("alert stall sent to 1 apprise target(s)"), said
@@ -61,7 +56,7 @@ def test_an_alert_that_cannot_go_out_is_said_and_recorded_never_raised(tmp_path,
     said = StageAlerts(tmp_path, "r", "stage1").alert("loss_spike", "loss 9.1 is 3.2x its running median")
     assert said == "alert loss_spike not sent: no connection 'uniad_notify'"
 
-    apprise_connection(monkeypatch, "json://127.0.0.1:9/down")  # nothing listens on port 9
+    monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", apprise_connection("json://127.0.0.1:9/down"))  # nothing listens
     said = StageAlerts(tmp_path, "r", "stage1").alert("stall", "no new records", failure=True)
     assert said.startswith("alert stall not sent: delivery failed"), said
     kept = [json.loads(line) for line in (tmp_path / "alerts.jsonl").read_text().splitlines()]
@@ -75,7 +70,7 @@ def test_run_notifications_go_through_the_same_apprise_connection(monkeypatch, r
     from uniad_airflow.notify import RunOutcomeNotifier
 
     port, received = receiver
-    apprise_connection(monkeypatch, f"json://127.0.0.1:{port}/runs")
+    monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", apprise_connection(f"json://127.0.0.1:{port}/runs"))
     context = {
         "dag": SimpleNamespace(dag_id="uniad_e2e_training"),
         "run_id": "manual__1",

@@ -119,9 +119,7 @@ def test_a_controller_that_stayed_away_fails_for_a_retry_and_records_no_end(tmp_
 def test_a_stage_that_ran_out_of_memory_alerts_people_and_fails_without_a_retry(tmp_path, monkeypatch):
     """A local job whose ranks ran out of GPU memory: the task says so, alerts people once (apprise to an HTTP
     endpoint on loopback), and fails without a retry (the same settings run out of memory again)."""
-    import json
-
-    from support import http_receiver
+    from support import apprise_connection, http_receiver
     from uniad.run.configs import ConfigFacts
     from uniad.run.params import PipelineParams
     from uniad.run.plan import Plan
@@ -141,8 +139,7 @@ def test_a_stage_that_ran_out_of_memory_alerts_people_and_fails_without_a_retry(
     }
     event = {"job_id": "j7", "status": "FAILED", "state": {"JobState": "FAILED", "end": end}}
     with http_receiver() as (port, received):
-        target = {"conn_type": "apprise", "extra": {"config": [{"path": f"json://127.0.0.1:{port}/"}]}}
-        monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", json.dumps(target))
+        monkeypatch.setenv("AIRFLOW_CONN_UNIAD_NOTIFY", apprise_connection(f"json://127.0.0.1:{port}/"))
         for _ in range(2):  # the task's end handled twice (a re-run of execute_complete): one alert
             with pytest.raises(AirflowFailException, match="CUDA out of memory"):
                 train.execute_complete({"run_id": "manual__oom"}, event)
