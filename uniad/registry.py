@@ -73,7 +73,7 @@ class Registry:
             )
             return str(version.version)
 
-        version = self.tracking._guarded(f"registering the {stage} model", register)
+        version = self.tracking.guarded(f"registering the {stage} model", register)
         if version is not None:
             logger.info("%s of run %s registered as %s version %s", checkpoint, airflow_run_id, MODELS[stage], version)
         return version
@@ -93,12 +93,12 @@ class Registry:
                 raise
             return describe(version)
 
-        found = self.tracking._guarded("reading the champion", read)
+        found = self.tracking.guarded("reading the champion", read)
         return found or None
 
     def crown(self, version: str) -> None:
         """Point the alias at ``version``."""
-        self.tracking._guarded(
+        self.tracking.guarded(
             "moving the champion alias",
             self.tracking.client.set_registered_model_alias,
             MODELS["stage2"],
@@ -109,7 +109,7 @@ class Registry:
     def versions(self, stage: str = "stage2") -> list[dict]:
         """Every version of the stage's model, newest first; ``champion`` marks the one the alias names (a search
         does not return aliases)."""
-        found = self.tracking._guarded(
+        found = self.tracking.guarded(
             "listing versions", self.tracking.client.search_model_versions, f"name = '{MODELS[stage]}'"
         )
         crowned = (self.champion() or {}).get("number") if stage == "stage2" and found else None

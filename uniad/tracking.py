@@ -78,7 +78,9 @@ class Tracking:
         """End a pause after a failure now: for a last call that would otherwise lose what it carries."""
         self._paused_until = 0.0
 
-    def _guarded(self, what: str, call, *args, **kwargs):
+    def guarded(self, what: str, call, *args, **kwargs):
+        """``call(*args, **kwargs)``, or None when tracking is off, paused or the call fails (said once, then a pause:
+        ``skipped`` keeps why). Every MLflow call of the pipeline goes through here."""
         if not self.on:
             return None
         try:
@@ -143,7 +145,7 @@ class Tracking:
             self._log_params(child, params)
             return child
 
-        return self._guarded("opening the stage's run", find)
+        return self.guarded("opening the stage's run", find)
 
     def pipeline_ids(self, stage_run: str | None) -> dict[str, str] | None:
         """``experiment_id`` and the pipeline's ``run_id`` of a stage's MLflow run (for links to MLflow's UI)."""
@@ -154,7 +156,7 @@ class Tracking:
             run = self.client.get_run(stage_run)
             return {"experiment_id": run.info.experiment_id, "run_id": run.data.tags.get(PARENT_TAG, stage_run)}
 
-        return self._guarded("reading the run's ids", ids)
+        return self.guarded("reading the run's ids", ids)
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -166,7 +168,7 @@ class Tracking:
 
     def set_tags(self, run_id: str | None, tags: dict[str, str]) -> None:
         if run_id is not None:
-            self._guarded("tagging the stage's run", self._set_tags, run_id, tags)
+            self.guarded("tagging the stage's run", self._set_tags, run_id, tags)
 
     def add_to_tag(self, run_id: str | None, key: str, value: str) -> None:
         """Add ``value`` to the comma-separated list in tag ``key`` (a stage's jobs: every attempt and continuation)."""
@@ -178,7 +180,7 @@ class Tracking:
             if value not in listed:
                 self._set_tags(run_id, {key: ",".join([*listed, value])})
 
-        self._guarded("tagging the stage's run", add)
+        self.guarded("tagging the stage's run", add)
 
     def _set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -190,7 +192,7 @@ class Tracking:
         """How far the stage's train records were logged, by any follower before this one."""
         if run_id is None:
             return None
-        tags = self._guarded("reading the stage's run", lambda: self.client.get_run(run_id).data.tags)
+        tags = self.guarded("reading the stage's run", lambda: self.client.get_run(run_id).data.tags)
         return int(tags.get(STEP_TAG, -1)) if tags is not None else None
 
     def log_records(self, run_id: str | None, records: Iterable[dict], after_step: int = -1) -> int | None:
@@ -219,7 +221,7 @@ class Tracking:
             self.client.log_batch(run_id, tags=[RunTag(STEP_TAG, str(last))])
             return last
 
-        return self._guarded("logging metrics", send)
+        return self.guarded("logging metrics", send)
 
     def log_evaluations(self, run_id: str | None, evaluations: Iterable[tuple[int, dict[str, float]]]) -> None:
         """Each evaluation's metrics at its epoch (the step of ``val_`` metrics is the epoch)."""
@@ -234,7 +236,7 @@ class Tracking:
         metrics = [Metric(key, v, now, epoch) for (key, epoch), v in by_key.items()]
         if not metrics:
             return
-        logged = self._guarded("reading evaluations", self.client.get_metric_history, run_id, metrics[0].key)
+        logged = self.guarded("reading evaluations", self.client.get_metric_history, run_id, metrics[0].key)
         if logged is None or {m.step for m in logged} >= {m.step for m in metrics}:
             return  # tracking down, or logged by an earlier attempt of the gate
 
@@ -242,7 +244,7 @@ class Tracking:
             for i in range(0, len(metrics), BATCH):
                 self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
 
-        self._guarded("logging evaluations", send)
+        self.guarded("logging evaluations", send)
 
     # ------------------------------------------------------------------ artifacts and the end
     def log_artifacts(self, run_id: str | None, files: Iterable[tuple[Path, str]]) -> list[str]:
@@ -253,7 +255,7 @@ class Tracking:
                 continue
             upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
             what = f"uploading {path.name}"
-            if self._guarded(what, lambda u=upload, p=path, f=folder: u(run_id, str(p), f) or True):
+            if self.guarded(what, lambda u=upload, p=path, f=folder: u(run_id, str(p), f) or True):
                 done.append(f"{folder}/{path.name}" if not path.is_dir() else folder)
         return done
 
@@ -269,9 +271,9 @@ class Tracking:
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, status)
 
-        self._guarded("ending the pipeline's run", end)
+        self.guarded("ending the pipeline's run", end)
 
     def end(self, run_id: str | None, status: str) -> None:
         """``FINISHED`` or ``FAILED``."""
         if run_id is not None:
-            self._guarded("ending the stage's run", self.client.set_terminated, run_id, status)
+            self.guarded("ending the stage's run", self.client.set_terminated, run_id, status)
