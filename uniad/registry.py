@@ -100,17 +100,14 @@ class Registry:
         """Point the alias at ``version``."""
         self.tracking.guarded(
             "moving the champion alias",
-            self.tracking.client.set_registered_model_alias,
-            MODELS["stage2"],
-            CHAMPION,
-            version,
+            lambda: self.tracking.client.set_registered_model_alias(MODELS["stage2"], CHAMPION, version),
         )
 
     def versions(self, stage: str = "stage2") -> list[dict]:
         """Every version of the stage's model, newest first; ``champion`` marks the one the alias names (a search
         does not return aliases)."""
         found = self.tracking.guarded(
-            "listing versions", self.tracking.client.search_model_versions, f"name = '{MODELS[stage]}'"
+            "listing versions", lambda: self.tracking.client.search_model_versions(f"name = '{MODELS[stage]}'")
         )
         crowned = (self.champion() or {}).get("number") if stage == "stage2" and found else None
         listed = [{**describe(v), "champion": str(v.version) == crowned} for v in found or []]

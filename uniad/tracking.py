@@ -3,8 +3,10 @@ stages, for the mini and the real model.
 
     tracking = Tracking("http://mlflow:5000")
     stage_run = tracking.stage_run("scheduled__2026-12-01", "stage1", params={...}, tags={...})
-    tracking.log_records(stage_run, records)            # train records as the follower reads them
-    tracking.finish_stage(stage_run, work_dir, verdict)  # evaluations, artifacts, the stage's status
+    tracking.log_records(stage_run, records, tracking.logged_step(stage_run))  # as the follower reads them
+    tracking.log_evaluations(stage_run, evaluations)     # the gate: evaluations, artifacts, the stage's end
+    tracking.log_artifacts(stage_run, [(work_dir.health_dir, "health")])
+    tracking.end(stage_run, "FINISHED")
 
 One MLflow run per pipeline run (experiment ``uniad_e2e_training``, tag ``airflow.run_id``) with a nested run per
 stage (tag ``uniad.stage``); a retried or resumed stage finds its runs by those tags and goes on in them. Metrics are
@@ -33,7 +35,7 @@ RUN_TAG, STAGE_TAG, STEP_TAG = "airflow.run_id", "uniad.stage", "uniad.logged_st
 PARENT_TAG = "mlflow.parentRunId"
 PAUSE_S = 60.0
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
-# The record fields that are not metrics, and those logged under another name.
+# The record fields that are not metrics.
 NOT_METRICS = {"mode", "epoch", "iter", "iters_per_epoch", "time_str"}
 
 
@@ -43,6 +45,12 @@ def global_step(record: dict) -> int | None:
     if not isinstance(epoch, int) or not isinstance(it, int):
         return None
     return (epoch - 1) * per_epoch + it if isinstance(per_epoch, int) else None
+
+
+def run_filter(airflow_run_id: str, stage: str | None = None) -> str:
+    """An MLflow search filter for the runs of an Airflow run (of one ``stage``, or ``pipeline``, when given)."""
+    quoted = airflow_run_id.replace("'", "\\'")
+    return f"tags.`{RUN_TAG}` = '{quoted}'" + (f" and tags.`{STAGE_TAG}` = '{stage}'" if stage else "")
 
 
 def numeric_fields(record: dict) -> dict[str, float]:
@@ -80,7 +88,8 @@ class Tracking:
 
     def guarded(self, what: str, call, *args, **kwargs):
         """``call(*args, **kwargs)``, or None when tracking is off, paused or the call fails (said once, then a pause:
-        ``skipped`` keeps why). Every MLflow call of the pipeline goes through here."""
+        ``skipped`` keeps why). Every MLflow call of the pipeline goes through here, the client too: pass a
+        function that reaches ``self.client`` inside, so that making the client is guarded as well."""
         if not self.on:
             return None
         try:
@@ -129,16 +138,15 @@ class Tracking:
 
         def find() -> str:
             experiment = self._experiment_id()
-            quoted = airflow_run_id.replace("'", "\\'")
             parent = self._find_or_create(
                 experiment,
-                f"tags.`{RUN_TAG}` = '{quoted}' and tags.`{STAGE_TAG}` = 'pipeline'",
+                run_filter(airflow_run_id, "pipeline"),
                 airflow_run_id,
                 {RUN_TAG: airflow_run_id, STAGE_TAG: "pipeline", **(tags or {})},
             )
             child = self._find_or_create(
                 experiment,
-                f"tags.`{RUN_TAG}` = '{quoted}' and tags.`{STAGE_TAG}` = '{stage}'",
+                run_filter(airflow_run_id, stage),
                 stage,
                 {RUN_TAG: airflow_run_id, STAGE_TAG: stage, PARENT_TAG: parent, **(tags or {})},
             )
@@ -214,11 +222,8 @@ class Tracking:
             return after_step
 
         def send() -> int:
-            from mlflow.entities import RunTag
-
-            for i in range(0, len(metrics), BATCH):
-                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-            self.client.log_batch(run_id, tags=[RunTag(STEP_TAG, str(last))])
+            self._log_metrics(run_id, metrics)
+            self._set_tags(run_id, {STEP_TAG: str(last)})
             return last
 
         return self.guarded("logging metrics", send)
@@ -236,15 +241,14 @@ class Tracking:
         metrics = [Metric(key, v, now, epoch) for (key, epoch), v in by_key.items()]
         if not metrics:
             return
-        logged = self.guarded("reading evaluations", self.client.get_metric_history, run_id, metrics[0].key)
+        logged = self.guarded("reading evaluations", lambda: self.client.get_metric_history(run_id, metrics[0].key))
         if logged is None or {m.step for m in logged} >= {m.step for m in metrics}:
             return  # tracking down, or logged by an earlier attempt of the gate
+        self.guarded("logging evaluations", self._log_metrics, run_id, metrics)
 
-        def send() -> None:
-            for i in range(0, len(metrics), BATCH):
-                self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-
-        self.guarded("logging evaluations", send)
+    def _log_metrics(self, run_id: str, metrics: list) -> None:
+        for i in range(0, len(metrics), BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
 
     # ------------------------------------------------------------------ artifacts and the end
     def log_artifacts(self, run_id: str | None, files: Iterable[tuple[Path, str]]) -> list[str]:
@@ -253,9 +257,12 @@ class Tracking:
         for path, folder in files:
             if run_id is None or not path.exists():
                 continue
-            upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
-            what = f"uploading {path.name}"
-            if self.guarded(what, lambda u=upload, p=path, f=folder: u(run_id, str(p), f) or True):
+
+            def upload(path: Path = path, folder: str = folder) -> bool:
+                (self.client.log_artifacts if path.is_dir() else self.client.log_artifact)(run_id, str(path), folder)
+                return True
+
+            if self.guarded(f"uploading {path.name}", upload):
                 done.append(f"{folder}/{path.name}" if not path.is_dir() else folder)
         return done
 
@@ -266,8 +273,7 @@ class Tracking:
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
             if experiment is None:
                 return
-            quoted = airflow_run_id.replace("'", "\\'")
-            for run in self.client.search_runs([experiment.experiment_id], f"tags.`{RUN_TAG}` = '{quoted}'"):
+            for run in self.client.search_runs([experiment.experiment_id], run_filter(airflow_run_id)):
                 if run.info.status == "RUNNING":
                     self.client.set_terminated(run.info.run_id, status)
 
@@ -276,4 +282,4 @@ class Tracking:
     def end(self, run_id: str | None, status: str) -> None:
         """``FINISHED`` or ``FAILED``."""
         if run_id is not None:
-            self.guarded("ending the stage's run", self.client.set_terminated, run_id, status)
+            self.guarded("ending the stage's run", lambda: self.client.set_terminated(run_id, status))

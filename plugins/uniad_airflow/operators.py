@@ -397,7 +397,7 @@ class ValidateStageOperator(PlanOperator):
 
     def execute(self, context: Context) -> dict:
         from uniad.health.gate import validate_stage
-        from uniad.health.monitor import INFO
+        from uniad.health.monitor import ERROR, INFO
         from uniad_airflow.alerts import StageAlerts
 
         plan = self.typed_plan()
@@ -411,7 +411,7 @@ class ValidateStageOperator(PlanOperator):
                     said = alerts.alert(
                         finding.code,
                         finding.message,
-                        failure=finding.severity == "error",
+                        failure=finding.severity == ERROR,
                         epoch=finding.epoch,
                         it=finding.iter,
                     )

@@ -132,13 +132,15 @@ class StageJobTrigger(BaseTrigger):
     async def tell(self, follower, told: set[str]) -> None:
         """Say each new finding of the health watch in the task log once, and alert people to it (at most once per
         kind and stage of the run: ``uniad_airflow.alerts``). ``told``: the codes this trigger said already."""
+        from uniad.health.monitor import ERROR
+
         for finding in follower.monitor.findings:
             if finding.code in told:
                 continue
             told.add(finding.code)
             self.log.warning("%s: %s: %s", self.stage, finding.code, finding.message)
             await self.alert(
-                finding.code, finding.message, failure=finding.severity == "error", epoch=finding.epoch, it=finding.iter
+                finding.code, finding.message, failure=finding.severity == ERROR, epoch=finding.epoch, it=finding.iter
             )
 
     def tracker(self):
