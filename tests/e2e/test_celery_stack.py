@@ -119,6 +119,12 @@ def test_runs_on_celery_with_training_on_the_gpu_worker(stack, tmp_path):
 
     mlflow = MlflowClient(tracking_uri=stack["stack"].mlflow_url)
     experiment = mlflow.get_experiment_by_name("uniad_e2e_training")
+
+    def pipeline_runs_ended() -> bool:  # the run's success callback ends them, in the dag-processor, after the run
+        runs = mlflow.search_runs([experiment.experiment_id], "tags.`uniad.stage` = 'pipeline'")
+        return len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+
+    wait_for("the pipeline runs' MLflow runs to end FINISHED", pipeline_runs_ended, 120, 2)
     tracked = mlflow.search_runs([experiment.experiment_id])
     for run_id in roots:
         stages = {r.data.tags["uniad.stage"]: r for r in tracked if r.data.tags["airflow.run_id"] == run_id}
